@@ -1,0 +1,402 @@
+package redlease
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"reflect"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/redis/go-redis/v9"
+)
+
+// Locker hands out leases on named locks kept in Redis. It is safe for
+// concurrent use by many goroutines; share one per process and Redis.
+//
+// Mutual exclusion holds only while the Redis instance holding the keys
+// keeps them: a failover to a replica that had not received a write, a
+// restart without persistence, or eviction can hand the same lock to two
+// holders. Check Fence at the resource where that matters.
+//
+// A Locker runs background goroutines only while it holds leases or has
+// waiters, and they stop shortly after; Close stops them at once.
+type Locker struct {
+	client  redis.UniversalClient
+	prefix  string
+	channel string // release notifications; the message is the lock key
+	cluster bool
+	err     error // from a bad client or option, returned by every call
+
+	ctx    context.Context // ends on Close; bounds background calls
+	cancel context.CancelFunc
+	closed atomic.Bool
+
+	wd  watchdog
+	hub wakeHub
+}
+
+// NewLocker returns a Locker that keeps its keys in client. Errors in the
+// arguments do not panic: every call on the Locker returns them.
+func NewLocker(client redis.UniversalClient, opts ...Option) *Locker {
+	cfg := lockerConfig{prefix: DefaultPrefix}
+	for _, o := range opts {
+		if o != nil {
+			o(&cfg)
+		}
+	}
+	l := &Locker{client: client, prefix: cfg.prefix, channel: cfg.prefix + ":released", err: cfg.err}
+	if isNil(client) {
+		l.err = fmt.Errorf("%w: nil redis client", ErrInvalidArgument)
+	}
+	_, l.cluster = client.(*redis.ClusterClient)
+	l.ctx, l.cancel = context.WithCancel(context.Background())
+	l.wd = watchdog{l: l, leases: make(map[*Lock]struct{}), wake: make(chan struct{}, 1)}
+	l.hub = wakeHub{l: l, queues: make(map[string][]*waiter)}
+	return l
+}
+
+func isNil(c redis.UniversalClient) bool {
+	if c == nil {
+		return true
+	}
+	v := reflect.ValueOf(c)
+	return v.Kind() == reflect.Pointer && v.IsNil()
+}
+
+// Close stops the Locker's background work and waits for it to end.
+// Obtain calls still waiting return ErrClosed. Held leases are no longer
+// renewed: their Lost channels close, but they stay in Redis until
+// released (Release still works after Close) or expired. Close is
+// idempotent.
+func (l *Locker) Close() error {
+	if !l.closed.CompareAndSwap(false, true) {
+		return nil
+	}
+	l.cancel()
+	l.hub.close()
+	l.wd.close()
+	return nil
+}
+
+// check validates what every call needs.
+func (l *Locker) check(key string) error {
+	switch {
+	case l.err != nil:
+		return l.err
+	case l.closed.Load():
+		return ErrClosed
+	case key == "":
+		return fmt.Errorf("%w: empty lock key", ErrInvalidArgument)
+	}
+	return nil
+}
+
+// lockKey is the key of the lease; the {hash tag} keeps it and its fence
+// counter in one Redis Cluster slot.
+func (l *Locker) lockKey(key string) string { return l.prefix + ":{" + key + "}" }
+
+// Lock is one lease on a named lock, obtained from a Locker. Its methods are
+// safe for concurrent use.
+type Lock struct {
+	l      *Locker
+	key    string // as the caller named it
+	rkey   string // in Redis
+	token  string
+	fence  int64
+	lost   chan struct{}
+	onLost context.CancelCauseFunc // set by Do, to cancel fn's context
+
+	// Guarded by l.wd.mu.
+	ttl      time.Duration
+	renew    bool
+	deadline time.Time // the lease has surely ended by the client's clock
+	next     time.Time // next renewal
+	inflight bool
+	tracked  bool  // in the watchdog's set
+	released bool  // Release was called
+	cause    error // why Lost closed
+}
+
+// Key returns the lock's name as given to the Locker.
+func (lk *Lock) Key() string { return lk.key }
+
+// Token returns the random 128-bit value that identifies this lease in Redis.
+func (lk *Lock) Token() string { return lk.token }
+
+// Fence returns the fencing token of this lease: for one key it is strictly
+// greater than that of every earlier lease, by any holder, ever. A resource
+// that remembers the highest fence it has seen and refuses writes with a
+// lower one stays safe even when two holders briefly believe they hold the
+// lock (after a pause longer than the lease, for example).
+func (lk *Lock) Fence() int64 { return lk.fence }
+
+// Lost returns a channel that is closed when the lease is no longer held:
+// a renewal or Refresh found it expired or taken, no renewal succeeded
+// before it must have ended by the client's own clock, the Locker was
+// closed, or the holder released it. Err says which.
+func (lk *Lock) Lost() <-chan struct{} { return lk.lost }
+
+// Err returns nil while the lease is held or after a clean Release, and
+// otherwise why Lost closed (an error that errors.Is ErrNotHeld or
+// ErrClosed).
+func (lk *Lock) Err() error {
+	lk.l.wd.mu.Lock()
+	defer lk.l.wd.mu.Unlock()
+	return lk.cause
+}
+
+// TTL returns how long the lease has left in Redis, or 0 with a nil error
+// when it is no longer ours.
+func (lk *Lock) TTL(ctx context.Context) (time.Duration, error) {
+	ms, err := pttlScript.Run(ctx, lk.l.client, []string{lk.rkey}, lk.token).Int64()
+	if err != nil {
+		return 0, fmt.Errorf("redlease: ttl of %q: %w", lk.key, err)
+	}
+	if ms < 0 {
+		return 0, nil
+	}
+	return time.Duration(ms) * time.Millisecond, nil
+}
+
+// Refresh sets the lease to end ttl from now, if it is still ours; the
+// watchdog, if on, keeps renewing with the new ttl. A ttl under one
+// millisecond is an error that changes nothing. If the lease is no longer
+// ours, Refresh returns an error that errors.Is ErrNotHeld and Lost closes.
+func (lk *Lock) Refresh(ctx context.Context, ttl time.Duration) error {
+	if ttl < time.Millisecond {
+		return fmt.Errorf("%w: refresh %q: ttl %v must be at least 1ms", ErrInvalidArgument, lk.key, ttl)
+	}
+	if lk.l.wd.isReleased(lk) {
+		return notHeld(lk.key, "already released")
+	}
+	start := time.Now()
+	codes, err := renewScript.Run(ctx, lk.l.client, []string{lk.rkey}, lk.token, ttl.Milliseconds()).Int64Slice()
+	if err == nil && len(codes) != 1 {
+		err = fmt.Errorf("unexpected reply %v", codes)
+	}
+	if err != nil {
+		return fmt.Errorf("redlease: refresh %q: %w", lk.key, err)
+	}
+	if codes[0] != 1 {
+		err := leaseGone(lk.key, codes[0])
+		lk.l.wd.end(lk, err)
+		return err
+	}
+	lk.l.wd.refreshed(lk, start, ttl)
+	return nil
+}
+
+// Release ends the lease if it is still ours and wakes the Locker's waiters
+// on the key. If the lease expired or another holder has the lock now,
+// Release changes nothing in Redis and returns an error that errors.Is
+// ErrNotHeld, saying which. Either way renewal stops and Lost closes.
+func (lk *Lock) Release(ctx context.Context) error {
+	_, err := lk.release(ctx)
+	return err
+}
+
+// release also reports whether the lease had been lost before.
+func (lk *Lock) release(ctx context.Context) (wasLost bool, err error) {
+	wasLost, already := lk.l.wd.release(lk)
+	if already {
+		return wasLost, notHeld(lk.key, "already released")
+	}
+	code, err := releaseScript.Run(ctx, lk.l.client, []string{lk.rkey}, lk.token, lk.l.channel).Int64()
+	if err != nil {
+		return wasLost, fmt.Errorf("redlease: release %q (the lease ends by its TTL): %w", lk.key, err)
+	}
+	if code != 1 {
+		return wasLost, leaseGone(lk.key, code)
+	}
+	return wasLost, nil
+}
+
+func notHeld(key, why string) error { return fmt.Errorf("%w: %q: %s", ErrNotHeld, key, why) }
+
+// leaseGone turns a script's "not ours" code into an error.
+func leaseGone(key string, code int64) error {
+	if code == 0 {
+		return notHeld(key, "lease expired")
+	}
+	return notHeld(key, "held by another")
+}
+
+func (l *Locker) newLock(key string, cfg lockConfig, onLost context.CancelCauseFunc) *Lock {
+	return &Lock{
+		l: l, key: key, rkey: l.lockKey(key), token: uuid.NewString(),
+		lost: make(chan struct{}), onLost: onLost, ttl: cfg.ttl, renew: cfg.watchdog,
+	}
+}
+
+// acquire makes one attempt. It returns ok, or the holder's remaining
+// lease (negative when it has no TTL).
+func (l *Locker) acquire(ctx context.Context, lk *Lock) (ok bool, pttl time.Duration, err error) {
+	start := time.Now()
+	res, err := acquireScript.Run(ctx, l.client, []string{lk.rkey, lk.rkey + ":fence"}, lk.token, lk.ttl.Milliseconds()).Int64Slice()
+	if err == nil && len(res) != 2 {
+		err = fmt.Errorf("unexpected reply %v", res)
+	}
+	if err != nil {
+		return false, 0, fmt.Errorf("redlease: obtain %q: %w", lk.key, err)
+	}
+	if res[0] == 0 {
+		return false, time.Duration(res[1]) * time.Millisecond, nil
+	}
+	lk.fence = res[1]
+	l.wd.add(lk, start)
+	return true, 0, nil
+}
+
+func notObtained(key string, pttl time.Duration) error {
+	if pttl < 0 {
+		return fmt.Errorf("%w: %q is held by another, with no expiry", ErrNotObtained, key)
+	}
+	return fmt.Errorf("%w: %q is held by another for up to %v", ErrNotObtained, key, pttl)
+}
+
+// TryObtain makes one attempt to take the lock. If another holds it, the
+// error errors.Is ErrNotObtained. The lease lasts WithTTL (default 30s) and
+// is renewed by the watchdog until Release unless WithoutWatchdog is given.
+func (l *Locker) TryObtain(ctx context.Context, key string, opts ...LockOption) (*Lock, error) {
+	if err := l.check(key); err != nil {
+		return nil, err
+	}
+	cfg, err := newLockConfig(opts)
+	if err != nil {
+		return nil, err
+	}
+	lk := l.newLock(key, cfg, nil)
+	ok, pttl, err := l.acquire(ctx, lk)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, notObtained(key, pttl)
+	}
+	return lk, nil
+}
+
+// Obtain takes the lock, waiting while another holds it until ctx ends or
+// the retry strategy gives up; then the error errors.Is ErrNotObtained, and
+// also the context's error if that was the cause. Waiters are woken by the
+// holder's release and are served first come, first served within a
+// Locker, so a release costs about one attempt per Locker with waiters, not
+// one per waiter; if no wake-up arrives, a waiter tries again when the
+// holder's lease must have ended or the retry strategy says so.
+func (l *Locker) Obtain(ctx context.Context, key string, opts ...LockOption) (*Lock, error) {
+	if err := l.check(key); err != nil {
+		return nil, err
+	}
+	cfg, err := newLockConfig(opts)
+	if err != nil {
+		return nil, err
+	}
+	return l.obtain(ctx, key, cfg, nil)
+}
+
+func (l *Locker) obtain(ctx context.Context, key string, cfg lockConfig, onLost context.CancelCauseFunc) (*Lock, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, gaveUp(key, err)
+	}
+	lk := l.newLock(key, cfg, onLost)
+	attempts := 0
+	pttl := time.Duration(-1)
+	_, mayRetry := cfg.retry.NextBackoff(1)
+	// Newcomers queue behind local waiters instead of racing them.
+	if !mayRetry || !l.hub.waiting(lk.rkey) {
+		ok, p, err := l.acquire(ctx, lk)
+		if ok || err != nil {
+			return okLock(lk, ok, err)
+		}
+		if !mayRetry {
+			return nil, notObtained(key, p)
+		}
+		attempts, pttl = 1, p
+	}
+
+	// Subscribed before the next attempt, so no release is missed.
+	w, err := l.hub.join(ctx, lk.rkey)
+	if err != nil {
+		return nil, gaveUp(key, err)
+	}
+	acquired := false
+	defer func() { l.hub.leave(w, acquired) }()
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	tryNow := true
+	for {
+		if tryNow && l.hub.isHead(w) {
+			ok, p, err := l.acquire(ctx, lk)
+			if ok || err != nil {
+				acquired = ok
+				return okLock(lk, ok, err)
+			}
+			attempts++
+			pttl = p
+		}
+		wait, ok := cfg.retry.NextBackoff(max(attempts, 1))
+		if !ok {
+			return nil, notObtained(key, pttl)
+		}
+		if pttl >= 0 && pttl+time.Millisecond < wait {
+			wait = pttl + time.Millisecond // Redis expires the key by then
+		}
+		timer.Reset(wait)
+		select {
+		case <-w.wake:
+		case <-timer.C:
+		case <-ctx.Done():
+			return nil, gaveUp(key, ctx.Err())
+		}
+		if l.closed.Load() {
+			return nil, gaveUp(key, ErrClosed)
+		}
+		tryNow = true
+	}
+}
+
+func okLock(lk *Lock, ok bool, err error) (*Lock, error) {
+	if !ok {
+		return nil, err
+	}
+	return lk, nil
+}
+
+func gaveUp(key string, cause error) error {
+	return fmt.Errorf("%w: obtain %q: %w", ErrNotObtained, key, cause)
+}
+
+// Do obtains the lock (as Obtain, with the watchdog on whatever the
+// options say), runs fn, and releases the lock, even if fn panics. fn's
+// context is cancelled the moment the lease is lost; Do then returns an
+// error that errors.Is ErrNotHeld, joined with fn's own error. A Redis
+// error from the release is returned too.
+func (l *Locker) Do(ctx context.Context, key string, fn func(ctx context.Context) error, opts ...LockOption) (err error) {
+	if fn == nil {
+		return fmt.Errorf("%w: nil function", ErrInvalidArgument)
+	}
+	if err := l.check(key); err != nil {
+		return err
+	}
+	cfg, err := newLockConfig(opts)
+	if err != nil {
+		return err
+	}
+	cfg.watchdog = true
+	fctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	lk, err := l.obtain(ctx, key, cfg, cancel)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		wasLost, relErr := lk.release(context.WithoutCancel(ctx))
+		if wasLost {
+			relErr = lk.Err()
+		}
+		err = errors.Join(err, relErr)
+	}()
+	return fn(fctx)
+}

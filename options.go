@@ -1,0 +1,186 @@
+package redlease
+
+import (
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Defaults used when no option says otherwise.
+const (
+	// DefaultPrefix namespaces every key and channel the library uses.
+	DefaultPrefix = "redlease"
+	// DefaultTTL is the lease length of a lock.
+	DefaultTTL = 30 * time.Second
+)
+
+// defaultRetry is Obtain's fallback schedule: a waiter is normally woken by
+// the holder's release, so these retries only matter when a wake-up is lost.
+var defaultRetry = ExponentialBackoff(16*time.Millisecond, time.Second)
+
+// Option configures a Locker. An invalid option does not panic: its error is
+// returned by every call on the Locker.
+type Option func(*lockerConfig)
+
+type lockerConfig struct {
+	prefix string
+	err    error
+}
+
+// WithPrefix sets the namespace of every key and channel the Locker uses
+// (default "redlease"). The prefix must be non-empty and must not contain
+// '{' or '}', which would change how Redis Cluster places keys.
+func WithPrefix(prefix string) Option {
+	return func(c *lockerConfig) {
+		if err := validPrefix(prefix); err != nil {
+			c.err = err
+			return
+		}
+		c.prefix = prefix
+	}
+}
+
+func validPrefix(prefix string) error {
+	if prefix == "" || strings.ContainsAny(prefix, "{}") {
+		return fmt.Errorf("%w: prefix %q must be non-empty and free of '{' and '}'", ErrInvalidArgument, prefix)
+	}
+	return nil
+}
+
+// LockOption configures one TryObtain, Obtain or Do call. An invalid option
+// makes that call return an error wrapping ErrInvalidArgument.
+type LockOption func(*lockConfig)
+
+type lockConfig struct {
+	ttl      time.Duration
+	watchdog bool
+	retry    RetryStrategy
+	err      error
+}
+
+func newLockConfig(opts []LockOption) (lockConfig, error) {
+	c := lockConfig{ttl: DefaultTTL, watchdog: true, retry: defaultRetry}
+	for _, o := range opts {
+		if o != nil {
+			o(&c)
+		}
+	}
+	return c, c.err
+}
+
+// WithTTL sets the lease length (default 30s). With the watchdog on, the
+// lease is renewed every TTL/3, so the TTL bounds how long a crashed holder
+// keeps others waiting. It must be at least one millisecond.
+func WithTTL(d time.Duration) LockOption {
+	return func(c *lockConfig) {
+		if d < time.Millisecond {
+			c.err = fmt.Errorf("%w: ttl %v must be at least 1ms", ErrInvalidArgument, d)
+			return
+		}
+		c.ttl = d
+	}
+}
+
+// WithoutWatchdog turns off automatic renewal: the lease ends after its TTL
+// unless the holder calls Refresh. Lost still closes when the lease has
+// ended by the client's clock.
+func WithoutWatchdog() LockOption {
+	return func(c *lockConfig) { c.watchdog = false }
+}
+
+// WithRetry sets Obtain's fallback schedule and when it gives up (default:
+// exponential backoff from 16ms to 1s, until the context ends). Waiters are
+// woken by releases; the strategy bounds the wait when no wake-up arrives.
+func WithRetry(s RetryStrategy) LockOption {
+	return func(c *lockConfig) {
+		if s == nil {
+			c.err = fmt.Errorf("%w: nil retry strategy", ErrInvalidArgument)
+			return
+		}
+		if v, ok := s.(interface{ validate() error }); ok {
+			if err := v.validate(); err != nil {
+				c.err = err
+				return
+			}
+		}
+		c.retry = s
+	}
+}
+
+// RetryStrategy tells Obtain how long it may wait for a wake-up before it
+// tries again, and when to give up. Obtain never waits longer than the
+// holder's remaining lease, whatever the strategy says.
+type RetryStrategy interface {
+	// NextBackoff returns the longest wait before retry number n (n starts
+	// at 1), or ok == false to give up.
+	NextBackoff(n int) (wait time.Duration, ok bool)
+}
+
+type noRetry struct{}
+
+func (noRetry) NextBackoff(int) (time.Duration, bool) { return 0, false }
+
+// NoRetry makes Obtain a single attempt, like TryObtain.
+func NoRetry() RetryStrategy { return noRetry{} }
+
+type linearBackoff time.Duration
+
+func (d linearBackoff) NextBackoff(int) (time.Duration, bool) { return time.Duration(d), true }
+
+func (d linearBackoff) validate() error {
+	if d <= 0 {
+		return fmt.Errorf("%w: linear backoff %v must be positive", ErrInvalidArgument, time.Duration(d))
+	}
+	return nil
+}
+
+// LinearBackoff retries at most every d until the context ends.
+func LinearBackoff(d time.Duration) RetryStrategy { return linearBackoff(d) }
+
+type exponentialBackoff struct{ min, max time.Duration }
+
+func (e exponentialBackoff) NextBackoff(n int) (time.Duration, bool) {
+	d := e.min
+	for i := 1; i < n && d < e.max; i++ {
+		d *= 2
+	}
+	return min(d, e.max), true
+}
+
+func (e exponentialBackoff) validate() error {
+	if e.min <= 0 || e.max < e.min {
+		return fmt.Errorf("%w: exponential backoff needs 0 < min <= max, got %v and %v", ErrInvalidArgument, e.min, e.max)
+	}
+	return nil
+}
+
+// ExponentialBackoff waits min before the first retry, doubling up to max,
+// until the context ends.
+func ExponentialBackoff(min, max time.Duration) RetryStrategy {
+	return exponentialBackoff{min, max}
+}
+
+type limitRetry struct {
+	s RetryStrategy
+	n int
+}
+
+func (l limitRetry) NextBackoff(n int) (time.Duration, bool) {
+	if n > l.n {
+		return 0, false
+	}
+	return l.s.NextBackoff(n)
+}
+
+func (l limitRetry) validate() error {
+	if l.s == nil || l.n < 0 {
+		return fmt.Errorf("%w: limit retry needs a strategy and n >= 0, got n=%d", ErrInvalidArgument, l.n)
+	}
+	if v, ok := l.s.(interface{ validate() error }); ok {
+		return v.validate()
+	}
+	return nil
+}
+
+// LimitRetry follows s for at most n retries, then gives up.
+func LimitRetry(s RetryStrategy, n int) RetryStrategy { return limitRetry{s, n} }

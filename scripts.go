@@ -1,0 +1,77 @@
+package redlease
+
+import "github.com/redis/go-redis/v9"
+
+// Every script touches only the keys passed in KEYS, and callers pass keys
+// that share one {hash tag}, so each script runs on one Redis Cluster slot.
+// redis.Script sends EVALSHA and falls back to EVAL on NOSCRIPT, so a
+// SCRIPT FLUSH or a restarted server is survived.
+
+// acquireScript takes the lease if the lock is free and counts a fencing token.
+//
+//	KEYS[1] lock key, KEYS[2] fence counter (never expires, so fences only grow)
+//	ARGV[1] token, ARGV[2] ttl in milliseconds
+//	returns {1, fence} when the lease is ours. A call retried after a lost
+//	        reply finds our own token and returns the same fence.
+//	        {0, pttl} when another holds it: its remaining ms, -1 if it has no TTL.
+//
+// SET NX GET needs Redis 7.0 or later; it saves a command on every attempt.
+var acquireScript = redis.NewScript(`
+local holder = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2], 'GET')
+if not holder then
+  return {1, redis.call('INCR', KEYS[2])}
+end
+if holder == ARGV[1] then
+  return {1, tonumber(redis.call('GET', KEYS[2]))}
+end
+return {0, redis.call('PTTL', KEYS[1])}
+`)
+
+// releaseScript deletes the lease only if it is ours, and wakes waiters.
+//
+//	KEYS[1] lock key
+//	ARGV[1] token, ARGV[2] wake-up channel (the key is the message)
+//	returns 1 released, 0 no lease (expired or deleted), -1 held by another
+var releaseScript = redis.NewScript(`
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', ARGV[2], KEYS[1])
+  return 1
+end
+if holder then return -1 end
+return 0
+`)
+
+// renewScript extends every lease in the batch that is still ours.
+//
+//	KEYS[i] lock key i
+//	ARGV[2i-1] token i, ARGV[2i] new ttl i in milliseconds
+//	returns one code per key: 1 renewed, 0 no lease, -1 held by another
+var renewScript = redis.NewScript(`
+local codes = {}
+for i, key in ipairs(KEYS) do
+  local holder = redis.call('GET', key)
+  if holder == ARGV[2*i-1] then
+    redis.call('PEXPIRE', key, ARGV[2*i])
+    codes[i] = 1
+  elseif holder then
+    codes[i] = -1
+  else
+    codes[i] = 0
+  end
+end
+return codes
+`)
+
+// pttlScript reads the remaining lease time if the lease is ours.
+//
+//	KEYS[1] lock key
+//	ARGV[1] token
+//	returns remaining milliseconds, or -3 when the lease is not ours
+var pttlScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PTTL', KEYS[1])
+end
+return -3
+`)

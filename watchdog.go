@@ -1,0 +1,348 @@
+package redlease
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+const (
+	// idleLinger is how long background goroutines outlive their last
+	// lease or waiter, so that a busy Locker does not start one per lock.
+	idleLinger = 100 * time.Millisecond
+	// renewBatchSize caps the keys one renewal script call extends.
+	renewBatchSize = 100
+)
+
+// watchdog is the Locker's single renewal loop: it renews every lease that
+// wants it TTL/3 after its last renewal, batched into few script calls, and
+// closes Lost when a lease is gone or must have ended by the local clock.
+type watchdog struct {
+	l       *Locker
+	mu      sync.Mutex
+	leases  map[*Lock]struct{}
+	running bool
+	closed  bool
+	wakeAt  time.Time     // when the loop will look again
+	wake    chan struct{} // asks the loop to look now
+	wg      sync.WaitGroup
+}
+
+// drift is subtracted from a lease's end by the local clock, so Lost closes
+// no later than Redis expires the key even if the clocks run at slightly
+// different rates.
+func drift(ttl time.Duration) time.Duration { return ttl/100 + time.Millisecond }
+
+// add tracks a lease obtained by a request sent at start.
+func (w *watchdog) add(lk *Lock, start time.Time) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	lk.deadline = start.Add(lk.ttl - drift(lk.ttl))
+	lk.next = time.Now().Add(lk.ttl / 3)
+	lk.tracked = true
+	w.leases[lk] = struct{}{}
+	if w.closed {
+		w.endLocked(lk, fmt.Errorf("%w: lease on %q is not renewed", ErrClosed, lk.key))
+		return
+	}
+	if !w.running {
+		w.running = true
+		w.wg.Add(1)
+		go w.loop()
+	} else if lk.due().Before(w.wakeAt) {
+		w.signal()
+	}
+}
+
+// due is when the loop must next look at the lease.
+func (lk *Lock) due() time.Time {
+	if lk.renew && lk.next.Before(lk.deadline) {
+		return lk.next
+	}
+	return lk.deadline
+}
+
+func (w *watchdog) signal() {
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
+}
+
+// endLocked stops tracking the lease and closes Lost; cause is nil for a
+// clean release.
+func (w *watchdog) endLocked(lk *Lock, cause error) {
+	if !lk.tracked {
+		return
+	}
+	lk.tracked = false
+	delete(w.leases, lk)
+	lk.cause = cause
+	close(lk.lost)
+	if cause != nil && lk.onLost != nil {
+		lk.onLost(cause)
+	}
+	if len(w.leases) == 0 {
+		w.signal() // let the loop start its idle countdown
+	}
+}
+
+func (w *watchdog) end(lk *Lock, cause error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.endLocked(lk, cause)
+}
+
+// release marks the lease released; it reports whether it had been lost
+// before and whether it had been released already.
+func (w *watchdog) release(lk *Lock) (wasLost, already bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	wasLost, already = lk.cause != nil, lk.released
+	lk.released = true
+	w.endLocked(lk, nil)
+	return wasLost, already
+}
+
+func (w *watchdog) isReleased(lk *Lock) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return lk.released
+}
+
+// refreshed records a successful Refresh sent at start.
+func (w *watchdog) refreshed(lk *Lock, start time.Time, ttl time.Duration) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !lk.tracked {
+		return
+	}
+	lk.ttl = ttl
+	lk.deadline = start.Add(ttl - drift(ttl))
+	lk.next = time.Now().Add(ttl / 3)
+	if lk.due().Before(w.wakeAt) {
+		w.signal()
+	}
+}
+
+func (w *watchdog) close() {
+	w.mu.Lock()
+	w.closed = true
+	for lk := range w.leases {
+		w.endLocked(lk, fmt.Errorf("%w: lease on %q is not renewed", ErrClosed, lk.key))
+	}
+	w.mu.Unlock()
+	w.signal()
+	w.wg.Wait()
+}
+
+// renewal is one lease in a batch, with the TTL the batch asks for.
+type renewal struct {
+	lk  *Lock
+	ttl time.Duration
+}
+
+func (w *watchdog) loop() {
+	defer w.wg.Done()
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	var idleSince time.Time
+	for {
+		now := time.Now()
+		w.mu.Lock()
+		if w.closed {
+			w.running = false
+			w.mu.Unlock()
+			return
+		}
+		var batch []renewal
+		wakeAt := now.Add(time.Hour)
+		for lk := range w.leases {
+			if !now.Before(lk.deadline) {
+				w.endLocked(lk, notHeld(lk.key, "no renewal succeeded before the lease ended"))
+				continue
+			}
+			// Renew a little early to share a script call with other leases.
+			if lk.renew && !lk.inflight && !lk.next.After(now.Add(lk.ttl/20)) {
+				lk.inflight = true
+				batch = append(batch, renewal{lk, lk.ttl})
+			}
+			look := lk.deadline
+			if !lk.inflight {
+				look = lk.due()
+			}
+			if look.Before(wakeAt) {
+				wakeAt = look
+			}
+		}
+		if len(w.leases) == 0 {
+			if idleSince.IsZero() {
+				idleSince = now
+			}
+			if now.Sub(idleSince) >= idleLinger {
+				w.running = false
+				w.mu.Unlock()
+				return
+			}
+			wakeAt = idleSince.Add(idleLinger)
+		} else {
+			idleSince = time.Time{}
+		}
+		w.wakeAt = wakeAt
+		w.mu.Unlock()
+
+		if len(batch) > 0 {
+			w.wg.Add(1)
+			go w.renew(batch)
+		}
+		timer.Reset(time.Until(wakeAt))
+		select {
+		case <-timer.C:
+		case <-w.wake:
+		}
+	}
+}
+
+// renew runs one batch of renewals and records what Redis said.
+func (w *watchdog) renew(batch []renewal) {
+	defer w.wg.Done()
+	sent := time.Now()
+	codes, errs := w.l.renewAll(w.l.ctx, batch)
+	now := time.Now()
+	w.mu.Lock()
+	for i, r := range batch {
+		lk := r.lk
+		lk.inflight = false
+		switch {
+		case !lk.tracked:
+		case errs[i] != nil:
+			// Transient: retry soon; the deadline check ends the lease if
+			// nothing gets through in time.
+			lk.next = now.Add(min(max(lk.ttl/10, 5*time.Millisecond), time.Second))
+		case codes[i] == 1:
+			if d := sent.Add(r.ttl - drift(r.ttl)); d.After(lk.deadline) {
+				lk.deadline = d
+			}
+			lk.next = now.Add(lk.ttl / 3)
+		default:
+			w.endLocked(lk, leaseGone(lk.key, codes[i]))
+		}
+	}
+	w.mu.Unlock()
+	w.signal()
+}
+
+// renewAll extends a batch of leases in as few script calls as the keys'
+// cluster slots allow, sent together in one pipeline.
+func (l *Locker) renewAll(ctx context.Context, batch []renewal) ([]int64, []error) {
+	codes := make([]int64, len(batch))
+	errs := make([]error, len(batch))
+	groups := l.groupBySlot(batch)
+	run := func() []*redis.Cmd {
+		cmds := make([]*redis.Cmd, len(groups))
+		if len(groups) == 1 {
+			keys, args := renewArgs(batch, groups[0])
+			cmds[0] = renewScript.Run(ctx, l.client, keys, args...)
+			return cmds
+		}
+		_, _ = l.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for g, idx := range groups {
+				keys, args := renewArgs(batch, idx)
+				cmds[g] = renewScript.EvalSha(ctx, p, keys, args...)
+			}
+			return nil
+		})
+		return cmds
+	}
+	cmds := run()
+	if len(groups) > 1 && anyNoScript(cmds) {
+		if err := renewScript.Load(ctx, l.client).Err(); err == nil {
+			cmds = run()
+		}
+	}
+	for g, idx := range groups {
+		res, err := cmds[g].Int64Slice()
+		if err == nil && len(res) != len(idx) {
+			err = fmt.Errorf("unexpected reply %v", res)
+		}
+		for j, i := range idx {
+			if err != nil {
+				errs[i] = err
+			} else {
+				codes[i] = res[j]
+			}
+		}
+	}
+	return codes, errs
+}
+
+func anyNoScript(cmds []*redis.Cmd) bool {
+	for _, c := range cmds {
+		if err := c.Err(); err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT") {
+			return true
+		}
+	}
+	return false
+}
+
+func renewArgs(batch []renewal, idx []int) ([]string, []any) {
+	keys := make([]string, len(idx))
+	args := make([]any, 0, 2*len(idx))
+	for j, i := range idx {
+		keys[j] = batch[i].lk.rkey
+		args = append(args, batch[i].lk.token, batch[i].ttl.Milliseconds())
+	}
+	return keys, args
+}
+
+// groupBySlot splits a batch into index groups of at most renewBatchSize
+// whose keys share a Redis Cluster slot (one group per size limit on other
+// clients).
+func (l *Locker) groupBySlot(batch []renewal) [][]int {
+	bySlot := map[uint16][]int{}
+	var order []uint16
+	for i, r := range batch {
+		var s uint16
+		if l.cluster {
+			s = slot(r.lk.rkey)
+		}
+		if _, ok := bySlot[s]; !ok {
+			order = append(order, s)
+		}
+		bySlot[s] = append(bySlot[s], i)
+	}
+	var groups [][]int
+	for _, s := range order {
+		for idx := bySlot[s]; len(idx) > 0; {
+			n := min(len(idx), renewBatchSize)
+			groups = append(groups, idx[:n])
+			idx = idx[n:]
+		}
+	}
+	return groups
+}
+
+// slot is the Redis Cluster slot of key: CRC16 (XMODEM) of its hash tag.
+func slot(key string) uint16 {
+	if s := strings.IndexByte(key, '{'); s >= 0 {
+		if e := strings.IndexByte(key[s+1:], '}'); e > 0 {
+			key = key[s+1 : s+1+e]
+		}
+	}
+	var crc uint16
+	for i := 0; i < len(key); i++ {
+		crc ^= uint16(key[i]) << 8
+		for range 8 {
+			if crc&0x8000 != 0 {
+				crc = crc<<1 ^ 0x1021
+			} else {
+				crc <<= 1
+			}
+		}
+	}
+	return crc % 16384
+}
