@@ -161,23 +161,35 @@ func TestBadInput(t *testing.T) {
 			_, err := NewLocker(nilClient).Obtain(ctx, "k")
 			return err
 		},
-		"empty prefix":       func() error { _, err := NewLocker(c, WithPrefix("")).TryObtain(ctx, "k"); return err },
-		"prefix with brace":  func() error { _, err := NewLocker(c, WithPrefix("a{b")).TryObtain(ctx, "k"); return err },
-		"empty key":          func() error { _, err := NewLocker(c).TryObtain(ctx, ""); return err },
-		"empty key obtain":   func() error { _, err := NewLocker(c).Obtain(ctx, ""); return err },
-		"zero ttl":           func() error { _, err := NewLocker(c).TryObtain(ctx, "k", WithTTL(0)); return err },
-		"negative ttl":       func() error { _, err := NewLocker(c).Obtain(ctx, "k", WithTTL(-time.Second)); return err },
-		"sub-ms ttl":         func() error { _, err := NewLocker(c).Obtain(ctx, "k", WithTTL(time.Microsecond)); return err },
-		"nil retry":          func() error { _, err := NewLocker(c).Obtain(ctx, "k", WithRetry(nil)); return err },
-		"zero linear":        func() error { _, err := NewLocker(c).Obtain(ctx, "k", WithRetry(LinearBackoff(0))); return err },
-		"negative linear":    func() error { _, err := NewLocker(c).Obtain(ctx, "k", WithRetry(LinearBackoff(-1))); return err },
-		"exp min > max":      func() error { _, err := NewLocker(c).Obtain(ctx, "k", WithRetry(ExponentialBackoff(time.Second, time.Millisecond))); return err },
-		"exp zero min":       func() error { _, err := NewLocker(c).Obtain(ctx, "k", WithRetry(ExponentialBackoff(0, time.Second))); return err },
-		"limit negative":     func() error { _, err := NewLocker(c).Obtain(ctx, "k", WithRetry(LimitRetry(NoRetry(), -1))); return err },
-		"limit nil":          func() error { _, err := NewLocker(c).Obtain(ctx, "k", WithRetry(LimitRetry(nil, 1))); return err },
-		"limit bad inner":    func() error { _, err := NewLocker(c).Obtain(ctx, "k", WithRetry(LimitRetry(LinearBackoff(0), 1))); return err },
-		"do nil fn":          func() error { return NewLocker(c).Do(ctx, "k", nil) },
-		"do empty key":       func() error { return NewLocker(c).Do(ctx, "", func(context.Context) error { return nil }) },
+		"empty prefix":      func() error { _, err := NewLocker(c, WithPrefix("")).TryObtain(ctx, "k"); return err },
+		"prefix with brace": func() error { _, err := NewLocker(c, WithPrefix("a{b")).TryObtain(ctx, "k"); return err },
+		"empty key":         func() error { _, err := NewLocker(c).TryObtain(ctx, ""); return err },
+		"empty key obtain":  func() error { _, err := NewLocker(c).Obtain(ctx, ""); return err },
+		"zero ttl":          func() error { _, err := NewLocker(c).TryObtain(ctx, "k", WithTTL(0)); return err },
+		"negative ttl":      func() error { _, err := NewLocker(c).Obtain(ctx, "k", WithTTL(-time.Second)); return err },
+		"sub-ms ttl":        func() error { _, err := NewLocker(c).Obtain(ctx, "k", WithTTL(time.Microsecond)); return err },
+		"nil retry":         func() error { _, err := NewLocker(c).Obtain(ctx, "k", WithRetry(nil)); return err },
+		"zero linear":       func() error { _, err := NewLocker(c).Obtain(ctx, "k", WithRetry(LinearBackoff(0))); return err },
+		"negative linear":   func() error { _, err := NewLocker(c).Obtain(ctx, "k", WithRetry(LinearBackoff(-1))); return err },
+		"exp min > max": func() error {
+			_, err := NewLocker(c).Obtain(ctx, "k", WithRetry(ExponentialBackoff(time.Second, time.Millisecond)))
+			return err
+		},
+		"exp zero min": func() error {
+			_, err := NewLocker(c).Obtain(ctx, "k", WithRetry(ExponentialBackoff(0, time.Second)))
+			return err
+		},
+		"limit negative": func() error {
+			_, err := NewLocker(c).Obtain(ctx, "k", WithRetry(LimitRetry(NoRetry(), -1)))
+			return err
+		},
+		"limit nil": func() error { _, err := NewLocker(c).Obtain(ctx, "k", WithRetry(LimitRetry(nil, 1))); return err },
+		"limit bad inner": func() error {
+			_, err := NewLocker(c).Obtain(ctx, "k", WithRetry(LimitRetry(LinearBackoff(0), 1)))
+			return err
+		},
+		"do nil fn":    func() error { return NewLocker(c).Do(ctx, "k", nil) },
+		"do empty key": func() error { return NewLocker(c).Do(ctx, "", func(context.Context) error { return nil }) },
 	}
 	for name, f := range cases {
 		t.Run(name, func(t *testing.T) {
