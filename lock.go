@@ -52,7 +52,7 @@ func NewLocker(client redis.UniversalClient, opts ...Option) *Locker {
 	}
 	_, l.cluster = client.(*redis.ClusterClient)
 	l.ctx, l.cancel = context.WithCancel(context.Background())
-	l.wd = watchdog{l: l, leases: make(map[*Lock]struct{}), wake: make(chan struct{}, 1)}
+	l.wd = newWatchdog(l.ctx, l.renewLocks)
 	l.hub = wakeHub{l: l, queues: make(map[string][]*waiter)}
 	return l
 }
@@ -100,27 +100,13 @@ func (l *Locker) lockKey(key string) string { return l.prefix + ":{" + key + "}"
 // Lock is one lease on a named lock, obtained from a Locker. Its methods are
 // safe for concurrent use.
 type Lock struct {
-	l      *Locker
-	key    string // as the caller named it
-	rkey   string // in Redis
-	token  string
-	fence  int64
-	lost   chan struct{}
-	onLost context.CancelCauseFunc // set by Do, to cancel fn's context
-
-	// Guarded by l.wd.mu.
-	ttl      time.Duration
-	renew    bool
-	deadline time.Time // the lease has surely ended by the client's clock
-	next     time.Time // next renewal
-	inflight bool
-	tracked  bool  // in the watchdog's set
-	released bool  // Release was called
-	cause    error // why Lost closed
+	lease
+	l     *Locker
+	fence int64
 }
 
 // Key returns the lock's name as given to the Locker.
-func (lk *Lock) Key() string { return lk.key }
+func (lk *Lock) Key() string { return lk.name }
 
 // Token returns the random 128-bit value that identifies this lease in Redis.
 func (lk *Lock) Token() string { return lk.token }
@@ -152,7 +138,7 @@ func (lk *Lock) Err() error {
 func (lk *Lock) TTL(ctx context.Context) (time.Duration, error) {
 	ms, err := pttlScript.Run(ctx, lk.l.client, []string{lk.rkey}, lk.token).Int64()
 	if err != nil {
-		return 0, fmt.Errorf("redlease: ttl of %q: %w", lk.key, err)
+		return 0, fmt.Errorf("redlease: ttl of %q: %w", lk.name, err)
 	}
 	if ms < 0 {
 		return 0, nil
@@ -166,10 +152,10 @@ func (lk *Lock) TTL(ctx context.Context) (time.Duration, error) {
 // ours, Refresh returns an error that errors.Is ErrNotHeld and Lost closes.
 func (lk *Lock) Refresh(ctx context.Context, ttl time.Duration) error {
 	if ttl < time.Millisecond {
-		return fmt.Errorf("%w: refresh %q: ttl %v must be at least 1ms", ErrInvalidArgument, lk.key, ttl)
+		return fmt.Errorf("%w: refresh %q: ttl %v must be at least 1ms", ErrInvalidArgument, lk.name, ttl)
 	}
-	if lk.l.wd.isReleased(lk) {
-		return notHeld(lk.key, "already released")
+	if lk.l.wd.isReleased(&lk.lease) {
+		return notHeld(lk.name, "already released")
 	}
 	start := time.Now()
 	codes, err := renewScript.Run(ctx, lk.l.client, []string{lk.rkey}, lk.token, ttl.Milliseconds()).Int64Slice()
@@ -177,14 +163,14 @@ func (lk *Lock) Refresh(ctx context.Context, ttl time.Duration) error {
 		err = fmt.Errorf("unexpected reply %v", codes)
 	}
 	if err != nil {
-		return fmt.Errorf("redlease: refresh %q: %w", lk.key, err)
+		return fmt.Errorf("redlease: refresh %q: %w", lk.name, err)
 	}
 	if codes[0] != 1 {
-		err := leaseGone(lk.key, codes[0])
-		lk.l.wd.end(lk, err)
+		err := leaseGone(lk.name, codes[0])
+		lk.l.wd.end(&lk.lease, err)
 		return err
 	}
-	lk.l.wd.refreshed(lk, start, ttl)
+	lk.l.wd.refreshed(&lk.lease, start, ttl)
 	return nil
 }
 
@@ -199,16 +185,16 @@ func (lk *Lock) Release(ctx context.Context) error {
 
 // release also reports whether the lease had been lost before.
 func (lk *Lock) release(ctx context.Context) (wasLost bool, err error) {
-	wasLost, already := lk.l.wd.release(lk)
+	wasLost, already := lk.l.wd.release(&lk.lease)
 	if already {
-		return wasLost, notHeld(lk.key, "already released")
+		return wasLost, notHeld(lk.name, "already released")
 	}
 	code, err := releaseScript.Run(ctx, lk.l.client, []string{lk.rkey}, lk.token, lk.l.channel).Int64()
 	if err != nil {
-		return wasLost, fmt.Errorf("redlease: release %q (the lease ends by its TTL): %w", lk.key, err)
+		return wasLost, fmt.Errorf("redlease: release %q (the lease ends by its TTL): %w", lk.name, err)
 	}
 	if code != 1 {
-		return wasLost, leaseGone(lk.key, code)
+		return wasLost, leaseGone(lk.name, code)
 	}
 	return wasLost, nil
 }
@@ -224,10 +210,7 @@ func leaseGone(key string, code int64) error {
 }
 
 func (l *Locker) newLock(key string, cfg lockConfig, onLost context.CancelCauseFunc) *Lock {
-	return &Lock{
-		l: l, key: key, rkey: l.lockKey(key), token: uuid.NewString(),
-		lost: make(chan struct{}), onLost: onLost, ttl: cfg.ttl, renew: cfg.watchdog,
-	}
+	return &Lock{l: l, lease: newLease(key, l.lockKey(key), uuid.NewString(), cfg.ttl, cfg.watchdog, onLost)}
 }
 
 // acquire makes one attempt. It returns ok, or the holder's remaining
@@ -239,13 +222,13 @@ func (l *Locker) acquire(ctx context.Context, lk *Lock) (ok bool, pttl time.Dura
 		err = fmt.Errorf("unexpected reply %v", res)
 	}
 	if err != nil {
-		return false, 0, fmt.Errorf("redlease: obtain %q: %w", lk.key, err)
+		return false, 0, fmt.Errorf("redlease: obtain %q: %w", lk.name, err)
 	}
 	if res[0] == 0 {
 		return false, time.Duration(res[1]) * time.Millisecond, nil
 	}
 	lk.fence = res[1]
-	l.wd.add(lk, start)
+	l.wd.add(&lk.lease, start)
 	return true, 0, nil
 }
 

@@ -18,18 +18,47 @@ const (
 	renewBatchSize = 100
 )
 
-// watchdog is the Locker's single renewal loop: it renews every lease that
-// wants it TTL/3 after its last renewal, batched into few script calls, and
-// closes Lost when a lease is gone or must have ended by the local clock.
+// lease is what the watchdog tracks: a lock's lease or a message's claim.
+type lease struct {
+	name   string // for errors: the lock's key or the message's id
+	rkey   string // the lease's key in Redis (a message's id for claims)
+	token  string
+	lost   chan struct{}
+	onLost context.CancelCauseFunc // cancels the holder's context, if any
+
+	// Guarded by the watchdog's mu.
+	ttl      time.Duration
+	renew    bool
+	deadline time.Time // the lease has surely ended by the client's clock
+	next     time.Time // next renewal
+	inflight bool
+	tracked  bool  // in the watchdog's set
+	released bool  // the holder let go
+	cause    error // why lost closed
+}
+
+func newLease(name, rkey, token string, ttl time.Duration, renew bool, onLost context.CancelCauseFunc) lease {
+	return lease{name: name, rkey: rkey, token: token, lost: make(chan struct{}), onLost: onLost, ttl: ttl, renew: renew}
+}
+
+// watchdog is one renewal loop shared by many leases: it renews every lease
+// that wants it TTL/3 after its last renewal, batched into few script calls,
+// and closes lost when a lease is gone or must have ended by the local clock.
 type watchdog struct {
-	l       *Locker
+	ctx      context.Context // bounds renewal calls
+	renewAll func(ctx context.Context, batch []renewal) ([]int64, []error)
+
 	mu      sync.Mutex
-	leases  map[*Lock]struct{}
+	leases  map[*lease]struct{}
 	running bool
 	closed  bool
 	wakeAt  time.Time     // when the loop will look again
 	wake    chan struct{} // asks the loop to look now
 	wg      sync.WaitGroup
+}
+
+func newWatchdog(ctx context.Context, renewAll func(context.Context, []renewal) ([]int64, []error)) watchdog {
+	return watchdog{ctx: ctx, renewAll: renewAll, leases: make(map[*lease]struct{}), wake: make(chan struct{}, 1)}
 }
 
 // drift is subtracted from a lease's end by the local clock, so Lost closes
@@ -38,7 +67,7 @@ type watchdog struct {
 func drift(ttl time.Duration) time.Duration { return ttl/100 + time.Millisecond }
 
 // add tracks a lease obtained by a request sent at start.
-func (w *watchdog) add(lk *Lock, start time.Time) {
+func (w *watchdog) add(lk *lease, start time.Time) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	lk.deadline = start.Add(lk.ttl - drift(lk.ttl))
@@ -46,7 +75,7 @@ func (w *watchdog) add(lk *Lock, start time.Time) {
 	lk.tracked = true
 	w.leases[lk] = struct{}{}
 	if w.closed {
-		w.endLocked(lk, fmt.Errorf("%w: lease on %q is not renewed", ErrClosed, lk.key))
+		w.endLocked(lk, fmt.Errorf("%w: lease on %q is not renewed", ErrClosed, lk.name))
 		return
 	}
 	if !w.running {
@@ -59,7 +88,7 @@ func (w *watchdog) add(lk *Lock, start time.Time) {
 }
 
 // due is when the loop must next look at the lease.
-func (lk *Lock) due() time.Time {
+func (lk *lease) due() time.Time {
 	if lk.renew && lk.next.Before(lk.deadline) {
 		return lk.next
 	}
@@ -75,7 +104,7 @@ func (w *watchdog) signal() {
 
 // endLocked stops tracking the lease and closes Lost; cause is nil for a
 // clean release.
-func (w *watchdog) endLocked(lk *Lock, cause error) {
+func (w *watchdog) endLocked(lk *lease, cause error) {
 	if !lk.tracked {
 		return
 	}
@@ -91,7 +120,7 @@ func (w *watchdog) endLocked(lk *Lock, cause error) {
 	}
 }
 
-func (w *watchdog) end(lk *Lock, cause error) {
+func (w *watchdog) end(lk *lease, cause error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.endLocked(lk, cause)
@@ -99,7 +128,7 @@ func (w *watchdog) end(lk *Lock, cause error) {
 
 // release marks the lease released; it reports whether it had been lost
 // before and whether it had been released already.
-func (w *watchdog) release(lk *Lock) (wasLost, already bool) {
+func (w *watchdog) release(lk *lease) (wasLost, already bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	wasLost, already = lk.cause != nil, lk.released
@@ -108,14 +137,14 @@ func (w *watchdog) release(lk *Lock) (wasLost, already bool) {
 	return wasLost, already
 }
 
-func (w *watchdog) isReleased(lk *Lock) bool {
+func (w *watchdog) isReleased(lk *lease) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return lk.released
 }
 
 // refreshed records a successful Refresh sent at start.
-func (w *watchdog) refreshed(lk *Lock, start time.Time, ttl time.Duration) {
+func (w *watchdog) refreshed(lk *lease, start time.Time, ttl time.Duration) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if !lk.tracked {
@@ -133,7 +162,7 @@ func (w *watchdog) close() {
 	w.mu.Lock()
 	w.closed = true
 	for lk := range w.leases {
-		w.endLocked(lk, fmt.Errorf("%w: lease on %q is not renewed", ErrClosed, lk.key))
+		w.endLocked(lk, fmt.Errorf("%w: lease on %q is not renewed", ErrClosed, lk.name))
 	}
 	w.mu.Unlock()
 	w.signal()
@@ -142,7 +171,7 @@ func (w *watchdog) close() {
 
 // renewal is one lease in a batch, with the TTL the batch asks for.
 type renewal struct {
-	lk  *Lock
+	lk  *lease
 	ttl time.Duration
 }
 
@@ -163,7 +192,7 @@ func (w *watchdog) loop() {
 		wakeAt := now.Add(time.Hour)
 		for lk := range w.leases {
 			if !now.Before(lk.deadline) {
-				w.endLocked(lk, notHeld(lk.key, "no renewal succeeded before the lease ended"))
+				w.endLocked(lk, notHeld(lk.name, "no renewal succeeded before the lease ended"))
 				continue
 			}
 			// Renew a little early to share a script call with other leases.
@@ -211,7 +240,7 @@ func (w *watchdog) loop() {
 func (w *watchdog) renew(batch []renewal) {
 	defer w.wg.Done()
 	sent := time.Now()
-	codes, errs := w.l.renewAll(w.l.ctx, batch)
+	codes, errs := w.renewAll(w.ctx, batch)
 	now := time.Now()
 	w.mu.Lock()
 	for i, r := range batch {
@@ -229,16 +258,16 @@ func (w *watchdog) renew(batch []renewal) {
 			}
 			lk.next = now.Add(lk.ttl / 3)
 		default:
-			w.endLocked(lk, leaseGone(lk.key, codes[i]))
+			w.endLocked(lk, leaseGone(lk.name, codes[i]))
 		}
 	}
 	w.mu.Unlock()
 	w.signal()
 }
 
-// renewAll extends a batch of leases in as few script calls as the keys'
+// renewLocks extends a batch of lock leases in as few script calls as the keys'
 // cluster slots allow, sent together in one pipeline.
-func (l *Locker) renewAll(ctx context.Context, batch []renewal) ([]int64, []error) {
+func (l *Locker) renewLocks(ctx context.Context, batch []renewal) ([]int64, []error) {
 	codes := make([]int64, len(batch))
 	errs := make([]error, len(batch))
 	groups := l.groupBySlot(batch)
