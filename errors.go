@@ -22,3 +22,7 @@ var (
 	// was waiting when Close was called.
 	ErrClosed = errors.New("redlease: locker closed")
 )
+
+// ErrDuplicate reports that Enqueue with WithID found a live message with
+// that id: nothing was added.
+var ErrDuplicate = errors.New("redlease: duplicate message id")

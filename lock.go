@@ -43,7 +43,7 @@ func NewLocker(client redis.UniversalClient, opts ...Option) *Locker {
 	cfg := lockerConfig{prefix: DefaultPrefix}
 	for _, o := range opts {
 		if o != nil {
-			o(&cfg)
+			o.applyLocker(&cfg)
 		}
 	}
 	l := &Locker{client: client, prefix: cfg.prefix, channel: cfg.prefix + ":released", err: cfg.err}

@@ -189,3 +189,14 @@ func eventually(t testing.TB, timeout time.Duration, what string, cond func() bo
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// noLeaks returns a check, to defer, that no goroutine started since has
+// outlived the test; miniredis's own server goroutines don't count.
+func noLeaks(t *testing.T) func() {
+	ignore := goleak.IgnoreCurrent()
+	return func() {
+		goleak.VerifyNone(t, ignore,
+			goleak.IgnoreAnyFunction("github.com/alicebob/miniredis/v2/server.(*Server).servePeer"),
+			goleak.IgnoreAnyFunction("github.com/alicebob/miniredis/v2/server.(*Server).servePeer.func2"))
+	}
+}

@@ -18,27 +18,41 @@ const (
 // the holder's release, so these retries only matter when a wake-up is lost.
 var defaultRetry = ExponentialBackoff(16*time.Millisecond, time.Second)
 
-// Option configures a Locker. An invalid option does not panic: its error is
-// returned by every call on the Locker.
-type Option func(*lockerConfig)
+// Option configures a Locker, or a Queue: every Option is also a
+// QueueOption. An invalid option does not panic: its error is returned by
+// every call on the Locker or Queue.
+type Option interface {
+	QueueOption
+	applyLocker(*lockerConfig)
+}
 
 type lockerConfig struct {
 	prefix string
 	err    error
 }
 
-// WithPrefix sets the namespace of every key and channel the Locker uses
-// (default "redlease"). The prefix must be non-empty and must not contain
-// '{' or '}', which would change how Redis Cluster places keys.
-func WithPrefix(prefix string) Option {
-	return func(c *lockerConfig) {
-		if err := validPrefix(prefix); err != nil {
-			c.err = err
-			return
-		}
-		c.prefix = prefix
+type prefixOption string
+
+func (p prefixOption) applyLocker(c *lockerConfig) {
+	if err := validPrefix(string(p)); err != nil {
+		c.err = err
+		return
 	}
+	c.prefix = string(p)
 }
+
+func (p prefixOption) applyQueue(c *queueConfig) {
+	if err := validPrefix(string(p)); err != nil {
+		c.err = err
+		return
+	}
+	c.prefix = string(p)
+}
+
+// WithPrefix sets the namespace of every key and channel a Locker or Queue
+// uses (default "redlease"). The prefix must be non-empty and must not
+// contain '{' or '}', which would change how Redis Cluster places keys.
+func WithPrefix(prefix string) Option { return prefixOption(prefix) }
 
 func validPrefix(prefix string) error {
 	if prefix == "" || strings.ContainsAny(prefix, "{}") {
@@ -184,3 +198,140 @@ func (l limitRetry) validate() error {
 
 // LimitRetry follows s for at most n retries, then gives up.
 func LimitRetry(s RetryStrategy, n int) RetryStrategy { return limitRetry{s, n} }
+
+// Queue defaults.
+const (
+	// DefaultLease is how long a claim lasts unless renewed.
+	DefaultLease = 30 * time.Second
+	// DefaultMaxAttempts is how many times a message is delivered before it
+	// is dead-lettered.
+	DefaultMaxAttempts = 5
+	// MaxPayload is the largest payload Enqueue accepts.
+	MaxPayload = 1 << 20
+	// MaxIDLength is the longest message id WithID accepts.
+	MaxIDLength = 1024
+)
+
+// DefaultRetryBackoff waits 1s before the second attempt, doubling with
+// each attempt up to 10 minutes.
+func DefaultRetryBackoff(attempt int) time.Duration {
+	return min(time.Second<<min(max(attempt-1, 0), 10), 10*time.Minute)
+}
+
+// QueueOption configures a Queue. An invalid option does not panic: its
+// error is returned by every call on the Queue.
+type QueueOption interface {
+	applyQueue(*queueConfig)
+}
+
+type queueConfig struct {
+	prefix      string
+	lease       time.Duration
+	maxAttempts int
+	backoff     func(attempt int) time.Duration
+	err         error
+}
+
+type queueOption func(*queueConfig)
+
+func (o queueOption) applyQueue(c *queueConfig) { o(c) }
+
+// WithLease sets how long a claim lasts unless renewed (default 30s). Consume
+// renews claims every lease/3 while their handlers run; a crashed consumer's
+// messages are delivered again once their lease ends.
+func WithLease(d time.Duration) QueueOption {
+	return queueOption(func(c *queueConfig) {
+		if d < time.Millisecond {
+			c.err = fmt.Errorf("%w: lease %v must be at least 1ms", ErrInvalidArgument, d)
+			return
+		}
+		c.lease = d
+	})
+}
+
+// WithMaxAttempts sets how many times a message is delivered before a
+// failure moves it to the dead-letter list (default 5; at least 1).
+func WithMaxAttempts(n int) QueueOption {
+	return queueOption(func(c *queueConfig) {
+		if n < 1 {
+			c.err = fmt.Errorf("%w: max attempts %d must be at least 1", ErrInvalidArgument, n)
+			return
+		}
+		c.maxAttempts = n
+	})
+}
+
+// WithRetryBackoff sets how long a failed message waits before its next
+// delivery, given the attempt that failed (1 for the first). A negative
+// result counts as zero. The default is DefaultRetryBackoff.
+func WithRetryBackoff(f func(attempt int) time.Duration) QueueOption {
+	return queueOption(func(c *queueConfig) {
+		if f == nil {
+			c.err = fmt.Errorf("%w: nil retry backoff", ErrInvalidArgument)
+			return
+		}
+		c.backoff = f
+	})
+}
+
+// EnqueueOption configures one Enqueue call.
+type EnqueueOption func(*enqueueConfig)
+
+type enqueueConfig struct {
+	delay time.Duration
+	id    string
+	err   error
+}
+
+// WithDelay makes the message ready only after d (millisecond resolution,
+// by the Redis server's clock). A negative d is an error.
+func WithDelay(d time.Duration) EnqueueOption {
+	return func(c *enqueueConfig) {
+		if d < 0 {
+			c.err = fmt.Errorf("%w: negative delay %v", ErrInvalidArgument, d)
+			return
+		}
+		c.delay = d
+	}
+}
+
+// WithID gives the message its id instead of a random one. While a message
+// with that id is ready, delayed or in flight, enqueueing it again adds
+// nothing and returns ErrDuplicate; once it is acked or dead-lettered the id
+// is free again. An id is 1 to MaxIDLength bytes of anything.
+func WithID(id string) EnqueueOption {
+	return func(c *enqueueConfig) {
+		if id == "" || len(id) > MaxIDLength {
+			c.err = fmt.Errorf("%w: message id must be 1 to %d bytes, got %d", ErrInvalidArgument, MaxIDLength, len(id))
+			return
+		}
+		c.id = id
+	}
+}
+
+// ConsumeOption configures Consume.
+type ConsumeOption func(*consumeConfig)
+
+type consumeConfig struct {
+	concurrency int
+	onError     func(error)
+	err         error
+}
+
+// WithConcurrency sets how many handlers run at once (default 1).
+func WithConcurrency(n int) ConsumeOption {
+	return func(c *consumeConfig) {
+		if n < 1 {
+			c.err = fmt.Errorf("%w: concurrency %d must be at least 1", ErrInvalidArgument, n)
+			return
+		}
+		c.concurrency = n
+	}
+}
+
+// WithErrorHandler receives the errors Consume recovers from by itself:
+// Redis errors while claiming, acking or reaping, and handler errors and
+// panics (each message is nacked all the same). It must not block.
+func WithErrorHandler(f func(error)) ConsumeOption {
+	return func(c *consumeConfig) { c.onError = f }
+}

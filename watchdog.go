@@ -6,8 +6,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-
-	"github.com/redis/go-redis/v9"
 )
 
 const (
@@ -271,28 +269,11 @@ func (l *Locker) renewLocks(ctx context.Context, batch []renewal) ([]int64, []er
 	codes := make([]int64, len(batch))
 	errs := make([]error, len(batch))
 	groups := l.groupBySlot(batch)
-	run := func() []*redis.Cmd {
-		cmds := make([]*redis.Cmd, len(groups))
-		if len(groups) == 1 {
-			keys, args := renewArgs(batch, groups[0])
-			cmds[0] = renewScript.Run(ctx, l.client, keys, args...)
-			return cmds
-		}
-		_, _ = l.client.Pipelined(ctx, func(p redis.Pipeliner) error {
-			for g, idx := range groups {
-				keys, args := renewArgs(batch, idx)
-				cmds[g] = renewScript.EvalSha(ctx, p, keys, args...)
-			}
-			return nil
-		})
-		return cmds
+	calls := make([]scriptCall, len(groups))
+	for g, idx := range groups {
+		calls[g].keys, calls[g].args = renewArgs(batch, idx)
 	}
-	cmds := run()
-	if len(groups) > 1 && anyNoScript(cmds) {
-		if err := renewScript.Load(ctx, l.client).Err(); err == nil {
-			cmds = run()
-		}
-	}
+	cmds := runAll(ctx, l.client, renewScript, calls)
 	for g, idx := range groups {
 		res, err := cmds[g].Int64Slice()
 		if err == nil && len(res) != len(idx) {
@@ -307,15 +288,6 @@ func (l *Locker) renewLocks(ctx context.Context, batch []renewal) ([]int64, []er
 		}
 	}
 	return codes, errs
-}
-
-func anyNoScript(cmds []*redis.Cmd) bool {
-	for _, c := range cmds {
-		if err := c.Err(); err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT") {
-			return true
-		}
-	}
-	return false
 }
 
 func renewArgs(batch []renewal, idx []int) ([]string, []any) {
