@@ -138,9 +138,22 @@ func backends(t *testing.T, f func(t *testing.T, c *redis.Client)) {
 	t.Run("redis", func(t *testing.T) { f(t, realRedis(t)) })
 }
 
-// uniq returns a key prefix no other test uses.
+var (
+	uniqMu   sync.Mutex
+	uniqSeen = map[testing.TB]string{}
+)
+
+// uniq returns a key prefix no other test, nor another run of this one
+// (-count), uses; the same one for every call in a test.
 func uniq(t testing.TB) string {
-	return strings.NewReplacer("/", "-", " ", "_").Replace(t.Name())
+	uniqMu.Lock()
+	defer uniqMu.Unlock()
+	if p, ok := uniqSeen[t]; ok {
+		return p
+	}
+	p := strings.NewReplacer("/", "-", " ", "_").Replace(t.Name()) + "-" + strconv.Itoa(len(uniqSeen))
+	uniqSeen[t] = p
+	return p
 }
 
 // commandStats returns how many times Redis has run each command, commands

@@ -61,7 +61,7 @@ func TestEnqueueClaimAck(t *testing.T) {
 			}
 		}
 		wantStats(t, q, Stats{})
-		if keys := c.Keys(ctx, uniq(t)+"*").Val(); len(keys) != 0 {
+		if keys := c.Keys(ctx, uniq(t)+":*").Val(); len(keys) != 0 {
 			t.Fatalf("keys left after every message was acked: %v", keys)
 		}
 	})
