@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -25,9 +26,9 @@ import (
 type Locker struct {
 	client  redis.UniversalClient
 	prefix  string
-	channel string // release notifications; the message is the lock key
-	cluster bool
-	err     error // from a bad client or option, returned by every call
+	channel string                  // release notifications; the message is the lock key
+	slots   func(key string) string // groups keys that one script may touch together
+	err     error                   // from a bad client or option, returned by every call
 
 	ctx    context.Context // ends on Close; bounds background calls
 	cancel context.CancelFunc
@@ -50,7 +51,18 @@ func NewLocker(client redis.UniversalClient, opts ...Option) *Locker {
 	if isNil(client) {
 		l.err = fmt.Errorf("%w: nil redis client", ErrInvalidArgument)
 	}
-	_, l.cluster = client.(*redis.ClusterClient)
+	switch client.(type) {
+	case *redis.Ring:
+		// Ring shards pub/sub by channel, so a release published on the
+		// lock's shard would never reach the subscription.
+		l.err = fmt.Errorf("%w: redis.Ring is not supported by Locker; use a ClusterClient or one Client per shard", ErrInvalidArgument)
+	case *redis.Client:
+		l.slots = func(string) string { return "" }
+	case *redis.ClusterClient:
+		l.slots = func(key string) string { return strconv.Itoa(int(slot(key))) }
+	default: // a wrapper: only keys with the same hash tag surely live together
+		l.slots = hashTag
+	}
 	l.ctx, l.cancel = context.WithCancel(context.Background())
 	l.wd = newWatchdog(l.ctx, l.renewLocks)
 	l.hub = wakeHub{l: l, queues: make(map[string][]*waiter)}
@@ -157,6 +169,7 @@ func (lk *Lock) Refresh(ctx context.Context, ttl time.Duration) error {
 	if lk.l.wd.isReleased(&lk.lease) {
 		return notHeld(lk.name, "already released")
 	}
+	gen := lk.l.wd.refreshing(&lk.lease)
 	start := time.Now()
 	codes, err := renewScript.Run(ctx, lk.l.client, []string{lk.rkey}, lk.token, ttl.Milliseconds()).Int64Slice()
 	if err == nil && len(codes) != 1 {
@@ -170,7 +183,7 @@ func (lk *Lock) Refresh(ctx context.Context, ttl time.Duration) error {
 		lk.l.wd.end(&lk.lease, err)
 		return err
 	}
-	lk.l.wd.refreshed(&lk.lease, start, ttl)
+	lk.l.wd.refreshed(&lk.lease, start, ttl, gen)
 	return nil
 }
 
@@ -284,19 +297,16 @@ func (l *Locker) obtain(ctx context.Context, key string, cfg lockConfig, onLost 
 		return nil, gaveUp(key, err)
 	}
 	lk := l.newLock(key, cfg, onLost)
-	attempts := 0
 	pttl := time.Duration(-1)
 	_, mayRetry := cfg.retry.NextBackoff(1)
 	// Newcomers queue behind local waiters instead of racing them.
-	if !mayRetry || !l.hub.waiting(lk.rkey) {
-		ok, p, err := l.acquire(ctx, lk)
-		if ok || err != nil {
-			return okLock(lk, ok, err)
+	attempted := !mayRetry || !l.hub.waiting(lk.rkey)
+	if attempted {
+		ok, p, err := l.attempt(ctx, lk)
+		if ok || err != nil || !mayRetry {
+			return l.attempted(ctx, lk, ok, p, err)
 		}
-		if !mayRetry {
-			return nil, notObtained(key, p)
-		}
-		attempts, pttl = 1, p
+		pttl = p
 	}
 
 	// Subscribed before the next attempt, so no release is missed.
@@ -308,43 +318,66 @@ func (l *Locker) obtain(ctx context.Context, key string, cfg lockConfig, onLost 
 	defer func() { l.hub.leave(w, acquired) }()
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
-	tryNow := true
-	for {
-		if tryNow && l.hub.isHead(w) {
-			ok, p, err := l.acquire(ctx, lk)
-			if ok || err != nil {
-				acquired = ok
-				return okLock(lk, ok, err)
-			}
-			attempts++
-			pttl = p
-		}
-		wait, ok := cfg.retry.NextBackoff(max(attempts, 1))
+	// Every wait, by the head or by a waiter behind it, counts as a retry.
+	for retry := 1; ; retry++ {
+		wait, ok := cfg.retry.NextBackoff(retry)
 		if !ok {
 			return nil, notObtained(key, pttl)
 		}
-		if pttl >= 0 && pttl+time.Millisecond < wait {
-			wait = pttl + time.Millisecond // Redis expires the key by then
-		}
-		timer.Reset(wait)
-		select {
-		case <-w.wake:
-		case <-timer.C:
-		case <-ctx.Done():
-			return nil, gaveUp(key, ctx.Err())
+		// The first retry after subscribing comes at once: a release
+		// between the first attempt and the subscription is not missed.
+		if retry > 1 || !attempted {
+			if pttl >= 0 && pttl+time.Millisecond < wait {
+				wait = pttl + time.Millisecond // Redis expires the key by then
+			}
+			timer.Reset(wait)
+			select {
+			case <-w.wake:
+			case <-timer.C:
+			case <-ctx.Done():
+				return nil, gaveUp(key, ctx.Err())
+			}
 		}
 		if l.closed.Load() {
 			return nil, gaveUp(key, ErrClosed)
 		}
-		tryNow = true
+		if !l.hub.isHead(w) {
+			continue
+		}
+		ok, p, err := l.attempt(ctx, lk)
+		if ok || err != nil {
+			acquired = ok
+			return l.attempted(ctx, lk, ok, p, err)
+		}
+		pttl = p
 	}
 }
 
-func okLock(lk *Lock, ok bool, err error) (*Lock, error) {
-	if !ok {
+// attempt is acquire, for a Locker that may have been closed meanwhile: a
+// lease obtained after Close is given back.
+func (l *Locker) attempt(ctx context.Context, lk *Lock) (bool, time.Duration, error) {
+	ok, pttl, err := l.acquire(ctx, lk)
+	if ok && l.closed.Load() {
+		_ = lk.Release(context.WithoutCancel(ctx))
+		return false, 0, ErrClosed
+	}
+	return ok, pttl, err
+}
+
+// attempted turns an attempt's outcome into Obtain's result: an error that
+// came with the context's end is the context's.
+func (l *Locker) attempted(ctx context.Context, lk *Lock, ok bool, pttl time.Duration, err error) (*Lock, error) {
+	switch {
+	case ok:
+		return lk, nil
+	case errors.Is(err, ErrClosed):
+		return nil, gaveUp(lk.name, err)
+	case err != nil && ctx.Err() != nil:
+		return nil, gaveUp(lk.name, errors.Join(ctx.Err(), err))
+	case err != nil:
 		return nil, err
 	}
-	return lk, nil
+	return nil, notObtained(lk.name, pttl)
 }
 
 func gaveUp(key string, cause error) error {

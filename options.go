@@ -156,6 +156,9 @@ type exponentialBackoff struct{ min, max time.Duration }
 func (e exponentialBackoff) NextBackoff(n int) (time.Duration, bool) {
 	d := e.min
 	for i := 1; i < n && d < e.max; i++ {
+		if d > e.max/2 {
+			return e.max, true
+		}
 		d *= 2
 	}
 	return min(d, e.max), true

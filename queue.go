@@ -83,7 +83,8 @@ type Message struct {
 	Attempt int
 
 	lease
-	q *Queue
+	q      *Queue
+	ackErr error // the outcome of an ack folded into the next claim
 }
 
 // Stats counts a queue's messages by state.
@@ -213,10 +214,28 @@ func (q *Queue) Claim(ctx context.Context) (*Message, error) {
 // delayed message is due (negative: none). The claim is renewed by the
 // watchdog if renew is set.
 func (q *Queue) claim(ctx context.Context, renew bool, onLost context.CancelCauseFunc) (*Message, time.Duration, error) {
+	return q.claimAfter(ctx, nil, renew, onLost)
+}
+
+// claimAfter acks done, if not nil, and claims in the same round trip; the
+// ack's outcome is done's error, reported through done.ackErr.
+func (q *Queue) claimAfter(ctx context.Context, done *Message, renew bool, onLost context.CancelCauseFunc) (*Message, time.Duration, error) {
 	start := time.Now()
 	token := uuid.NewString()
 	// Not cancellable: a claim made but not heard of would wait for its lease.
-	res, err := claimScript.Run(context.WithoutCancel(ctx), q.client, q.keys, q.lease.Milliseconds(), token).Slice()
+	bg := context.WithoutCancel(ctx)
+	var res []any
+	var err error
+	if done == nil {
+		res, err = claimScript.Run(bg, q.client, q.keys, q.lease.Milliseconds(), token).Slice()
+	} else {
+		res, err = ackClaimScript.Run(bg, q.client, q.keys, done.ID, done.token, q.lease.Milliseconds(), token).Slice()
+		if err != nil {
+			done.ackErr = done.ack(bg) // the ack's fate is unknown: ack again
+		} else if code, ok := res[0].(int64); ok {
+			done.ackErr, res = claimGone(done.ID, code), res[1:]
+		}
+	}
 	if err != nil {
 		return nil, 0, fmt.Errorf("redlease: claim on %q: %w", q.name, err)
 	}
@@ -284,6 +303,10 @@ func (m *Message) Ack(ctx context.Context) error {
 	if _, already := m.q.wd.release(&m.lease); already {
 		return notHeld(m.ID, "already acked or nacked")
 	}
+	return m.ack(ctx)
+}
+
+func (m *Message) ack(ctx context.Context) error {
 	code, err := ackScript.Run(ctx, m.q.client, m.q.keys, m.ID, m.token).Int64()
 	if err != nil {
 		return fmt.Errorf("redlease: ack %q: %w", m.ID, err)
@@ -316,6 +339,7 @@ func (m *Message) Extend(ctx context.Context, d time.Duration) error {
 	if m.q.wd.isReleased(&m.lease) {
 		return notHeld(m.ID, "already acked or nacked")
 	}
+	gen := m.q.wd.refreshing(&m.lease)
 	start := time.Now()
 	codes, err := extendScript.Run(ctx, m.q.client, m.q.keys, m.ID, m.token, d.Milliseconds()).Int64Slice()
 	if err == nil && len(codes) != 1 {
@@ -328,7 +352,7 @@ func (m *Message) Extend(ctx context.Context, d time.Duration) error {
 		m.q.wd.end(&m.lease, err)
 		return err
 	}
-	m.q.wd.refreshed(&m.lease, start, d)
+	m.q.wd.refreshed(&m.lease, start, d, gen)
 	return nil
 }
 
@@ -519,11 +543,21 @@ func (c *consumer) report(err error) {
 	}
 }
 
+// work claims and handles messages until ctx ends. A message whose
+// handler succeeded is acked in the same round trip as the next claim.
 func (c *consumer) work(ctx context.Context) {
 	pause := 10 * time.Millisecond
+	var done *Message // handled, to ack with the next claim
 	for ctx.Err() == nil {
 		hctx, cancel := context.WithCancelCause(context.WithoutCancel(ctx))
-		m, next, err := c.q.claim(ctx, true, cancel)
+		if done != nil {
+			c.q.wd.release(&done.lease) // renewal stops; the script acks
+		}
+		m, next, err := c.q.claimAfter(ctx, done, true, cancel)
+		if done != nil {
+			c.report(done.ackErr)
+			done = nil
+		}
 		switch {
 		case err != nil:
 			c.report(err)
@@ -533,21 +567,25 @@ func (c *consumer) work(ctx context.Context) {
 			c.wait(ctx, next)
 		default:
 			pause = 10 * time.Millisecond
-			c.handle(hctx, m)
+			done = c.handle(hctx, m)
 		}
 		cancel(nil)
 	}
+	if done != nil {
+		c.report(done.Ack(context.WithoutCancel(ctx)))
+	}
 }
 
-func (c *consumer) handle(ctx context.Context, m *Message) {
+// handle runs the handler and nacks a failure; it returns m to ack when the
+// handler succeeded.
+func (c *consumer) handle(ctx context.Context, m *Message) *Message {
 	err := c.run(ctx, m)
-	actx := context.WithoutCancel(ctx)
 	if err == nil {
-		c.report(m.Ack(actx))
-		return
+		return m
 	}
 	c.report(fmt.Errorf("redlease: handler failed on %q (attempt %d): %w", m.ID, m.Attempt, err))
-	c.report(m.Nack(actx))
+	c.report(m.Nack(context.WithoutCancel(ctx)))
+	return nil
 }
 
 func (c *consumer) run(ctx context.Context, m *Message) (err error) {

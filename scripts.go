@@ -164,6 +164,39 @@ local function promote(now, n)
   end
   return #due
 end
+
+-- claim pops the next ready message and claims it for lease ms with token;
+-- see claimScript for the reply.
+local function claim(now, lease, token)
+  for _ = 1, 100 do
+    local id = redis.call('LPOP', KEYS[1])
+    if not id then
+      if promote(now, 100) == 0 then
+        redis.call('DEL', KEYS[6]) -- no work: a stale marker would wake a consumer for nothing
+        local nxt = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+        if #nxt == 0 then return {0, -1} end
+        return {0, math.max(tonumber(nxt[2]) - now, 1)}
+      end
+      id = redis.call('LPOP', KEYS[1])
+    end
+    local m = redis.call('HMGET', KEYS[4], 'p' .. id, 's' .. id)
+    if m[1] then
+      local attempt = (tonumber(m[2]) or 0) + 1
+      local deadline = now + tonumber(lease)
+      redis.call('HSET', KEYS[4], 's' .. id, string.format('%d:%d:', attempt, deadline) .. token)
+      redis.call('ZADD', KEYS[3], deadline, id)
+      -- While work remains, wake another blocked consumer; else none.
+      if redis.call('LLEN', KEYS[1]) > 0 then
+        redis.call('ZADD', KEYS[6], 0, 'm')
+      else
+        redis.call('DEL', KEYS[6])
+      end
+      return {1, id, m[1], attempt, deadline}
+    end
+    redis.call('HDEL', KEYS[4], 's' .. id) -- an id without a payload: drop it
+  end
+  return {0, 1}
+end
 `
 
 // enqueueScript adds messages whose id is not live.
@@ -198,35 +231,24 @@ return codes
 //	returns {1, id, payload, attempt, lease deadline in ms} on success,
 //	        {0, ms until the next delayed message is due, or -1} when empty
 var claimScript = redis.NewScript(queueLua + `
-local now = nowms()
-for _ = 1, 100 do
-  local id = redis.call('LPOP', KEYS[1])
-  if not id then
-    if promote(now, 100) == 0 then
-      redis.call('DEL', KEYS[6]) -- no work: a stale marker would wake a consumer for nothing
-      local nxt = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
-      if #nxt == 0 then return {0, -1} end
-      return {0, math.max(tonumber(nxt[2]) - now, 1)}
-    end
-    id = redis.call('LPOP', KEYS[1])
-  end
-  local m = redis.call('HMGET', KEYS[4], 'p' .. id, 's' .. id)
-  if m[1] then
-    local attempt = (tonumber(m[2]) or 0) + 1
-    local deadline = now + tonumber(ARGV[1])
-    redis.call('HSET', KEYS[4], 's' .. id, string.format('%d:%d:', attempt, deadline) .. ARGV[2])
-    redis.call('ZADD', KEYS[3], deadline, id)
-    -- While work remains, wake another blocked consumer; else none.
-    if redis.call('LLEN', KEYS[1]) > 0 then
-      redis.call('ZADD', KEYS[6], 0, 'm')
-    else
-      redis.call('DEL', KEYS[6])
-    end
-    return {1, id, m[1], attempt, deadline}
-  end
-  redis.call('HDEL', KEYS[4], 's' .. id) -- an id without a payload: drop it
+return claim(nowms(), ARGV[1], ARGV[2])
+`)
+
+// ackClaimScript acks one claim and claims the next message in one round
+// trip, as a busy consumer wants.
+//
+//	ARGV[1] id, ARGV[2] claim token: as ackScript
+//	ARGV[3] lease in ms, ARGV[4] new claim token: as claimScript
+//	returns ackScript's code followed by claimScript's reply
+var ackClaimScript = redis.NewScript(queueLua + `
+local code, _, now = holder(ARGV[1], ARGV[2])
+if code == 1 then
+  redis.call('ZREM', KEYS[3], ARGV[1])
+  redis.call('HDEL', KEYS[4], 'p' .. ARGV[1], 's' .. ARGV[1])
 end
-return {0, 1}
+local reply = claim(now or nowms(), ARGV[3], ARGV[4])
+table.insert(reply, 1, code)
+return reply
 `)
 
 // ackScript ends a claim by deleting the message.

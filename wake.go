@@ -2,12 +2,18 @@ package redlease
 
 import (
 	"context"
+	"errors"
+	"net"
 	"slices"
 	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 )
+
+// pingEvery is how often a quiet subscription is checked: a connection that
+// died without a word (half-open) is replaced after two silent intervals.
+const pingEvery = 15 * time.Second
 
 // wakeHub is a Locker's one subscription to release notifications, shared
 // by all its waiters, and their first-come-first-served queues per key. A
@@ -19,12 +25,17 @@ type wakeHub struct {
 	l      *Locker
 	mu     sync.Mutex
 	queues map[string][]*waiter // by lock key
-	ps     *redis.PubSub        // nil while nobody waits
-	stop   chan struct{}        // ends the current subscription's reader
-	ready  chan struct{}        // closed once the subscription answered or failed
-	idle   *time.Timer          // closes the subscription when nobody waits
+	run    *subscription        // nil while nobody waits
+	idle   *time.Timer          // ends the subscription when nobody waits
 	closed bool
 	wg     sync.WaitGroup
+}
+
+// subscription is one run of the reader goroutine.
+type subscription struct {
+	stop  chan struct{} // closed to end the run
+	ready chan struct{} // closed once subscribed, or once that failed
+	ps    *redis.PubSub // set by the reader, under wakeHub.mu
 }
 
 type waiter struct {
@@ -67,13 +78,12 @@ func (h *wakeHub) join(ctx context.Context, key string) (*waiter, error) {
 		h.idle.Stop()
 		h.idle = nil
 	}
-	if h.ps == nil {
-		h.ps = h.l.client.Subscribe(h.l.ctx) // no channel yet: does not dial
-		h.stop, h.ready = make(chan struct{}), make(chan struct{})
+	if h.run == nil {
+		h.run = &subscription{stop: make(chan struct{}), ready: make(chan struct{})}
 		h.wg.Add(1)
-		go h.read(h.ps, h.stop, h.ready)
+		go h.read(h.run)
 	}
-	ready := h.ready
+	ready := h.run.ready
 	h.mu.Unlock()
 	select {
 	case <-ready:
@@ -102,31 +112,39 @@ func (h *wakeHub) leave(w *waiter, acquired bool) {
 			signal(q[0].wake)
 		}
 	}
-	if len(h.queues) == 0 && h.ps != nil && h.idle == nil {
-		h.idle = time.AfterFunc(idleLinger, h.closeIfIdle)
+	if len(h.queues) == 0 && h.run != nil && h.idle == nil {
+		h.idle = time.AfterFunc(idleLinger, h.stopIfIdle)
 	}
 }
 
-func (h *wakeHub) closeIfIdle() {
+func (h *wakeHub) stopIfIdle() {
 	h.mu.Lock()
-	if len(h.queues) > 0 || h.ps == nil {
-		h.mu.Unlock()
-		return
+	h.idle = nil
+	var ps *redis.PubSub
+	if len(h.queues) == 0 && h.run != nil {
+		ps = h.stopLocked()
 	}
-	ps := h.ps
-	h.ps, h.idle = nil, nil
-	close(h.stop)
 	h.mu.Unlock()
-	_ = ps.Close()
+	if ps != nil {
+		_ = ps.Close()
+	}
+}
+
+// stopLocked ends the current run; the caller closes the returned PubSub
+// (if any) after unlocking, which unblocks the reader.
+func (h *wakeHub) stopLocked() *redis.PubSub {
+	run := h.run
+	h.run = nil
+	close(run.stop)
+	return run.ps
 }
 
 func (h *wakeHub) close() {
 	h.mu.Lock()
 	h.closed = true
-	ps := h.ps
-	if ps != nil {
-		h.ps = nil
-		close(h.stop)
+	var ps *redis.PubSub
+	if h.run != nil {
+		ps = h.stopLocked()
 	}
 	if h.idle != nil {
 		h.idle.Stop()
@@ -158,50 +176,81 @@ func (h *wakeHub) wakeHeads(key string, all bool) {
 	}
 }
 
-// read dispatches release notifications until stop is closed.
-func (h *wakeHub) read(ps *redis.PubSub, stop, ready chan struct{}) {
+// read subscribes and dispatches release notifications until run.stop is
+// closed. It replaces a subscription whose connection went silent.
+func (h *wakeHub) read(run *subscription) {
 	defer h.wg.Done()
 	answered := false
 	answer := func() {
 		if !answered {
 			answered = true
-			close(ready)
+			close(run.ready)
 		}
 	}
 	defer answer()
-	// An error here is seen again, and retried, by Receive below.
-	_ = ps.Subscribe(h.l.ctx, h.l.channel)
 	backoff := 10 * time.Millisecond
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {
-		msg, err := ps.Receive(h.l.ctx)
-		if err != nil {
+		// Subscribe dials; it is called here, never under h.mu.
+		ps := h.l.client.Subscribe(h.l.ctx, h.l.channel)
+		h.mu.Lock()
+		stopped := h.run != run
+		if !stopped {
+			run.ps = ps
+		}
+		h.mu.Unlock()
+		if stopped {
+			_ = ps.Close()
+			return
+		}
+		silent := 0
+		for silent < 2 {
+			msg, err := ps.ReceiveTimeout(h.l.ctx, pingEvery)
 			select {
-			case <-stop:
-				return
+			case <-run.stop:
+				return // Close or idle: ps is closed by whoever stopped us
 			default:
 			}
-			answer() // waiters poll until the subscription is back
-			timer.Reset(backoff)
-			select {
-			case <-stop:
-				return
-			case <-timer.C:
+			var nerr net.Error
+			switch m := msg.(type) {
+			case *redis.Subscription:
+				if answered {
+					// Resubscribed after a reconnect: releases may have been missed.
+					h.wakeHeads("", true)
+				}
+				answer()
+				silent = 0
+			case *redis.Message:
+				h.wakeHeads(m.Payload, false)
+				silent = 0
+			case *redis.Pong:
+				silent = 0
+			case nil:
+				if errors.As(err, &nerr) && nerr.Timeout() {
+					silent++
+					_ = ps.Ping(h.l.ctx)
+					continue
+				}
+				answer() // waiters poll until the subscription is back
+				timer.Reset(backoff)
+				select {
+				case <-run.stop:
+					return
+				case <-timer.C:
+				}
+				backoff = min(2*backoff, time.Second)
+				continue
 			}
-			backoff = min(2*backoff, time.Second)
-			continue
+			backoff = 10 * time.Millisecond
 		}
-		backoff = 10 * time.Millisecond
-		switch m := msg.(type) {
-		case *redis.Subscription:
-			if answered {
-				// Resubscribed after a reconnect: releases may have been missed.
-				h.wakeHeads("", true)
-			}
-			answer()
-		case *redis.Message:
-			h.wakeHeads(m.Payload, false)
+		// Silent through a ping: start over on a new connection.
+		h.mu.Lock()
+		if h.run == run {
+			run.ps = nil
 		}
+		h.mu.Unlock()
+		_ = ps.Close()
+		h.wakeHeads("", true)
 	}
 }

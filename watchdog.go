@@ -30,9 +30,10 @@ type lease struct {
 	deadline time.Time // the lease has surely ended by the client's clock
 	next     time.Time // next renewal
 	inflight bool
-	tracked  bool  // in the watchdog's set
-	released bool  // the holder let go
-	cause    error // why lost closed
+	gen      uint64 // counts Refresh calls, to spot one crossing a renewal
+	tracked  bool   // in the watchdog's set
+	released bool   // the holder let go
+	cause    error  // why lost closed
 }
 
 func newLease(name, rkey, token string, ttl time.Duration, renew bool, onLost context.CancelCauseFunc) lease {
@@ -141,19 +142,40 @@ func (w *watchdog) isReleased(lk *lease) bool {
 	return lk.released
 }
 
-// refreshed records a successful Refresh sent at start.
-func (w *watchdog) refreshed(lk *lease, start time.Time, ttl time.Duration) {
+// refreshing notes a Refresh about to be sent and returns its generation.
+func (w *watchdog) refreshing(lk *lease) uint64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	lk.gen++
+	return lk.gen
+}
+
+// refreshed records a successful Refresh sent at start. If a renewal or
+// another Refresh crossed it, Redis may have applied them in either order:
+// the earlier end is assumed and the lease is renewed again at once.
+func (w *watchdog) refreshed(lk *lease, start time.Time, ttl time.Duration, gen uint64) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if !lk.tracked {
 		return
 	}
 	lk.ttl = ttl
-	lk.deadline = start.Add(ttl - drift(ttl))
-	lk.next = time.Now().Add(ttl / 3)
+	d := start.Add(ttl - drift(ttl))
+	if lk.gen == gen && !lk.inflight {
+		lk.deadline, lk.next = d, time.Now().Add(ttl/3)
+	} else {
+		lk.deadline, lk.next = earlier(lk.deadline, d), time.Now()
+	}
 	if lk.due().Before(w.wakeAt) {
 		w.signal()
 	}
+}
+
+func earlier(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
 }
 
 func (w *watchdog) close() {
@@ -171,6 +193,7 @@ func (w *watchdog) close() {
 type renewal struct {
 	lk  *lease
 	ttl time.Duration
+	gen uint64
 }
 
 func (w *watchdog) loop() {
@@ -196,7 +219,7 @@ func (w *watchdog) loop() {
 			// Renew a little early to share a script call with other leases.
 			if lk.renew && !lk.inflight && !lk.next.After(now.Add(lk.ttl/20)) {
 				lk.inflight = true
-				batch = append(batch, renewal{lk, lk.ttl})
+				batch = append(batch, renewal{lk, lk.ttl, lk.gen})
 			}
 			look := lk.deadline
 			if !lk.inflight {
@@ -250,11 +273,13 @@ func (w *watchdog) renew(batch []renewal) {
 			// Transient: retry soon; the deadline check ends the lease if
 			// nothing gets through in time.
 			lk.next = now.Add(min(max(lk.ttl/10, 5*time.Millisecond), time.Second))
-		case codes[i] == 1:
+		case codes[i] == 1 && r.gen == lk.gen:
 			if d := sent.Add(r.ttl - drift(r.ttl)); d.After(lk.deadline) {
 				lk.deadline = d
 			}
 			lk.next = now.Add(lk.ttl / 3)
+		case codes[i] == 1: // a Refresh crossed this renewal: see refreshed
+			lk.deadline, lk.next = earlier(lk.deadline, sent.Add(r.ttl-drift(r.ttl))), now
 		default:
 			w.endLocked(lk, leaseGone(lk.name, codes[i]))
 		}
@@ -301,16 +326,12 @@ func renewArgs(batch []renewal, idx []int) ([]string, []any) {
 }
 
 // groupBySlot splits a batch into index groups of at most renewBatchSize
-// whose keys share a Redis Cluster slot (one group per size limit on other
-// clients).
+// whose keys one script call may touch: same cluster slot, same shard.
 func (l *Locker) groupBySlot(batch []renewal) [][]int {
-	bySlot := map[uint16][]int{}
-	var order []uint16
+	bySlot := map[string][]int{}
+	var order []string
 	for i, r := range batch {
-		var s uint16
-		if l.cluster {
-			s = slot(r.lk.rkey)
-		}
+		s := l.slots(r.lk.rkey)
 		if _, ok := bySlot[s]; !ok {
 			order = append(order, s)
 		}
@@ -327,13 +348,19 @@ func (l *Locker) groupBySlot(batch []renewal) [][]int {
 	return groups
 }
 
-// slot is the Redis Cluster slot of key: CRC16 (XMODEM) of its hash tag.
-func slot(key string) uint16 {
+// hashTag is the part of key that Redis Cluster hashes: the first {tag}.
+func hashTag(key string) string {
 	if s := strings.IndexByte(key, '{'); s >= 0 {
 		if e := strings.IndexByte(key[s+1:], '}'); e > 0 {
-			key = key[s+1 : s+1+e]
+			return key[s+1 : s+1+e]
 		}
 	}
+	return key
+}
+
+// slot is the Redis Cluster slot of key: CRC16 (XMODEM) of its hash tag.
+func slot(key string) uint16 {
+	key = hashTag(key)
 	var crc uint16
 	for i := 0; i < len(key); i++ {
 		crc ^= uint16(key[i]) << 8
