@@ -18,6 +18,9 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	if env := os.Getenv(crashChildEnv); env != "" {
+		os.Exit(crashChild(env))
+	}
 	code := m.Run()
 	stopRealRedis()
 	if code == 0 {
@@ -39,31 +42,110 @@ func newMini(t testing.TB) (*miniredis.Miniredis, *redis.Client) {
 	return mr, c
 }
 
-// realServer is one redis-server per test binary, started on first use.
-type realServer struct {
+// redisProc is a redis-server that a test started on a loopback port.
+type redisProc struct {
 	addr string
+	port int
+	args []string
 	cmd  *exec.Cmd
-	dir  string
-	err  error
+}
+
+// launchRedis starts redis-server on port (0: a free one) with its files in
+// dir and waits until it answers.
+func launchRedis(dir string, port int, extra ...string) (*redisProc, error) {
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		return nil, fmt.Errorf("redis-server not found in PATH")
+	}
+	for range 5 { // a free port can be taken between probe and bind
+		p := port
+		if p == 0 {
+			if p, err = freePort(); err != nil {
+				return nil, err
+			}
+		}
+		args := append([]string{"--port", strconv.Itoa(p), "--bind", "127.0.0.1", "--save", "",
+			"--appendonly", "no", "--dir", dir, "--enable-debug-command", "local"}, extra...)
+		r := &redisProc{addr: "127.0.0.1:" + strconv.Itoa(p), port: p, args: args}
+		if err = r.start(bin); err == nil || port != 0 {
+			return r, err
+		}
+	}
+	return nil, err
+}
+
+func (r *redisProc) start(bin string) error {
+	r.cmd = exec.Command(bin, r.args...)
+	if err := r.cmd.Start(); err != nil {
+		return err
+	}
+	c := redis.NewClient(&redis.Options{Addr: r.addr, MaxRetries: -1})
+	defer c.Close()
+	var err error
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if err = c.Ping(context.Background()).Err(); err == nil {
+			return nil
+		}
+	}
+	r.kill()
+	return fmt.Errorf("redis-server did not answer on %s: %w", r.addr, err)
+}
+
+// kill stops the server at once, as a crash would.
+func (r *redisProc) kill() {
+	if r.cmd != nil && r.cmd.Process != nil {
+		_ = r.cmd.Process.Kill()
+		_ = r.cmd.Wait()
+	}
+}
+
+// restart starts the server again on the same port with the same files.
+func (r *redisProc) restart() error {
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		return err
+	}
+	return r.start(bin)
+}
+
+// needRedis skips the test without redis-server, or fails it under CI=true.
+func needRedis(t testing.TB, err error) {
+	t.Helper()
+	if err == nil {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("real Redis needed under CI=true: %v", err)
+	}
+	t.Skipf("skipping real-Redis test: %v (install redis-server to run it)", err)
+}
+
+// ownRedis starts a redis-server for this test alone, stopped at its end.
+func ownRedis(t testing.TB, extra ...string) *redisProc {
+	t.Helper()
+	r, err := launchRedis(t.TempDir(), 0, extra...)
+	needRedis(t, err)
+	t.Cleanup(r.kill)
+	return r
 }
 
 var (
 	realOnce sync.Once
-	real     realServer
+	real     *redisProc
+	realDir  string
+	realErr  error
 )
 
-// realRedis returns a new client on a real redis-server that the tests
-// start on a free loopback port. Without the binary the test is skipped,
-// except under CI=true, where it fails.
+// realRedis returns a new client on the real redis-server shared by the
+// tests, started on first use on a free loopback port.
 func realRedis(t testing.TB) *redis.Client {
 	t.Helper()
-	realOnce.Do(startRealRedis)
-	if real.err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("real Redis needed under CI=true: %v", real.err)
+	realOnce.Do(func() {
+		if realDir, realErr = os.MkdirTemp("", "redlease-redis-"); realErr == nil {
+			real, realErr = launchRedis(realDir, 0)
 		}
-		t.Skipf("skipping real-Redis test: %v (install redis-server to run it)", real.err)
-	}
+	})
+	needRedis(t, realErr)
 	c := redis.NewClient(&redis.Options{Addr: real.addr})
 	t.Cleanup(func() { c.Close() })
 	return c
@@ -78,57 +160,12 @@ func freePort() (int, error) {
 	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
-func startRealRedis() {
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		real.err = fmt.Errorf("redis-server not found in PATH")
-		return
-	}
-	dir, err := os.MkdirTemp("", "redlease-redis-")
-	if err != nil {
-		real.err = err
-		return
-	}
-	real.dir = dir
-	for range 5 { // a port can be taken between probe and bind
-		port, err := freePort()
-		if err != nil {
-			real.err = err
-			return
-		}
-		addr := "127.0.0.1:" + strconv.Itoa(port)
-		cmd := exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
-			"--save", "", "--appendonly", "no", "--dir", dir, "--enable-debug-command", "local")
-		if err := cmd.Start(); err != nil {
-			real.err = err
-			return
-		}
-		c := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1})
-		deadline := time.Now().Add(5 * time.Second)
-		for time.Now().Before(deadline) {
-			if err = c.Ping(context.Background()).Err(); err == nil {
-				break
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-		c.Close()
-		if err == nil {
-			real.addr, real.cmd, real.err = addr, cmd, nil
-			return
-		}
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-		real.err = fmt.Errorf("redis-server did not answer on %s: %w", addr, err)
-	}
-}
-
 func stopRealRedis() {
-	if real.cmd != nil {
-		_ = real.cmd.Process.Kill()
-		_ = real.cmd.Wait()
+	if real != nil {
+		real.kill()
 	}
-	if real.dir != "" {
-		os.RemoveAll(real.dir)
+	if realDir != "" {
+		os.RemoveAll(realDir)
 	}
 }
 

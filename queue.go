@@ -255,7 +255,10 @@ func (q *Queue) parseClaim(res []any, token string, renew bool, onLost context.C
 		return nil, 0, bad
 	}
 	if ok, _ := res[0].(int64); ok == 0 {
-		next, _ := res[1].(int64)
+		next, isInt := res[1].(int64)
+		if !isInt {
+			return nil, 0, bad
+		}
 		return nil, time.Duration(next) * time.Millisecond, nil
 	}
 	if len(res) != 5 {

@@ -255,13 +255,15 @@ return reply
 //
 //	ARGV[1] id, ARGV[2] claim token
 //	returns 1 acked, 0 lease expired, -1 claimed by another
-var ackScript = redis.NewScript(queueLua + `
+var ackScript = redis.NewScript(queueLua + ackLua)
+
+const ackLua = `
 local code = holder(ARGV[1], ARGV[2])
 if code ~= 1 then return code end
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('HDEL', KEYS[4], 'p' .. ARGV[1], 's' .. ARGV[1])
 return 1
-`)
+`
 
 // nackScript ends a claim by scheduling a retry, or dead-lettering the
 // message when its attempts are used up.

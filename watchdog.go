@@ -30,10 +30,11 @@ type lease struct {
 	deadline time.Time // the lease has surely ended by the client's clock
 	next     time.Time // next renewal
 	inflight bool
-	gen      uint64 // counts Refresh calls, to spot one crossing a renewal
-	tracked  bool   // in the watchdog's set
-	released bool   // the holder let go
-	cause    error  // why lost closed
+	gen      uint64    // counts Refresh calls, to spot one crossing a renewal
+	tracked  bool      // in the watchdog's set
+	released bool      // the holder let go
+	cause    error     // why lost closed
+	endedAt  time.Time // when lost closed, for tests' histories
 }
 
 func newLease(name, rkey, token string, ttl time.Duration, renew bool, onLost context.CancelCauseFunc) lease {
@@ -109,7 +110,7 @@ func (w *watchdog) endLocked(lk *lease, cause error) {
 	}
 	lk.tracked = false
 	delete(w.leases, lk)
-	lk.cause = cause
+	lk.cause, lk.endedAt = cause, time.Now()
 	close(lk.lost)
 	if cause != nil && lk.onLost != nil {
 		lk.onLost(cause)
