@@ -28,6 +28,7 @@ type Locker struct {
 	prefix  string
 	channel string                  // release notifications; the message is the lock key
 	slots   func(key string) string // groups keys that one script may touch together
+	nodes   []redis.UniversalClient  // independent masters of a quorum lock; nil for one Redis
 	err     error                   // from a bad client or option, returned by every call
 
 	ctx    context.Context // ends on Close; bounds background calls
@@ -48,25 +49,37 @@ func NewLocker(client redis.UniversalClient, opts ...Option) *Locker {
 		}
 	}
 	l := &Locker{client: client, prefix: cfg.prefix, channel: cfg.prefix + ":released", err: cfg.err}
-	if isNil(client) {
-		l.err = fmt.Errorf("%w: nil redis client", ErrInvalidArgument)
+	if err := checkClient(client); err != nil {
+		l.err = err
 	}
-	switch client.(type) {
-	case *redis.Ring:
-		// Ring shards pub/sub by channel, so a release published on the
-		// lock's shard would never reach the subscription.
-		l.err = fmt.Errorf("%w: redis.Ring is not supported by Locker; use a ClusterClient or one Client per shard", ErrInvalidArgument)
-	case *redis.Client:
-		l.slots = func(string) string { return "" }
-	case *redis.ClusterClient:
-		l.slots = func(key string) string { return strconv.Itoa(int(slot(key))) }
-	default: // a wrapper: only keys with the same hash tag surely live together
-		l.slots = hashTag
-	}
+	l.slots = slotsOf(client)
 	l.ctx, l.cancel = context.WithCancel(context.Background())
 	l.wd = newWatchdog(l.ctx, l.renewLocks)
 	l.hub = wakeHub{l: l, queues: make(map[string][]*waiter)}
 	return l
+}
+
+func checkClient(c redis.UniversalClient) error {
+	if isNil(c) {
+		return fmt.Errorf("%w: nil redis client", ErrInvalidArgument)
+	}
+	if _, ok := c.(*redis.Ring); ok {
+		// Ring shards pub/sub by channel, so a release published on the
+		// lock's shard would never reach the subscription.
+		return fmt.Errorf("%w: redis.Ring is not supported by Locker; use a ClusterClient or one Client per shard", ErrInvalidArgument)
+	}
+	return nil
+}
+
+// slotsOf tells which keys one script call may touch together on c.
+func slotsOf(c redis.UniversalClient) func(key string) string {
+	switch c.(type) {
+	case *redis.Client:
+		return func(string) string { return "" }
+	case *redis.ClusterClient:
+		return func(key string) string { return strconv.Itoa(int(slot(key))) }
+	}
+	return hashTag // a wrapper: only keys with the same hash tag surely live together
 }
 
 func isNil(c redis.UniversalClient) bool {
@@ -113,8 +126,10 @@ func (l *Locker) lockKey(key string) string { return l.prefix + ":{" + key + "}"
 // safe for concurrent use.
 type Lock struct {
 	lease
-	l     *Locker
-	fence int64
+	l        *Locker
+	fence    int64
+	replicas int           // WithReplicaAck
+	wait     time.Duration // WithReplicaAck
 }
 
 // Key returns the lock's name as given to the Locker.
@@ -148,7 +163,7 @@ func (lk *Lock) Err() error {
 // TTL returns how long the lease has left in Redis, or 0 with a nil error
 // when it is no longer ours.
 func (lk *Lock) TTL(ctx context.Context) (time.Duration, error) {
-	ms, err := pttlScript.Run(ctx, lk.l.client, []string{lk.rkey}, lk.token).Int64()
+	ms, err := lk.l.pttl(ctx, &lk.lease)
 	if err != nil {
 		return 0, fmt.Errorf("redlease: ttl of %q: %w", lk.name, err)
 	}
@@ -171,15 +186,12 @@ func (lk *Lock) Refresh(ctx context.Context, ttl time.Duration) error {
 	}
 	gen := lk.l.wd.refreshing(&lk.lease)
 	start := time.Now()
-	codes, err := renewScript.Run(ctx, lk.l.client, []string{lk.rkey}, lk.token, ttl.Milliseconds()).Int64Slice()
-	if err == nil && len(codes) != 1 {
-		err = fmt.Errorf("unexpected reply %v", codes)
-	}
+	code, err := lk.l.renew(ctx, &lk.lease, ttl)
 	if err != nil {
 		return fmt.Errorf("redlease: refresh %q: %w", lk.name, err)
 	}
-	if codes[0] != 1 {
-		err := leaseGone(lk.name, codes[0])
+	if code != 1 {
+		err := leaseGone(lk.name, code)
 		lk.l.wd.end(&lk.lease, err)
 		return err
 	}
@@ -202,7 +214,7 @@ func (lk *Lock) release(ctx context.Context) (wasLost bool, err error) {
 	if already {
 		return wasLost, notHeld(lk.name, "already released")
 	}
-	code, err := releaseScript.Run(ctx, lk.l.client, []string{lk.rkey}, lk.token, lk.l.channel).Int64()
+	code, err := lk.l.releaseLease(ctx, &lk.lease)
 	if err != nil {
 		return wasLost, fmt.Errorf("redlease: release %q (the lease ends by its TTL): %w", lk.name, err)
 	}
@@ -223,26 +235,101 @@ func leaseGone(key string, code int64) error {
 }
 
 func (l *Locker) newLock(key string, cfg lockConfig, onLost context.CancelCauseFunc) *Lock {
-	return &Lock{l: l, lease: newLease(key, l.lockKey(key), uuid.NewString(), cfg.ttl, cfg.watchdog, onLost)}
+	return &Lock{
+		l: l, lease: newLease(key, l.lockKey(key), uuid.NewString(), cfg.ttl, cfg.watchdog, onLost),
+		replicas: cfg.replicas, wait: cfg.wait,
+	}
 }
 
 // acquire makes one attempt. It returns ok, or the holder's remaining
 // lease (negative when it has no TTL).
 func (l *Locker) acquire(ctx context.Context, lk *Lock) (ok bool, pttl time.Duration, err error) {
 	start := time.Now()
-	res, err := acquireScript.Run(ctx, l.client, []string{lk.rkey, lk.rkey + ":fence"}, lk.token, lk.ttl.Milliseconds()).Int64Slice()
-	if err == nil && len(res) != 2 {
-		err = fmt.Errorf("unexpected reply %v", res)
+	var n int64
+	switch {
+	case l.nodes != nil:
+		ok, n, err = l.acquireQuorum(ctx, lk, start)
+	case lk.replicas > 0:
+		ok, n, err = l.acquireAcked(ctx, lk)
+	default:
+		ok, n, err = acquireOn(ctx, l.client, &lk.lease)
 	}
 	if err != nil {
 		return false, 0, fmt.Errorf("redlease: obtain %q: %w", lk.name, err)
 	}
-	if res[0] == 0 {
-		return false, time.Duration(res[1]) * time.Millisecond, nil
+	if !ok {
+		return false, time.Duration(n) * time.Millisecond, nil
 	}
-	lk.fence = res[1]
+	lk.fence = n
 	l.wd.add(&lk.lease, start)
 	return true, 0, nil
+}
+
+// acquireOn runs the acquire script on one Redis: ok and the fence, or the
+// holder's remaining milliseconds.
+func acquireOn(ctx context.Context, c redis.UniversalClient, ls *lease) (bool, int64, error) {
+	res, err := acquireScript.Run(ctx, c, []string{ls.rkey, ls.rkey + ":fence"}, ls.token, ls.ttl.Milliseconds()).Int64Slice()
+	if err == nil && len(res) != 2 {
+		err = fmt.Errorf("unexpected reply %v", res)
+	}
+	if err != nil {
+		return false, 0, err
+	}
+	return res[0] == 1, res[1], nil
+}
+
+// releaseOn runs the release script on one Redis: 1 released, 0 no lease,
+// -1 held by another.
+func (l *Locker) releaseOn(ctx context.Context, c redis.UniversalClient, ls *lease) (int64, error) {
+	return releaseScript.Run(ctx, c, []string{ls.rkey}, ls.token, l.channel).Int64()
+}
+
+// renewOn extends one lease on one Redis; codes as releaseOn.
+func renewOn(ctx context.Context, c redis.UniversalClient, ls *lease, ttl time.Duration) (int64, error) {
+	codes, err := renewScript.Run(ctx, c, []string{ls.rkey}, ls.token, ttl.Milliseconds()).Int64Slice()
+	if err == nil && len(codes) != 1 {
+		err = fmt.Errorf("unexpected reply %v", codes)
+	}
+	if err != nil {
+		return 0, err
+	}
+	return codes[0], nil
+}
+
+// pttlOn reads a lease's remaining milliseconds on one Redis, negative when
+// it is not ours.
+func pttlOn(ctx context.Context, c redis.UniversalClient, ls *lease) (int64, error) {
+	return pttlScript.Run(ctx, c, []string{ls.rkey}, ls.token).Int64()
+}
+
+func (l *Locker) releaseLease(ctx context.Context, ls *lease) (int64, error) {
+	if l.nodes != nil {
+		return l.releaseQuorum(ctx, ls)
+	}
+	return l.releaseOn(ctx, l.client, ls)
+}
+
+func (l *Locker) renew(ctx context.Context, ls *lease, ttl time.Duration) (int64, error) {
+	if l.nodes != nil {
+		return l.renewQuorum(ctx, ls, ttl)
+	}
+	return renewOn(ctx, l.client, ls, ttl)
+}
+
+func (l *Locker) pttl(ctx context.Context, ls *lease) (int64, error) {
+	if l.nodes != nil {
+		return l.pttlQuorum(ctx, ls)
+	}
+	return pttlOn(ctx, l.client, ls)
+}
+
+// lockConfig applies a call's options.
+func (l *Locker) lockConfig(opts []LockOption) (lockConfig, error) {
+	cfg, err := newLockConfig(opts)
+	if err == nil && cfg.replicas > 0 && l.nodes != nil {
+		err = fmt.Errorf("%w: WithReplicaAck does not apply to a quorum Locker", ErrInvalidArgument)
+	}
+	return cfg, err
 }
 
 func notObtained(key string, pttl time.Duration) error {
@@ -259,7 +346,7 @@ func (l *Locker) TryObtain(ctx context.Context, key string, opts ...LockOption) 
 	if err := l.check(key); err != nil {
 		return nil, err
 	}
-	cfg, err := newLockConfig(opts)
+	cfg, err := l.lockConfig(opts)
 	if err != nil {
 		return nil, err
 	}
@@ -285,7 +372,7 @@ func (l *Locker) Obtain(ctx context.Context, key string, opts ...LockOption) (*L
 	if err := l.check(key); err != nil {
 		return nil, err
 	}
-	cfg, err := newLockConfig(opts)
+	cfg, err := l.lockConfig(opts)
 	if err != nil {
 		return nil, err
 	}
@@ -396,7 +483,7 @@ func (l *Locker) Do(ctx context.Context, key string, fn func(ctx context.Context
 	if err := l.check(key); err != nil {
 		return err
 	}
-	cfg, err := newLockConfig(opts)
+	cfg, err := l.lockConfig(opts)
 	if err != nil {
 		return err
 	}

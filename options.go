@@ -69,6 +69,8 @@ type lockConfig struct {
 	ttl      time.Duration
 	watchdog bool
 	retry    RetryStrategy
+	replicas int           // WithReplicaAck
+	wait     time.Duration // WithReplicaAck
 	err      error
 }
 
@@ -100,6 +102,23 @@ func WithTTL(d time.Duration) LockOption {
 // ended by the client's clock.
 func WithoutWatchdog() LockOption {
 	return func(c *lockConfig) { c.watchdog = false }
+}
+
+// WithReplicaAck makes an acquisition wait, with WAIT on the same
+// connection, until at least replicas replicas have the lease, for at most
+// timeout; if too few acknowledge, the lease is released and the call fails
+// with an error that errors.Is ErrNotObtained. It narrows, but does not
+// close, the window in which a failover loses a lock: WAIT does not make
+// Redis strongly consistent. The timeout must stay below the client's read
+// timeout. Not available on a quorum Locker.
+func WithReplicaAck(replicas int, timeout time.Duration) LockOption {
+	return func(c *lockConfig) {
+		if replicas < 1 || timeout < time.Millisecond {
+			c.err = fmt.Errorf("%w: replica ack needs replicas >= 1 and a timeout of at least 1ms, got %d and %v", ErrInvalidArgument, replicas, timeout)
+			return
+		}
+		c.replicas, c.wait = replicas, timeout
+	}
 }
 
 // WithRetry sets Obtain's fallback schedule and when it gives up (default:

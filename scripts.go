@@ -349,3 +349,19 @@ local promoted = promote(now, tonumber(ARGV[2]))
 if back + promoted > 0 then redis.call('ZADD', KEYS[6], 0, 'm') end
 return {back, dead, promoted}
 `)
+
+// fenceScript raises a fence counter to a value a quorum lock handed out,
+// so that every later quorum, which shares a node with this one, counts on
+// from above it.
+//
+//	KEYS[1] fence counter
+//	ARGV[1] fence
+//	returns the counter afterwards
+var fenceScript = redis.NewScript(`
+local f = tonumber(ARGV[1])
+if tonumber(redis.call('GET', KEYS[1]) or '0') < f then
+  redis.call('SET', KEYS[1], ARGV[1])
+  return f
+end
+return tonumber(redis.call('GET', KEYS[1]))
+`)

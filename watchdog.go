@@ -6,6 +6,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 const (
@@ -292,6 +294,13 @@ func (w *watchdog) renew(batch []renewal) {
 // renewLocks extends a batch of lock leases in as few script calls as the keys'
 // cluster slots allow, sent together in one pipeline.
 func (l *Locker) renewLocks(ctx context.Context, batch []renewal) ([]int64, []error) {
+	if l.nodes != nil {
+		return l.renewLocksQuorum(ctx, batch)
+	}
+	return l.renewLocksOn(ctx, l.client, batch)
+}
+
+func (l *Locker) renewLocksOn(ctx context.Context, c redis.UniversalClient, batch []renewal) ([]int64, []error) {
 	codes := make([]int64, len(batch))
 	errs := make([]error, len(batch))
 	groups := l.groupBySlot(batch)
@@ -299,7 +308,7 @@ func (l *Locker) renewLocks(ctx context.Context, batch []renewal) ([]int64, []er
 	for g, idx := range groups {
 		calls[g].keys, calls[g].args = renewArgs(batch, idx)
 	}
-	cmds := runAll(ctx, l.client, renewScript, calls)
+	cmds := runAll(ctx, c, renewScript, calls)
 	for g, idx := range groups {
 		res, err := cmds[g].Int64Slice()
 		if err == nil && len(res) != len(idx) {

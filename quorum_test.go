@@ -1,0 +1,222 @@
+package redlease
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// nodes starts n independent redis-servers and returns a client on each.
+func nodes(t *testing.T, n int) ([]*redisProc, []redis.UniversalClient) {
+	t.Helper()
+	var procs []*redisProc
+	var clients []redis.UniversalClient
+	for range n {
+		p := ownRedis(t)
+		c := redis.NewClient(&redis.Options{Addr: p.addr, MaxRetries: -1, DialTimeout: 100 * time.Millisecond})
+		t.Cleanup(func() { c.Close() })
+		procs, clients = append(procs, p), append(clients, c)
+	}
+	return procs, clients
+}
+
+func TestQuorumLocker(t *testing.T) {
+	_, clients := nodes(t, 3)
+	ctx := context.Background()
+	l := NewQuorumLocker(clients)
+	defer l.Close()
+	lk, err := l.TryObtain(ctx, "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, c := range clients {
+		if c.Get(ctx, "redlease:{k}").Val() != lk.Token() {
+			t.Fatalf("node %d lacks the lease", i)
+		}
+	}
+	if _, err := l.TryObtain(ctx, "k"); !errors.Is(err, ErrNotObtained) {
+		t.Fatalf("second TryObtain: %v", err)
+	}
+	if d, err := lk.TTL(ctx); err != nil || d <= 0 {
+		t.Fatalf("TTL %v %v", d, err)
+	}
+	if err := lk.Refresh(ctx, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan *Lock)
+	go func() {
+		w, err := l.Obtain(ctx, "k", WithRetry(LinearBackoff(time.Minute)))
+		if err != nil {
+			t.Error(err)
+		}
+		got <- w
+	}()
+	eventually(t, 2*time.Second, "waiter queued", func() bool { return l.hub.waiting(lk.rkey) })
+	if err := lk.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case w := <-got:
+		if w.Fence() <= lk.Fence() {
+			t.Fatalf("fence %d after %d", w.Fence(), lk.Fence())
+		}
+		w.Release(ctx)
+	case <-time.After(5 * time.Second):
+		t.Fatal("waiter not woken")
+	}
+	if err := NewQuorumLocker(nil).Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := NewQuorumLocker(nil).TryObtain(ctx, "k"); !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("no clients: %v", err)
+	}
+	if _, err := NewQuorumLocker([]redis.UniversalClient{clients[0], nil}).TryObtain(ctx, "k"); !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("a nil client: %v", err)
+	}
+	if _, err := l.TryObtain(ctx, "k", WithReplicaAck(1, time.Second)); !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("replica ack on a quorum: %v", err)
+	}
+}
+
+// The lock outlives the loss of a minority of nodes, and is lost when a
+// majority is gone; fences keep growing across different majorities.
+func TestQuorumNodeLoss(t *testing.T) {
+	for _, n := range []int{3, 5} {
+		t.Run(map[int]string{3: "3 nodes", 5: "5 nodes"}[n], func(t *testing.T) {
+			procs, clients := nodes(t, n)
+			ctx := context.Background()
+			l := NewQuorumLocker(clients)
+			defer l.Close()
+			other := NewQuorumLocker(clients)
+			defer other.Close()
+			// Skewed counters: the first node is far ahead of the others.
+			clients[0].Set(ctx, "redlease:{k}:fence", 100, 0)
+			lk, err := l.TryObtain(ctx, "k", WithTTL(300*time.Millisecond))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if lk.Fence() != 101 {
+				t.Fatalf("fence %d, want the largest node's 101", lk.Fence())
+			}
+			minority := (n - 1) / 2
+			for i := range minority {
+				procs[i].kill() // the first node, with the high counter, goes
+			}
+			select {
+			case <-lk.Lost():
+				t.Fatalf("lost with a majority up: %v", lk.Err())
+			case <-time.After(time.Second): // three renewal rounds
+			}
+			if _, err := other.TryObtain(ctx, "k"); !errors.Is(err, ErrNotObtained) {
+				t.Fatalf("another obtained a held quorum lock: %v", err)
+			}
+			if err := lk.Release(ctx); err != nil {
+				t.Fatalf("release on a majority: %v", err)
+			}
+			lk2, err := other.TryObtain(ctx, "k", WithTTL(300*time.Millisecond))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if lk2.Fence() <= lk.Fence() {
+				t.Fatalf("fence %d after %d on another majority", lk2.Fence(), lk.Fence())
+			}
+			procs[minority].kill() // now a majority is gone
+			select {
+			case <-lk2.Lost():
+				t.Logf("with %d of %d nodes down: %v", minority+1, n, lk2.Err())
+			case <-time.After(2 * time.Second):
+				t.Fatal("Lost not closed when a majority of nodes went down")
+			}
+			if _, err := other.TryObtain(ctx, "k2"); err == nil {
+				t.Fatal("obtained a lock without a majority")
+			}
+		})
+	}
+}
+
+func TestQuorumMutualExclusion(t *testing.T) {
+	_, clients := nodes(t, 3)
+	ctx := context.Background()
+	var mu sync.Mutex
+	inside, total := 0, 0
+	var wg sync.WaitGroup
+	for range 3 {
+		l := NewQuorumLocker(clients)
+		defer l.Close()
+		wg.Go(func() {
+			for range 30 {
+				octx, cancel := context.WithTimeout(ctx, 10*time.Second)
+				lk, err := l.Obtain(octx, "k")
+				cancel()
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				mu.Lock()
+				inside++
+				if inside != 1 {
+					t.Error("two holders at once")
+				}
+				mu.Unlock()
+				time.Sleep(100 * time.Microsecond)
+				mu.Lock()
+				inside--
+				total++
+				mu.Unlock()
+				lk.Release(ctx)
+			}
+		})
+	}
+	wg.Wait()
+	if total != 90 {
+		t.Fatalf("%d acquisitions", total)
+	}
+}
+
+// WithReplicaAck waits for replicas, and gives the lease back when too few
+// acknowledge.
+func TestReplicaAck(t *testing.T) {
+	master := ownRedis(t, "--repl-diskless-sync-delay", "0")
+	replica := ownRedis(t, "--replicaof", "127.0.0.1", strconv.Itoa(master.port))
+	c := redis.NewClient(&redis.Options{Addr: master.addr})
+	defer c.Close()
+	rc := redis.NewClient(&redis.Options{Addr: replica.addr})
+	defer rc.Close()
+	ctx := context.Background()
+	eventually(t, 10*time.Second, "replica in sync", func() bool {
+		info := rc.Info(ctx, "replication").Val()
+		return strings.Contains(info, "master_link_status:up")
+	})
+	l := NewLocker(c)
+	defer l.Close()
+	lk, err := l.TryObtain(ctx, "k", WithReplicaAck(1, time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rc.Get(ctx, "redlease:{k}").Val() != lk.Token() {
+		t.Fatal("the replica lacks an acknowledged lease")
+	}
+	lk.Release(ctx)
+	start := time.Now()
+	_, err = l.TryObtain(ctx, "k", WithReplicaAck(2, 100*time.Millisecond))
+	if !errors.Is(err, ErrNotObtained) {
+		t.Fatalf("two replicas asked of one: %v", err)
+	}
+	t.Logf("too few replicas: %v after %v", err, time.Since(start))
+	if lk, err := l.TryObtain(ctx, "k"); err != nil {
+		t.Fatalf("a failed replica-acked acquisition kept the lease: %v", err)
+	} else {
+		lk.Release(ctx)
+	}
+	for _, bad := range []LockOption{WithReplicaAck(0, time.Second), WithReplicaAck(1, 0)} {
+		if _, err := l.TryObtain(ctx, "k", bad); !errors.Is(err, ErrInvalidArgument) {
+			t.Fatalf("bad replica ack: %v", err)
+		}
+	}
+}
