@@ -30,7 +30,7 @@ return r
 
 func crashQueue(c *redis.Client, prefix string) (*Queue, []string) {
 	q := NewQueue(c, "q", WithPrefix(prefix), WithLease(300*time.Millisecond), WithMaxAttempts(1000))
-	return q, append(append([]string(nil), q.keys...), prefix+":queue:{q}:acks")
+	return q, append(append([]string(nil), q.shards[0]...), prefix+":queue:{q}:acks")
 }
 
 // crashChild is a consumer process: it claims, "works" a few ms, acks, and

@@ -28,7 +28,7 @@ type Locker struct {
 	prefix  string
 	channel string                  // release notifications; the message is the lock key
 	slots   func(key string) string // groups keys that one script may touch together
-	nodes   []redis.UniversalClient  // independent masters of a quorum lock; nil for one Redis
+	nodes   []redis.UniversalClient // independent masters of a quorum lock; nil for one Redis
 	err     error                   // from a bad client or option, returned by every call
 
 	ctx    context.Context // ends on Close; bounds background calls

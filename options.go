@@ -248,6 +248,7 @@ type QueueOption interface {
 
 type queueConfig struct {
 	prefix      string
+	shards      int
 	lease       time.Duration
 	maxAttempts int
 	backoff     func(attempt int) time.Duration
@@ -257,6 +258,22 @@ type queueConfig struct {
 type queueOption func(*queueConfig)
 
 func (o queueOption) applyQueue(c *queueConfig) { o(c) }
+
+// WithShards splits the queue into n shards (default 1, at most 1024),
+// each under its own hash tag, so that Redis Cluster spreads them over its
+// masters. Producers spread messages over the shards (by id with WithID,
+// so duplicates are still caught); consumers claim from the shards in
+// turn. Every guarantee holds per message; order across shards is not
+// kept. All producers and consumers of a queue must use the same n.
+func WithShards(n int) QueueOption {
+	return queueOption(func(c *queueConfig) {
+		if n < 1 || n > 1024 {
+			c.err = fmt.Errorf("%w: shards %d must be 1 to 1024", ErrInvalidArgument, n)
+			return
+		}
+		c.shards = n
+	})
+}
 
 // WithLease sets how long a claim lasts unless renewed (default 30s). Consume
 // renews claims every lease/3 while their handlers run; a crashed consumer's

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"strconv"
 	"strings"
 	"sync"
@@ -40,7 +41,9 @@ const (
 type Queue struct {
 	client      redis.UniversalClient
 	name        string
-	keys        []string // as queueLua lists them
+	shards      [][]string // each shard's keys, as queueLua lists them
+	wakeKey     string     // where an idle consumer blocks
+	next        atomic.Uint64
 	lease       time.Duration
 	maxAttempts int
 	backoff     func(attempt int) time.Duration
@@ -51,7 +54,7 @@ type Queue struct {
 // NewQueue returns the queue called name in client. Errors in the arguments
 // do not panic: every call on the Queue returns them.
 func NewQueue(client redis.UniversalClient, name string, opts ...QueueOption) *Queue {
-	cfg := queueConfig{prefix: DefaultPrefix, lease: DefaultLease, maxAttempts: DefaultMaxAttempts, backoff: DefaultRetryBackoff}
+	cfg := queueConfig{prefix: DefaultPrefix, shards: 1, lease: DefaultLease, maxAttempts: DefaultMaxAttempts, backoff: DefaultRetryBackoff}
 	for _, o := range opts {
 		if o != nil {
 			o.applyQueue(&cfg)
@@ -64,9 +67,21 @@ func NewQueue(client redis.UniversalClient, name string, opts ...QueueOption) *Q
 	case name == "" || strings.ContainsAny(name, "{}"):
 		q.err = fmt.Errorf("%w: queue name %q must be non-empty and free of '{' and '}'", ErrInvalidArgument, name)
 	}
-	base := cfg.prefix + ":queue:{" + name + "}:"
-	for _, part := range []string{"ready", "delayed", "inflight", "messages", "dead", "marker", "reaper"} {
-		q.keys = append(q.keys, base+part)
+	for i := range cfg.shards {
+		tag := name
+		if cfg.shards > 1 {
+			tag = name + ":" + strconv.Itoa(i) // each shard its own slot
+		}
+		base := cfg.prefix + ":queue:{" + tag + "}:"
+		var keys []string
+		for _, part := range []string{"ready", "delayed", "inflight", "messages", "dead", "marker", "reaper"} {
+			keys = append(keys, base+part)
+		}
+		q.shards = append(q.shards, keys)
+	}
+	q.wakeKey = q.shards[0][5]
+	if cfg.shards > 1 {
+		q.wakeKey = cfg.prefix + ":queue:{" + name + "}:wake"
 	}
 	q.wd = newWatchdog(context.Background(), q.extendMany)
 	return q
@@ -84,7 +99,8 @@ type Message struct {
 
 	lease
 	q      *Queue
-	ackErr error // the outcome of an ack folded into the next claim
+	keys   []string // of the message's shard
+	ackErr error    // the outcome of an ack folded into the next claim
 }
 
 // Stats counts a queue's messages by state.
@@ -126,7 +142,15 @@ func (q *Queue) Enqueue(ctx context.Context, payload []byte, opts ...EnqueueOpti
 	if id == "" {
 		id = uuid.NewString()
 	}
-	codes, err := enqueueScript.Run(ctx, q.client, q.keys, cfg.delay.Milliseconds(), id, payload).Int64Slice()
+	keys := q.shardOf(cfg.id)
+	var codes []int64
+	var err error
+	if len(q.shards) == 1 || cfg.delay > 0 {
+		codes, err = enqueueScript.Run(ctx, q.client, keys, cfg.delay.Milliseconds(), id, payload).Int64Slice()
+	} else {
+		cmds := q.enqueueAndWake(ctx, []scriptCall{{keys: keys, args: []any{0, id, payload}}})
+		codes, err = cmds[0].Int64Slice()
+	}
 	if err == nil && len(codes) != 1 {
 		err = fmt.Errorf("unexpected reply %v", codes)
 	}
@@ -137,6 +161,29 @@ func (q *Queue) Enqueue(ctx context.Context, payload []byte, opts ...EnqueueOpti
 		return id, fmt.Errorf("%w: %q is live in queue %q", ErrDuplicate, id, q.name)
 	}
 	return id, nil
+}
+
+// shardOf picks the shard of a new message: by its id when the caller gave
+// one (so a duplicate lands where the original is), else in turn.
+func (q *Queue) shardOf(id string) []string {
+	if len(q.shards) == 1 {
+		return q.shards[0]
+	}
+	if id != "" {
+		h := fnv.New32a()
+		h.Write([]byte(id))
+		return q.shards[h.Sum32()%uint32(len(q.shards))]
+	}
+	return q.shards[q.next.Add(1)%uint64(len(q.shards))]
+}
+
+// enqueueAndWake runs enqueue calls of a sharded queue and sets its wake
+// key, in one round trip.
+func (q *Queue) enqueueAndWake(ctx context.Context, calls []scriptCall) []*redis.Cmd {
+	cmds := runAll(ctx, q.client, enqueueScript, calls)
+	// A separate command: the wake key lives in its own slot.
+	q.client.ZAdd(ctx, q.wakeKey, redis.Z{Member: "m"})
+	return cmds
 }
 
 func checkPayload(p []byte) error {
@@ -161,16 +208,18 @@ func (q *Queue) EnqueueBatch(ctx context.Context, payloads [][]byte) ([]string, 
 	}
 	ids := make([]string, len(payloads))
 	var calls []scriptCall
+	// Consecutive runs of messages go to the shards in turn.
+	per := max((len(payloads)+len(q.shards)-1)/len(q.shards), 1)
 	var call scriptCall
 	size := 0
 	for i, p := range payloads {
 		if len(call.args) == 0 {
-			call = scriptCall{keys: q.keys, args: make([]any, 1, 1+2*min(enqueueChunk, len(payloads)-i))}
+			call = scriptCall{keys: q.shardOf(""), args: make([]any, 1, 1+2*min(enqueueChunk, per, len(payloads)-i))}
 		}
 		ids[i] = uuid.NewString()
 		call.args = append(call.args, ids[i], p)
 		size += len(p)
-		if len(call.args) >= 1+2*enqueueChunk || size >= enqueueChunkBytes || i == len(payloads)-1 {
+		if n := (len(call.args) - 1) / 2; n >= min(enqueueChunk, per) || size >= enqueueChunkBytes || i == len(payloads)-1 {
 			call.args[0] = 0
 			calls = append(calls, call)
 			call, size = scriptCall{}, 0
@@ -179,7 +228,13 @@ func (q *Queue) EnqueueBatch(ctx context.Context, payloads [][]byte) ([]string, 
 	if len(calls) == 0 {
 		return ids, nil
 	}
-	for _, cmd := range runAll(ctx, q.client, enqueueScript, calls) {
+	run := runAll
+	if len(q.shards) > 1 {
+		run = func(ctx context.Context, _ redis.UniversalClient, _ *redis.Script, calls []scriptCall) []*redis.Cmd {
+			return q.enqueueAndWake(ctx, calls)
+		}
+	}
+	for _, cmd := range run(ctx, q.client, enqueueScript, calls) {
 		if err := cmd.Err(); err != nil {
 			return nil, fmt.Errorf("redlease: enqueue batch on %q: %w", q.name, err)
 		}
@@ -217,36 +272,57 @@ func (q *Queue) claim(ctx context.Context, renew bool, onLost context.CancelCaus
 	return q.claimAfter(ctx, nil, renew, onLost)
 }
 
-// claimAfter acks done, if not nil, and claims in the same round trip; the
-// ack's outcome is done's error, reported through done.ackErr.
+// claimAfter acks done, if not nil, and claims, trying the shards in turn
+// so that none starves. When done is in the first shard tried, the ack and
+// the claim share one round trip; the ack's outcome is done.ackErr.
 func (q *Queue) claimAfter(ctx context.Context, done *Message, renew bool, onLost context.CancelCauseFunc) (*Message, time.Duration, error) {
-	start := time.Now()
-	token := uuid.NewString()
 	// Not cancellable: a claim made but not heard of would wait for its lease.
 	bg := context.WithoutCancel(ctx)
-	var res []any
-	var err error
-	if done == nil {
-		res, err = claimScript.Run(bg, q.client, q.keys, q.lease.Milliseconds(), token).Slice()
-	} else {
-		res, err = ackClaimScript.Run(bg, q.client, q.keys, done.ID, done.token, q.lease.Milliseconds(), token).Slice()
+	first := 0
+	if len(q.shards) > 1 {
+		first = int(q.next.Add(1) % uint64(len(q.shards)))
+	}
+	soonest := time.Duration(-1)
+	for i := range q.shards {
+		keys := q.shards[(first+i)%len(q.shards)]
+		start := time.Now()
+		token := uuid.NewString()
+		var res []any
+		var err error
+		if done != nil && &done.keys[0] == &keys[0] {
+			res, err = ackClaimScript.Run(bg, q.client, keys, done.ID, done.token, q.lease.Milliseconds(), token).Slice()
+			if err != nil {
+				done.ackErr = done.ack(bg) // the ack's fate is unknown: ack again
+			} else if code, ok := res[0].(int64); ok {
+				done.ackErr, res = claimGone(done.ID, code), res[1:]
+			}
+			done = nil
+		} else {
+			if done != nil {
+				done.ackErr, done = done.ack(bg), nil
+			}
+			res, err = claimScript.Run(bg, q.client, keys, q.lease.Milliseconds(), token).Slice()
+		}
 		if err != nil {
-			done.ackErr = done.ack(bg) // the ack's fate is unknown: ack again
-		} else if code, ok := res[0].(int64); ok {
-			done.ackErr, res = claimGone(done.ID, code), res[1:]
+			return nil, 0, fmt.Errorf("redlease: claim on %q: %w", q.name, err)
+		}
+		m, next, err := q.parseClaim(res, token, renew, onLost)
+		if err != nil {
+			return nil, 0, fmt.Errorf("redlease: claim on %q: %w", q.name, err)
+		}
+		if m != nil {
+			m.keys = keys
+			m.lease.shard = keys
+			if renew {
+				q.wd.add(&m.lease, start)
+			}
+			return m, 0, nil
+		}
+		if next > 0 && (soonest < 0 || next < soonest) {
+			soonest = next
 		}
 	}
-	if err != nil {
-		return nil, 0, fmt.Errorf("redlease: claim on %q: %w", q.name, err)
-	}
-	m, next, err := q.parseClaim(res, token, renew, onLost)
-	if err != nil {
-		return nil, 0, fmt.Errorf("redlease: claim on %q: %w", q.name, err)
-	}
-	if m != nil && renew {
-		q.wd.add(&m.lease, start)
-	}
-	return m, next, nil
+	return nil, soonest, nil
 }
 
 func (q *Queue) parseClaim(res []any, token string, renew bool, onLost context.CancelCauseFunc) (*Message, time.Duration, error) {
@@ -292,7 +368,7 @@ func (q *Queue) block(ctx context.Context, next time.Duration) error {
 	// A fractional timeout, which go-redis's BZPopMin would round up to
 	// whole seconds; it stays well under the client's read timeout.
 	secs := strconv.FormatFloat(d.Seconds(), 'f', 3, 64)
-	err := q.client.Do(ctx, "BZPOPMIN", q.keys[5], secs).Err()
+	err := q.client.Do(ctx, "BZPOPMIN", q.wakeKey, secs).Err()
 	if err != nil && !errors.Is(err, redis.Nil) {
 		return fmt.Errorf("redlease: wait on %q: %w", q.name, err)
 	}
@@ -310,7 +386,7 @@ func (m *Message) Ack(ctx context.Context) error {
 }
 
 func (m *Message) ack(ctx context.Context) error {
-	code, err := ackScript.Run(ctx, m.q.client, m.q.keys, m.ID, m.token).Int64()
+	code, err := ackScript.Run(ctx, m.q.client, m.keys, m.ID, m.token).Int64()
 	if err != nil {
 		return fmt.Errorf("redlease: ack %q: %w", m.ID, err)
 	}
@@ -325,7 +401,7 @@ func (m *Message) Nack(ctx context.Context) error {
 		return notHeld(m.ID, "already acked or nacked")
 	}
 	delay := max(m.q.backoff(m.Attempt), 0)
-	code, err := nackScript.Run(ctx, m.q.client, m.q.keys, m.ID, m.token, delay.Milliseconds(), m.q.maxAttempts).Int64()
+	code, err := nackScript.Run(ctx, m.q.client, m.keys, m.ID, m.token, delay.Milliseconds(), m.q.maxAttempts).Int64()
 	if err != nil {
 		return fmt.Errorf("redlease: nack %q: %w", m.ID, err)
 	}
@@ -344,7 +420,7 @@ func (m *Message) Extend(ctx context.Context, d time.Duration) error {
 	}
 	gen := m.q.wd.refreshing(&m.lease)
 	start := time.Now()
-	codes, err := extendScript.Run(ctx, m.q.client, m.q.keys, m.ID, m.token, d.Milliseconds()).Int64Slice()
+	codes, err := extendScript.Run(ctx, m.q.client, m.keys, m.ID, m.token, d.Milliseconds()).Int64Slice()
 	if err == nil && len(codes) != 1 {
 		err = fmt.Errorf("unexpected reply %v", codes)
 	}
@@ -370,30 +446,45 @@ func claimGone(id string, code int64) error {
 	return nil
 }
 
-// extendMany renews a batch of claims for the watchdog.
+// extendMany renews a batch of claims for the watchdog: one script call per
+// shard and scriptBatch claims, all in one round trip.
 func (q *Queue) extendMany(ctx context.Context, batch []renewal) ([]int64, []error) {
 	var calls []scriptCall
-	for i := 0; i < len(batch); i += scriptBatch {
-		part := batch[i:min(i+scriptBatch, len(batch))]
-		args := make([]any, 0, 3*len(part))
-		for _, r := range part {
-			args = append(args, r.lk.rkey, r.lk.token, r.ttl.Milliseconds())
+	var members [][]int // batch indexes of each call
+	byShard := map[*string][]int{}
+	var order []*string
+	for i, r := range batch {
+		k := &r.lk.shard[0]
+		if _, ok := byShard[k]; !ok {
+			order = append(order, k)
 		}
-		calls = append(calls, scriptCall{keys: q.keys, args: args})
+		byShard[k] = append(byShard[k], i)
+	}
+	for _, k := range order {
+		idx := byShard[k]
+		for len(idx) > 0 {
+			part := idx[:min(scriptBatch, len(idx))]
+			idx = idx[len(part):]
+			args := make([]any, 0, 3*len(part))
+			for _, i := range part {
+				args = append(args, batch[i].lk.rkey, batch[i].lk.token, batch[i].ttl.Milliseconds())
+			}
+			calls = append(calls, scriptCall{keys: batch[part[0]].lk.shard, args: args})
+			members = append(members, part)
+		}
 	}
 	codes := make([]int64, len(batch))
 	errs := make([]error, len(batch))
 	for c, cmd := range runAll(ctx, q.client, extendScript, calls) {
 		res, err := cmd.Int64Slice()
-		part := batch[c*scriptBatch : min((c+1)*scriptBatch, len(batch))]
-		if err == nil && len(res) != len(part) {
+		if err == nil && len(res) != len(members[c]) {
 			err = fmt.Errorf("unexpected reply %v", res)
 		}
-		for j := range part {
+		for j, i := range members[c] {
 			if err != nil {
-				errs[c*scriptBatch+j] = err
+				errs[i] = err
 			} else {
-				codes[c*scriptBatch+j] = res[j]
+				codes[i] = res[j]
 			}
 		}
 	}
@@ -409,23 +500,25 @@ func (q *Queue) Reclaim(ctx context.Context) (int, error) {
 		return 0, err
 	}
 	total := 0
-	for range 10_000 { // bounded: scriptBatch claims a call
-		back, dead, promoted, err := q.reclaim(ctx, 0, "")
-		if err != nil {
-			return total, err
-		}
-		total += back + dead
-		if back+dead < scriptBatch && promoted < scriptBatch {
-			break
+	for _, keys := range q.shards {
+		for range 10_000 { // bounded: scriptBatch claims a call
+			back, dead, promoted, err := q.reclaim(ctx, keys, 0, "")
+			if err != nil {
+				return total, err
+			}
+			total += back + dead
+			if back+dead < scriptBatch && promoted < scriptBatch {
+				break
+			}
 		}
 	}
 	return total, nil
 }
 
-// reclaim runs one reclaim script call; with a guard, it does nothing
-// (ok == false) if another consumer reaped within the guard.
-func (q *Queue) reclaim(ctx context.Context, guard time.Duration, token string) (back, dead, promoted int, err error) {
-	res, err := reclaimScript.Run(ctx, q.client, q.keys, q.maxAttempts, scriptBatch, guard.Milliseconds(), token).Int64Slice()
+// reclaim runs one reclaim script call on a shard; with a guard, it does
+// nothing if another consumer reaped the shard within the guard.
+func (q *Queue) reclaim(ctx context.Context, keys []string, guard time.Duration, token string) (back, dead, promoted int, err error) {
+	res, err := reclaimScript.Run(ctx, q.client, keys, q.maxAttempts, scriptBatch, guard.Milliseconds(), token).Int64Slice()
 	if err == nil && len(res) != 3 && !(len(res) == 1 && res[0] == -1) {
 		err = fmt.Errorf("unexpected reply %v", res)
 	}
@@ -443,18 +536,24 @@ func (q *Queue) Stats(ctx context.Context) (Stats, error) {
 	if err := q.check(); err != nil {
 		return Stats{}, err
 	}
-	var cmds [4]*redis.IntCmd
+	cmds := make([][4]*redis.IntCmd, len(q.shards))
 	_, err := q.client.Pipelined(ctx, func(p redis.Pipeliner) error {
-		cmds[0] = p.LLen(ctx, q.keys[0])
-		cmds[1] = p.ZCard(ctx, q.keys[1])
-		cmds[2] = p.ZCard(ctx, q.keys[2])
-		cmds[3] = p.LLen(ctx, q.keys[4])
+		for i, keys := range q.shards {
+			cmds[i] = [4]*redis.IntCmd{p.LLen(ctx, keys[0]), p.ZCard(ctx, keys[1]), p.ZCard(ctx, keys[2]), p.LLen(ctx, keys[4])}
+		}
 		return nil
 	})
 	if err != nil {
 		return Stats{}, fmt.Errorf("redlease: stats of %q: %w", q.name, err)
 	}
-	return Stats{cmds[0].Val(), cmds[1].Val(), cmds[2].Val(), cmds[3].Val()}, nil
+	var st Stats
+	for _, c := range cmds {
+		st.Ready += c[0].Val()
+		st.Delayed += c[1].Val()
+		st.InFlight += c[2].Val()
+		st.Dead += c[3].Val()
+	}
+	return st, nil
 }
 
 // DeadLetters returns up to n dead letters, oldest first, without removing
@@ -466,10 +565,21 @@ func (q *Queue) DeadLetters(ctx context.Context, n int) ([]DeadLetter, error) {
 	if n < 1 {
 		return nil, fmt.Errorf("%w: dead letters: n %d must be at least 1", ErrInvalidArgument, n)
 	}
-	raw, err := q.client.LRange(ctx, q.keys[4], 0, int64(n-1)).Result()
+	cmds := make([]*redis.StringSliceCmd, len(q.shards))
+	_, err := q.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, keys := range q.shards {
+			cmds[i] = p.LRange(ctx, keys[4], 0, int64(n-1))
+		}
+		return nil
+	})
 	if err != nil {
 		return nil, fmt.Errorf("redlease: dead letters of %q: %w", q.name, err)
 	}
+	var raw []string
+	for _, c := range cmds {
+		raw = append(raw, c.Val()...)
+	}
+	raw = raw[:min(n, len(raw))]
 	out := make([]DeadLetter, 0, len(raw))
 	for _, r := range raw {
 		d, err := decodeDeadLetter(r)
@@ -551,6 +661,7 @@ func (c *consumer) report(err error) {
 func (c *consumer) work(ctx context.Context) {
 	pause := 10 * time.Millisecond
 	var done *Message // handled, to ack with the next claim
+	waited := false
 	for ctx.Err() == nil {
 		hctx, cancel := context.WithCancelCause(context.WithoutCancel(ctx))
 		if done != nil {
@@ -568,7 +679,13 @@ func (c *consumer) work(ctx context.Context) {
 			pause = min(2*pause, time.Second)
 		case m == nil:
 			c.wait(ctx, next)
+			waited = true
 		default:
+			if waited {
+				// Work arrived: wake an idle worker too, in case there is more.
+				signal(c.idle)
+				waited = false
+			}
 			pause = 10 * time.Millisecond
 			done = c.handle(hctx, m)
 		}
@@ -634,8 +751,10 @@ func (c *consumer) reap(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		if _, _, _, err := c.q.reclaim(ctx, every, token); err != nil {
-			c.report(err)
+		for _, keys := range c.q.shards {
+			if _, _, _, err := c.q.reclaim(ctx, keys, every, token); err != nil {
+				c.report(err)
+			}
 		}
 	}
 }

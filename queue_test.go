@@ -568,3 +568,99 @@ func TestDecodeDeadLetter(t *testing.T) {
 		}
 	}
 }
+
+func TestShardedQueue(t *testing.T) {
+	backends(t, func(t *testing.T, c *redis.Client) {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		q := newQueue(t, c, WithShards(4), WithMaxAttempts(1))
+		var payloads [][]byte
+		for i := range 200 {
+			payloads = append(payloads, []byte(fmt.Sprint(i)))
+		}
+		if _, err := q.EnqueueBatch(ctx, payloads); err != nil {
+			t.Fatal(err)
+		}
+		for s := range 4 {
+			if n := c.LLen(ctx, q.shards[s][0]).Val(); n != 50 {
+				t.Fatalf("shard %d holds %d of 200", s, n)
+			}
+		}
+		if _, err := q.Enqueue(ctx, []byte("dup"), WithID("once")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := q.Enqueue(ctx, []byte("dup"), WithID("once")); !errors.Is(err, ErrDuplicate) {
+			t.Fatalf("duplicate on a sharded queue: %v", err)
+		}
+		wantStats(t, q, Stats{Ready: 201})
+		// Claims go round the shards: none waits for another to drain.
+		perShard := map[string]int{}
+		for range 40 {
+			m, err := q.Claim(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			perShard[m.keys[0]]++
+			if string(m.Payload) == "dup" {
+				m.Nack(ctx) // one attempt: dead-lettered
+			} else {
+				m.Ack(ctx)
+			}
+		}
+		for s := range 4 {
+			if perShard[q.shards[s][0]] < 5 {
+				t.Fatalf("shard %d got %d of 40 claims: %v", s, perShard[q.shards[s][0]], perShard)
+			}
+		}
+		var handled atomic.Int32
+		done := make(chan error)
+		go func() {
+			done <- q.Consume(ctx, func(_ context.Context, m *Message) error {
+				handled.Add(1)
+				if string(m.Payload) == "dup" {
+					return errors.New("poison")
+				}
+				return nil
+			}, WithConcurrency(8))
+		}()
+		eventually(t, 10*time.Second, "all handled", func() bool { s, _ := q.Stats(ctx); return s.Ready == 0 && s.InFlight == 0 })
+		cancel()
+		<-done
+		st, _ := q.Stats(context.Background())
+		dead, _ := q.DeadLetters(context.Background(), 10)
+		if st != (Stats{Dead: 1}) || len(dead) != 1 || dead[0].ID != "once" {
+			t.Fatalf("stats %+v, dead %+v", st, dead)
+		}
+		if got := int(handled.Load()) + 40; got != 201 {
+			t.Fatalf("%d deliveries for 201 messages", got)
+		}
+	})
+}
+
+func TestShardedIdlePickup(t *testing.T) {
+	c := realRedis(t)
+	ctx := context.Background()
+	q := newQueue(t, c, WithShards(3))
+	for i := range 6 {
+		got := make(chan time.Duration)
+		go func() {
+			start := time.Now()
+			m, err := q.Claim(ctx)
+			if err != nil {
+				t.Error(err)
+				got <- 0
+				return
+			}
+			m.Ack(ctx)
+			got <- time.Since(start)
+		}()
+		time.Sleep(30 * time.Millisecond)
+		q.Enqueue(ctx, []byte(fmt.Sprint(i)))
+		if waited := <-got; waited > 200*time.Millisecond {
+			t.Fatalf("pick-up took %v: the consumer was not woken", waited)
+		}
+	}
+	if err := NewQueue(c, "q", WithShards(0)).Consume(ctx, func(context.Context, *Message) error { return nil }); !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("zero shards: %v", err)
+	}
+}

@@ -20,8 +20,9 @@ const (
 
 // lease is what the watchdog tracks: a lock's lease or a message's claim.
 type lease struct {
-	name   string // for errors: the lock's key or the message's id
-	rkey   string // the lease's key in Redis (a message's id for claims)
+	name   string   // for errors: the lock's key or the message's id
+	rkey   string   // the lease's key in Redis (a message's id for claims)
+	shard  []string // for claims: the keys of the message's queue shard
 	token  string
 	lost   chan struct{}
 	onLost context.CancelCauseFunc // cancels the holder's context, if any
