@@ -180,10 +180,9 @@ func (q *Queue) shardOf(id string) []string {
 // enqueueAndWake runs enqueue calls of a sharded queue and sets its wake
 // key, in one round trip.
 func (q *Queue) enqueueAndWake(ctx context.Context, calls []scriptCall) []*redis.Cmd {
-	cmds := runAll(ctx, q.client, enqueueScript, calls)
-	// A separate command: the wake key lives in its own slot.
-	q.client.ZAdd(ctx, q.wakeKey, redis.Z{Member: "m"})
-	return cmds
+	return runAll(ctx, q.client, enqueueScript, calls, func(p redis.Pipeliner) {
+		p.ZAdd(ctx, q.wakeKey, redis.Z{Member: "m"}) // its own slot: not in the script
+	})
 }
 
 func checkPayload(p []byte) error {
@@ -228,13 +227,13 @@ func (q *Queue) EnqueueBatch(ctx context.Context, payloads [][]byte) ([]string, 
 	if len(calls) == 0 {
 		return ids, nil
 	}
-	run := runAll
+	var cmds []*redis.Cmd
 	if len(q.shards) > 1 {
-		run = func(ctx context.Context, _ redis.UniversalClient, _ *redis.Script, calls []scriptCall) []*redis.Cmd {
-			return q.enqueueAndWake(ctx, calls)
-		}
+		cmds = q.enqueueAndWake(ctx, calls)
+	} else {
+		cmds = runAll(ctx, q.client, enqueueScript, calls)
 	}
-	for _, cmd := range run(ctx, q.client, enqueueScript, calls) {
+	for _, cmd := range cmds {
 		if err := cmd.Err(); err != nil {
 			return nil, fmt.Errorf("redlease: enqueue batch on %q: %w", q.name, err)
 		}

@@ -87,10 +87,11 @@ type scriptCall struct {
 	args []any
 }
 
-// runAll sends calls of one script in one round trip (a pipeline when there
-// are several) and, if Redis has lost the script, loads it and sends again.
-func runAll(ctx context.Context, c redis.UniversalClient, s *redis.Script, calls []scriptCall) []*redis.Cmd {
-	if len(calls) == 1 {
+// runAll sends calls of one script, and any extra commands, in one round
+// trip (a pipeline when there are several) and, if Redis has lost the
+// script, loads it and sends again.
+func runAll(ctx context.Context, c redis.UniversalClient, s *redis.Script, calls []scriptCall, extra ...func(redis.Pipeliner)) []*redis.Cmd {
+	if len(calls) == 1 && len(extra) == 0 {
 		return []*redis.Cmd{s.Run(ctx, c, calls[0].keys, calls[0].args...)}
 	}
 	send := func() []*redis.Cmd {
@@ -98,6 +99,9 @@ func runAll(ctx context.Context, c redis.UniversalClient, s *redis.Script, calls
 		_, _ = c.Pipelined(ctx, func(p redis.Pipeliner) error {
 			for i, call := range calls {
 				cmds[i] = s.EvalSha(ctx, p, call.keys, call.args...)
+			}
+			for _, f := range extra {
+				f(p)
 			}
 			return nil
 		})
