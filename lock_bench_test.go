@@ -4,6 +4,7 @@ import (
 	"context"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -129,4 +130,77 @@ func handoffs(tb testing.TB, ctx context.Context, lockers [2]*Locker, n int) []f
 	}
 	held.Release(ctx)
 	return lat
+}
+
+// BenchmarkLockVariants measures an uncontended TryObtain+Release cycle on
+// one Redis, with WithReplicaAck(1) on a master with one replica, and on a
+// quorum of 3 independent Redis servers, interleaved in blocks in one run.
+// The *-ratio metrics are each variant's cycle time over the single
+// instance's (the cost factor), medians over blocks.
+func BenchmarkLockVariants(b *testing.B) {
+	master := ownRedis(b, "--repl-diskless-sync-delay", "0")
+	replica := ownRedis(b, "--replicaof", "127.0.0.1", strconv.Itoa(master.port))
+	mc := redis.NewClient(&redis.Options{Addr: master.addr})
+	defer mc.Close()
+	rc := redis.NewClient(&redis.Options{Addr: replica.addr})
+	defer rc.Close()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if strings.Contains(rc.Info(context.Background(), "replication").Val(), "master_link_status:up") {
+			break
+		}
+		if time.Now().After(deadline) {
+			b.Fatal("replica did not sync")
+		}
+	}
+	var qnodes []redis.UniversalClient
+	for range 3 {
+		n := ownRedis(b)
+		c := redis.NewClient(&redis.Options{Addr: n.addr})
+		defer c.Close()
+		qnodes = append(qnodes, c)
+	}
+	ctx := context.Background()
+	single := NewLocker(mc, WithPrefix("bench-single"))
+	defer single.Close()
+	quorum := NewQuorumLocker(qnodes, WithPrefix("bench-quorum"))
+	defer quorum.Close()
+	variants := []struct {
+		name string
+		l    *Locker
+		opts []LockOption
+	}{
+		{"single", single, nil},
+		{"replica-ack", single, []LockOption{WithReplicaAck(1, time.Second)}},
+		{"quorum3", quorum, nil},
+	}
+	const block = 100
+	perBlock := make([][]float64, len(variants))
+	b.ResetTimer()
+	for i := 0; i < b.N; {
+		n := min(block, b.N-i)
+		for v, variant := range variants {
+			start := time.Now()
+			for range n {
+				lk, err := variant.l.TryObtain(ctx, "k-"+variant.name, variant.opts...)
+				if err != nil {
+					b.Fatal(variant.name, err)
+				}
+				if err := lk.Release(ctx); err != nil {
+					b.Fatal(variant.name, err)
+				}
+			}
+			perBlock[v] = append(perBlock[v], float64(time.Since(start))/float64(n))
+		}
+		i += n
+	}
+	for v, variant := range variants {
+		b.ReportMetric(median(perBlock[v])/1e3, variant.name+"-µs/cycle")
+		if v > 0 {
+			ratios := make([]float64, len(perBlock[v]))
+			for i := range ratios {
+				ratios[i] = perBlock[v][i] / perBlock[0][i]
+			}
+			b.ReportMetric(median(ratios), variant.name+"-ratio")
+		}
+	}
 }
