@@ -178,25 +178,9 @@ func (lk *Lock) TTL(ctx context.Context) (time.Duration, error) {
 // millisecond is an error that changes nothing. If the lease is no longer
 // ours, Refresh returns an error that errors.Is ErrNotHeld and Lost closes.
 func (lk *Lock) Refresh(ctx context.Context, ttl time.Duration) error {
-	if ttl < time.Millisecond {
-		return fmt.Errorf("%w: refresh %q: ttl %v must be at least 1ms", ErrInvalidArgument, lk.name, ttl)
-	}
-	if lk.l.wd.isReleased(&lk.lease) {
-		return notHeld(lk.name, "already released")
-	}
-	gen := lk.l.wd.refreshing(&lk.lease)
-	start := time.Now()
-	code, err := lk.l.renew(ctx, &lk.lease, ttl)
-	if err != nil {
-		return fmt.Errorf("redlease: refresh %q: %w", lk.name, err)
-	}
-	if code != 1 {
-		err := leaseGone(lk.name, code)
-		lk.l.wd.end(&lk.lease, err)
-		return err
-	}
-	lk.l.wd.refreshed(&lk.lease, start, ttl, gen)
-	return nil
+	return lk.l.wd.extend(&lk.lease, "refresh", "already released", ttl, func() (int64, error) {
+		return lk.l.renew(ctx, &lk.lease, ttl)
+	}, leaseGone)
 }
 
 // Release ends the lease if it is still ours and wakes the Locker's waiters

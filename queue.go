@@ -411,27 +411,16 @@ func (m *Message) Nack(ctx context.Context) error {
 // millisecond is an error that changes nothing; a lost claim gives an error
 // that errors.Is ErrNotHeld.
 func (m *Message) Extend(ctx context.Context, d time.Duration) error {
-	if d < time.Millisecond {
-		return fmt.Errorf("%w: extend %q: lease %v must be at least 1ms", ErrInvalidArgument, m.ID, d)
-	}
-	if m.q.wd.isReleased(&m.lease) {
-		return notHeld(m.ID, "already acked or nacked")
-	}
-	gen := m.q.wd.refreshing(&m.lease)
-	start := time.Now()
-	codes, err := extendScript.Run(ctx, m.q.client, m.keys, m.ID, m.token, d.Milliseconds()).Int64Slice()
-	if err == nil && len(codes) != 1 {
-		err = fmt.Errorf("unexpected reply %v", codes)
-	}
-	if err != nil {
-		return fmt.Errorf("redlease: extend %q: %w", m.ID, err)
-	}
-	if err := claimGone(m.ID, codes[0]); err != nil {
-		m.q.wd.end(&m.lease, err)
-		return err
-	}
-	m.q.wd.refreshed(&m.lease, start, d, gen)
-	return nil
+	return m.q.wd.extend(&m.lease, "extend", "already acked or nacked", d, func() (int64, error) {
+		codes, err := extendScript.Run(ctx, m.q.client, m.keys, m.ID, m.token, d.Milliseconds()).Int64Slice()
+		if err == nil && len(codes) != 1 {
+			err = fmt.Errorf("unexpected reply %v", codes)
+		}
+		if err != nil {
+			return 0, err
+		}
+		return codes[0], nil
+	}, claimGone)
 }
 
 // claimGone turns a script's claim code into an error (nil for success).

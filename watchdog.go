@@ -146,6 +146,31 @@ func (w *watchdog) isReleased(lk *lease) bool {
 	return lk.released
 }
 
+// extend runs one explicit renewal of ls (Refresh, Extend) through send,
+// keeping the watchdog in step: codes other than 1 end the lease, with the
+// error gone makes of them.
+func (w *watchdog) extend(ls *lease, verb, released string, ttl time.Duration, send func() (int64, error), gone func(name string, code int64) error) error {
+	if ttl < time.Millisecond {
+		return fmt.Errorf("%w: %s %q: ttl %v must be at least 1ms", ErrInvalidArgument, verb, ls.name, ttl)
+	}
+	if w.isReleased(ls) {
+		return notHeld(ls.name, released)
+	}
+	gen := w.refreshing(ls)
+	start := time.Now()
+	code, err := send()
+	if err != nil {
+		return fmt.Errorf("redlease: %s %q: %w", verb, ls.name, err)
+	}
+	if code != 1 {
+		err := gone(ls.name, code)
+		w.end(ls, err)
+		return err
+	}
+	w.refreshed(ls, start, ttl, gen)
+	return nil
+}
+
 // refreshing notes a Refresh about to be sent and returns its generation.
 func (w *watchdog) refreshing(lk *lease) uint64 {
 	w.mu.Lock()
