@@ -55,7 +55,7 @@ func NewLocker(client redis.UniversalClient, opts ...Option) *Locker {
 	l.slots = slotsOf(client)
 	l.ctx, l.cancel = context.WithCancel(context.Background())
 	l.wd = newWatchdog(l.ctx, l.renewLocks)
-	l.hub = wakeHub{l: l, queues: make(map[string][]*waiter)}
+	l.hub = wakeHub{l: l, queues: make(map[string][]*waiter), streak: make(map[string]int)}
 	return l
 }
 
@@ -198,6 +198,11 @@ func (lk *Lock) release(ctx context.Context) (wasLost bool, err error) {
 	if already {
 		return wasLost, notHeld(lk.name, "already released")
 	}
+	if lk.l.nodes == nil {
+		if w := lk.l.hub.takeForHandoff(lk.rkey); w != nil {
+			return wasLost, lk.handOff(ctx, w)
+		}
+	}
 	code, err := lk.l.releaseLease(ctx, &lk.lease)
 	if err != nil {
 		return wasLost, fmt.Errorf("redlease: release %q (the lease ends by its TTL): %w", lk.name, err)
@@ -206,6 +211,29 @@ func (lk *Lock) release(ctx context.Context) (wasLost bool, err error) {
 		return wasLost, leaseGone(lk.name, code)
 	}
 	return wasLost, nil
+}
+
+// handOff passes the lock straight to a waiter of this Locker in one
+// script: the waiter holds it when Release returns, one round trip after
+// Release began, and no other waiter is woken for nothing.
+func (lk *Lock) handOff(ctx context.Context, w *waiter) error {
+	next := w.lk
+	start := time.Now()
+	res, err := handoffScript.Run(ctx, lk.l.client, []string{lk.rkey, lk.rkey + ":fence"}, lk.token, next.token, next.ttl.Milliseconds()).Int64Slice()
+	if err == nil && len(res) != 2 {
+		err = fmt.Errorf("unexpected reply %v", res)
+	}
+	if err != nil || res[0] != 1 {
+		lk.l.hub.handedOff(w, nil) // the waiter tries for itself
+		if err != nil {
+			return fmt.Errorf("redlease: release %q (the lease ends by its TTL): %w", lk.name, err)
+		}
+		return leaseGone(lk.name, res[1])
+	}
+	next.fence = res[1]
+	lk.l.wd.add(&next.lease, start)
+	lk.l.hub.handedOff(w, next)
+	return nil
 }
 
 func notHeld(key, why string) error { return fmt.Errorf("%w: %q: %s", ErrNotHeld, key, why) }
@@ -381,7 +409,7 @@ func (l *Locker) obtain(ctx context.Context, key string, cfg lockConfig, onLost 
 	}
 
 	// Subscribed before the next attempt, so no release is missed.
-	w, err := l.hub.join(ctx, lk.rkey)
+	w, err := l.hub.join(ctx, lk)
 	if err != nil {
 		return nil, gaveUp(key, err)
 	}
@@ -405,6 +433,14 @@ func (l *Locker) obtain(ctx context.Context, key string, cfg lockConfig, onLost 
 			select {
 			case <-w.wake:
 			case <-timer.C:
+			case got := <-w.granted:
+				if got != nil { // the releaser handed us the lock
+					acquired = true
+					if err := l.keepUnlessClosed(ctx, lk); err != nil {
+						return nil, gaveUp(key, err)
+					}
+					return lk, nil
+				}
 			case <-ctx.Done():
 				return nil, gaveUp(key, ctx.Err())
 			}
@@ -428,11 +464,21 @@ func (l *Locker) obtain(ctx context.Context, key string, cfg lockConfig, onLost 
 // lease obtained after Close is given back.
 func (l *Locker) attempt(ctx context.Context, lk *Lock) (bool, time.Duration, error) {
 	ok, pttl, err := l.acquire(ctx, lk)
-	if ok && l.closed.Load() {
-		_ = lk.Release(context.WithoutCancel(ctx))
-		return false, 0, ErrClosed
+	if ok {
+		if err := l.keepUnlessClosed(ctx, lk); err != nil {
+			return false, 0, err
+		}
 	}
 	return ok, pttl, err
+}
+
+// keepUnlessClosed gives back a lease obtained after Close.
+func (l *Locker) keepUnlessClosed(ctx context.Context, lk *Lock) error {
+	if l.closed.Load() {
+		_ = lk.Release(context.WithoutCancel(ctx))
+		return ErrClosed
+	}
+	return nil
 }
 
 // attempted turns an attempt's outcome into Obtain's result: an error that

@@ -361,8 +361,8 @@ func (q *Queue) block(ctx context.Context, next time.Duration) error {
 	if deadline, ok := ctx.Deadline(); ok {
 		d = min(d, time.Until(deadline))
 	}
-	if d < time.Millisecond {
-		return nil
+	if d < time.Millisecond || ctx.Err() != nil {
+		return nil // the caller's loop sees ctx's end
 	}
 	// A fractional timeout, which go-redis's BZPopMin would round up to
 	// whole seconds; it stays well under the client's read timeout.

@@ -664,3 +664,25 @@ func TestShardedIdlePickup(t *testing.T) {
 		t.Fatalf("zero shards: %v", err)
 	}
 }
+
+// A clean shutdown reports no errors.
+func TestConsumeShutdownIsQuiet(t *testing.T) {
+	c := realRedis(t)
+	q := newQueue(t, c)
+	ctx, cancel := context.WithCancel(context.Background())
+	var mu sync.Mutex
+	var errs []error
+	done := make(chan error)
+	go func() {
+		done <- q.Consume(ctx, func(context.Context, *Message) error { return nil },
+			WithConcurrency(64), WithErrorHandler(func(err error) { mu.Lock(); errs = append(errs, err); mu.Unlock() }))
+	}()
+	time.Sleep(200 * time.Millisecond)
+	cancel()
+	<-done
+	mu.Lock()
+	defer mu.Unlock()
+	if len(errs) > 0 {
+		t.Fatalf("%d errors on a clean shutdown, first: %v", len(errs), errs[0])
+	}
+}

@@ -48,6 +48,25 @@ if holder then return -1 end
 return 0
 `)
 
+// handoffScript passes a lease from its holder straight to the next one.
+//
+//	KEYS[1] lock key, KEYS[2] fence counter
+//	ARGV[1] holder's token, ARGV[2] next holder's token, ARGV[3] its ttl in ms
+//	returns {1, next holder's fence} (also when a resent call finds the
+//	        hand-off done), {0, 0} no lease, {0, -1} held by another
+var handoffScript = redis.NewScript(`
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return {1, redis.call('INCR', KEYS[2])}
+end
+if holder == ARGV[2] then
+  return {1, tonumber(redis.call('GET', KEYS[2]))}
+end
+if holder then return {0, -1} end
+return {0, 0}
+`)
+
 // renewScript extends every lease in the batch that is still ours.
 //
 //	KEYS[i] lock key i

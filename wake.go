@@ -25,6 +25,7 @@ type wakeHub struct {
 	l      *Locker
 	mu     sync.Mutex
 	queues map[string][]*waiter // by lock key
+	streak map[string]int       // hand-offs in a row to this Locker's waiters
 	run    *subscription        // nil while nobody waits
 	idle   *time.Timer          // ends the subscription when nobody waits
 	closed bool
@@ -39,9 +40,16 @@ type subscription struct {
 }
 
 type waiter struct {
-	key  string
-	wake chan struct{} // buffered: a release seen while busy is not missed
+	key     string
+	lk      *Lock         // the lease this waiter will hold
+	wake    chan struct{} // buffered: a release seen while busy is not missed
+	granted chan *Lock    // a hand-off's outcome: the lease, or nil to try again
+	handing bool          // taken out of the queue by a releaser; guarded by mu
 }
+
+// maxHandoffStreak bounds how many times in a row a Locker hands a lock to
+// its own waiters, so that waiters of other Lockers get their turn.
+const maxHandoffStreak = 8
 
 func signal(c chan struct{}) {
 	select {
@@ -66,8 +74,9 @@ func (h *wakeHub) isHead(w *waiter) bool {
 
 // join queues a waiter on key and returns once the subscription is live (or
 // has failed, in which case the waiter falls back to timed retries).
-func (h *wakeHub) join(ctx context.Context, key string) (*waiter, error) {
-	w := &waiter{key: key, wake: make(chan struct{}, 1)}
+func (h *wakeHub) join(ctx context.Context, lk *Lock) (*waiter, error) {
+	key := lk.rkey
+	w := &waiter{key: key, lk: lk, wake: make(chan struct{}, 1), granted: make(chan *Lock, 1)}
 	h.mu.Lock()
 	if h.closed {
 		h.mu.Unlock()
@@ -94,22 +103,83 @@ func (h *wakeHub) join(ctx context.Context, key string) (*waiter, error) {
 	}
 }
 
+// takeForHandoff takes the head waiter on key out of the queue for a
+// releaser to hand the lock to, unless this Locker's waiters have had
+// their streak; the releaser must then call handedOff.
+func (h *wakeHub) takeForHandoff(key string) *waiter {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	q := h.queues[key]
+	if len(q) == 0 || q[0].lk.replicas > 0 {
+		return nil
+	}
+	if h.streak[key] >= maxHandoffStreak {
+		delete(h.streak, key) // a real release, heard by every Locker
+		return nil
+	}
+	h.streak[key]++
+	w := q[0]
+	w.handing = true
+	if len(q) == 1 {
+		delete(h.queues, key)
+	} else {
+		h.queues[key] = q[1:]
+	}
+	return w
+}
+
+// handedOff delivers a hand-off's outcome; a failed one puts the waiter
+// back at the head of its queue, to try for itself.
+func (h *wakeHub) handedOff(w *waiter, lk *Lock) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if lk == nil {
+		h.queues[w.key] = append([]*waiter{w}, h.queues[w.key]...)
+	}
+	// Sent under mu, before handing clears, so leave sees one or the other.
+	w.granted <- lk // buffered: never blocks
+	w.handing = false
+}
+
 // leave dequeues w. A head that leaves without the lock passes its turn on.
 func (h *wakeHub) leave(w *waiter, acquired bool) {
 	h.mu.Lock()
-	defer h.mu.Unlock()
-	q := h.queues[w.key]
-	i := slices.Index(q, w)
-	if i < 0 {
-		return
-	}
-	q = slices.Delete(q, i, i+1)
-	if len(q) == 0 {
-		delete(h.queues, w.key)
+	var unwanted *Lock
+	if w.handing {
+		// A releaser is handing us the lock: wait for the outcome.
+		h.mu.Unlock()
+		unwanted = <-w.granted
+		h.mu.Lock()
 	} else {
-		h.queues[w.key] = q
-		if i == 0 && !acquired {
-			signal(q[0].wake)
+		select {
+		case unwanted = <-w.granted: // handed to us as we gave up
+		default:
+		}
+	}
+	h.remove(w, acquired)
+	h.mu.Unlock()
+	if unwanted != nil {
+		_ = unwanted.Release(context.Background())
+	}
+}
+
+// remove takes w out of its queue, passing its turn on if it was the head
+// and leaves without the lock; with no waiters left, the subscription ends
+// after idleLinger. Called with mu held.
+func (h *wakeHub) remove(w *waiter, acquired bool) {
+	if !acquired {
+		delete(h.streak, w.key)
+	}
+	q := h.queues[w.key]
+	if i := slices.Index(q, w); i >= 0 {
+		q = slices.Delete(q, i, i+1)
+		if len(q) == 0 {
+			delete(h.queues, w.key)
+		} else {
+			h.queues[w.key] = q
+			if i == 0 && !acquired {
+				signal(q[0].wake)
+			}
 		}
 	}
 	if len(h.queues) == 0 && h.run != nil && h.idle == nil {
