@@ -1,0 +1,265 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// server is the redis-server the harness starts for itself on loopback.
+type server struct {
+	addr    string
+	version string
+	cmd     *exec.Cmd
+	dir     string
+	exited  chan struct{} // closed when the process has exited
+	once    sync.Once
+}
+
+// startServer starts redis-server on a free 127.0.0.1 port, without
+// persistence, and waits until it answers PING. A port taken between our
+// probe and redis-server's bind is retried with another port.
+func startServer(ctx context.Context) (*server, error) {
+	var lastErr error
+	for range 3 {
+		s, err := tryStartServer(ctx)
+		if err == nil {
+			return s, nil
+		}
+		lastErr = err
+	}
+	return nil, lastErr
+}
+
+func tryStartServer(ctx context.Context) (*server, error) {
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", "redlease-bench-")
+	if err != nil {
+		return nil, err
+	}
+	logf, err := os.Create(filepath.Join(dir, "redis.log"))
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	defer logf.Close()
+	cmd := exec.Command("redis-server",
+		"--port", strconv.Itoa(port),
+		"--bind", "127.0.0.1",
+		"--save", "",
+		"--appendonly", "no",
+		"--dir", dir,
+		"--daemonize", "no",
+	)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	// If this process dies without running its deferred cleanup (a panic in
+	// a worker goroutine, SIGKILL), the kernel kills redis-server too.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("start redis-server (is it in PATH?): %w", err)
+	}
+	s := &server{addr: "127.0.0.1:" + strconv.Itoa(port), cmd: cmd, dir: dir, exited: make(chan struct{})}
+	go func() {
+		_ = cmd.Wait()
+		close(s.exited)
+	}()
+
+	c := redis.NewClient(&redis.Options{Addr: s.addr, MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
+	defer c.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		pctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+		err = c.Ping(pctx).Err()
+		cancel()
+		if err == nil {
+			break
+		}
+		select {
+		case <-s.exited:
+			log, _ := os.ReadFile(filepath.Join(dir, "redis.log"))
+			s.stop()
+			return nil, fmt.Errorf("redis-server exited at start: %s", strings.TrimSpace(string(log)))
+		default:
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			s.stop()
+			return nil, fmt.Errorf("redis-server on %s did not answer PING: %w", s.addr, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	info, err := c.Info(ctx, "server").Result()
+	if err != nil {
+		s.stop()
+		return nil, err
+	}
+	s.version = infoField(info, "redis_version")
+	return s, nil
+}
+
+// stop kills redis-server and removes its directory. It is idempotent and
+// safe to call from a signal handler goroutine.
+func (s *server) stop() {
+	s.once.Do(func() {
+		_ = s.cmd.Process.Kill()
+		select {
+		case <-s.exited:
+		case <-time.After(5 * time.Second):
+		}
+		os.RemoveAll(s.dir)
+	})
+}
+
+func freePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+func infoField(info, name string) string {
+	sc := bufio.NewScanner(strings.NewReader(info))
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), name+":"); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
+}
+
+// env is what every measured run needs: the server's address, an admin
+// client that is not counted, and the round-trip counter of every client
+// the contenders use.
+type env struct {
+	addr     string
+	admin    *redis.Client
+	overhead int64        // commands our own CONFIG RESETSTAT + INFO add to a reading
+	rt       atomic.Int64 // round trips of all counted clients
+	seq      atomic.Int64 // makes key names unique per run
+}
+
+func newEnv(ctx context.Context, addr string) (*env, error) {
+	e := &env{addr: addr, admin: redis.NewClient(&redis.Options{Addr: addr})}
+	// Calibrate: with nothing else running, a reset followed by a reading
+	// shows exactly what the measurement itself adds.
+	if err := e.admin.ConfigResetStat(ctx).Err(); err != nil {
+		return nil, err
+	}
+	c, err := e.commandStats(ctx)
+	if err != nil {
+		return nil, err
+	}
+	e.overhead = c.total
+	return e, nil
+}
+
+// uniq returns a fresh name for keys or queues of one run.
+func (e *env) uniq(prefix string) string {
+	return prefix + "-" + strconv.FormatInt(e.seq.Add(1), 10)
+}
+
+// client returns a new go-redis client whose commands and pipelines are
+// counted as round trips.
+func (e *env) client() *redis.Client {
+	c := redis.NewClient(&redis.Options{Addr: e.addr})
+	c.AddHook(rtHook{&e.rt})
+	return c
+}
+
+// rtHook counts one round trip per command and per pipeline. Pub/sub
+// traffic does not pass through these hooks and is not counted.
+type rtHook struct{ n *atomic.Int64 }
+
+func (h rtHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h rtHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		h.n.Add(1)
+		return next(ctx, cmd)
+	}
+}
+
+func (h rtHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		h.n.Add(1)
+		return next(ctx, cmds)
+	}
+}
+
+// counts is what Redis and the hooks saw in a measured window.
+type counts struct {
+	total  int64            // commands, those run inside scripts included
+	byName map[string]int64 // per command ("set", "evalsha", "config|resetstat", ...)
+	rt     int64            // client round trips
+}
+
+// startWindow zeroes Redis's command statistics and the round-trip counter.
+func (e *env) startWindow(ctx context.Context) error {
+	e.rt.Store(0)
+	return e.admin.ConfigResetStat(ctx).Err()
+}
+
+// endWindow reads what happened since startWindow, less the measurement's
+// own commands.
+func (e *env) endWindow(ctx context.Context) (counts, error) {
+	rt := e.rt.Load()
+	c, err := e.commandStats(ctx)
+	if err != nil {
+		return c, err
+	}
+	c.total -= e.overhead
+	c.rt = rt
+	return c, nil
+}
+
+// commandStats sums calls= over every cmdstat_ line of INFO commandstats.
+func (e *env) commandStats(ctx context.Context) (counts, error) {
+	info, err := e.admin.Info(ctx, "commandstats").Result()
+	if err != nil {
+		return counts{}, fmt.Errorf("INFO commandstats: %w", err)
+	}
+	c := counts{byName: map[string]int64{}}
+	sc := bufio.NewScanner(strings.NewReader(info))
+	for sc.Scan() {
+		rest, ok := strings.CutPrefix(sc.Text(), "cmdstat_")
+		if !ok {
+			continue
+		}
+		name, fields, ok := strings.Cut(rest, ":")
+		if !ok {
+			continue
+		}
+		for f := range strings.SplitSeq(fields, ",") {
+			if v, ok := strings.CutPrefix(f, "calls="); ok {
+				n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+				if err != nil {
+					return c, fmt.Errorf("bad commandstats line %q", sc.Text())
+				}
+				c.byName[name] += n
+				c.total += n
+			}
+		}
+	}
+	return c, nil
+}
+
+// flush empties the database between runs (not counted: the window is
+// reset afterwards).
+func (e *env) flush(ctx context.Context) error { return e.admin.FlushAll(ctx).Err() }
