@@ -76,6 +76,13 @@ type lockConfig struct {
 
 func newLockConfig(opts []LockOption) (lockConfig, error) {
 	c := lockConfig{ttl: DefaultTTL, watchdog: true, retry: defaultRetry}
+	if len(opts) == 0 {
+		return c, nil // c stays on the stack: the common call allocates nothing here
+	}
+	return applyLockOptions(c, opts)
+}
+
+func applyLockOptions(c lockConfig, opts []LockOption) (lockConfig, error) {
 	for _, o := range opts {
 		if o != nil {
 			o(&c)
