@@ -417,6 +417,7 @@ func (l *Locker) obtain(ctx context.Context, key string, cfg lockConfig, onLost 
 	defer func() { l.hub.leave(w, acquired) }()
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
+	woken := false
 	// Every wait, by the head or by a waiter behind it, counts as a retry.
 	for retry := 1; ; retry++ {
 		wait, ok := cfg.retry.NextBackoff(retry)
@@ -430,8 +431,10 @@ func (l *Locker) obtain(ctx context.Context, key string, cfg lockConfig, onLost 
 				wait = pttl + time.Millisecond // Redis expires the key by then
 			}
 			timer.Reset(wait)
+			woken = false
 			select {
 			case <-w.wake:
+				woken = true
 			case <-timer.C:
 			case got := <-w.granted:
 				if got != nil { // the releaser handed us the lock
@@ -452,6 +455,9 @@ func (l *Locker) obtain(ctx context.Context, key string, cfg lockConfig, onLost 
 			continue
 		}
 		ok, p, err := l.attempt(ctx, lk)
+		if ok && retry > 1 && !woken {
+			l.hub.suspect() // freed, yet no wake-up came
+		}
 		if ok || err != nil {
 			acquired = ok
 			return l.attempted(ctx, lk, ok, p, err)

@@ -23,6 +23,7 @@ func TestMain(m *testing.M) {
 	}
 	code := m.Run()
 	stopRealRedis()
+	stopCluster()
 	if code == 0 {
 		if err := goleak.Find(); err != nil {
 			fmt.Fprintln(os.Stderr, "goroutines outlived the tests:", err)

@@ -22,14 +22,15 @@ const pingEvery = 15 * time.Second
 // connection, so waiting never takes connections from the pool that
 // renewals use.
 type wakeHub struct {
-	l      *Locker
-	mu     sync.Mutex
-	queues map[string][]*waiter // by lock key
-	streak map[string]int       // hand-offs in a row to this Locker's waiters
-	run    *subscription        // nil while nobody waits
-	idle   *time.Timer          // ends the subscription when nobody waits
-	closed bool
-	wg     sync.WaitGroup
+	l       *Locker
+	mu      sync.Mutex
+	queues  map[string][]*waiter // by lock key
+	streak  map[string]int       // hand-offs in a row to this Locker's waiters
+	run     *subscription        // nil while nobody waits
+	idle    *time.Timer          // ends the subscription when nobody waits
+	renewed time.Time            // when suspect last replaced the subscription
+	closed  bool
+	wg      sync.WaitGroup
 }
 
 // subscription is one run of the reader goroutine.
@@ -231,6 +232,31 @@ func (h *wakeHub) close() {
 	h.wg.Wait()
 }
 
+// isStale reports whether ps is no longer the run's subscription.
+func (h *wakeHub) isStale(run *subscription, ps *redis.PubSub) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return run.ps != ps
+}
+
+// suspect is told that a waiter got a lock that was freed without a
+// wake-up. A lease that simply expired does that, but so does a
+// subscription left on a server that no longer hears the releases (a
+// Sentinel failover moves commands, not subscriptions): so the
+// subscription is replaced, at most once a second.
+func (h *wakeHub) suspect() {
+	h.mu.Lock()
+	if h.run == nil || h.run.ps == nil || time.Since(h.renewed) < time.Second {
+		h.mu.Unlock()
+		return
+	}
+	h.renewed = time.Now()
+	ps := h.run.ps
+	h.run.ps = nil
+	h.mu.Unlock()
+	_ = ps.Close() // the reader sees the error and subscribes anew
+}
+
 // wakeHeads wakes the head waiter of every key, or of one key.
 func (h *wakeHub) wakeHeads(key string, all bool) {
 	h.mu.Lock()
@@ -275,6 +301,7 @@ func (h *wakeHub) read(run *subscription) {
 			return
 		}
 		silent := 0
+	receive:
 		for silent < 2 {
 			msg, err := ps.ReceiveTimeout(h.l.ctx, pingEvery)
 			select {
@@ -310,11 +337,15 @@ func (h *wakeHub) read(run *subscription) {
 				case <-timer.C:
 				}
 				backoff = min(2*backoff, time.Second)
+				if h.isStale(run, ps) {
+					break receive // replaced on purpose: subscribe anew
+				}
 				continue
 			}
 			backoff = 10 * time.Millisecond
 		}
-		// Silent through a ping: start over on a new connection.
+		// Silent through a ping, or suspected: start over on a new
+		// connection (to the current master, for a failover client).
 		h.mu.Lock()
 		if h.run == run {
 			run.ps = nil

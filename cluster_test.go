@@ -1,0 +1,897 @@
+package redlease
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// testCluster is a Redis Cluster of 3 masters and 3 replicas on loopback,
+// built natively (the same layout scripts/cluster.sh builds with redis-cli).
+type testCluster struct {
+	dir   string
+	nodes []*serverProc // 0-2 start as masters, 3+i as the replica of i
+	ids   []string      // cluster node ids, as nodes
+}
+
+const clusterNodes = 6
+
+// newTestCluster starts the servers, joins them into a cluster and returns
+// once every node agrees on the slot map and every replica is in sync.
+func newTestCluster() (_ *testCluster, err error) {
+	dir, err := os.MkdirTemp("", "redlease-cluster-")
+	if err != nil {
+		return nil, err
+	}
+	tc := &testCluster{dir: dir}
+	defer func() {
+		if err != nil {
+			tc.stop()
+		}
+	}()
+	for i := range clusterNodes {
+		name := "node" + strconv.Itoa(i)
+		conf := filepath.Join(dir, name+".conf")
+		p, err := startRedisProc(dir, name, func(port int) ([]string, error) {
+			bus, err := freePort()
+			if err != nil {
+				return nil, err
+			}
+			_ = os.Remove(conf) // from an attempt on a port that was taken
+			return []string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1",
+				"--cluster-enabled", "yes", "--cluster-port", strconv.Itoa(bus),
+				"--cluster-config-file", conf, "--cluster-node-timeout", "2000",
+				"--appendonly", "no", "--save", "", "--dir", dir,
+				"--repl-diskless-sync-delay", "0", "--enable-debug-command", "local",
+				// A synced replica with offset 0 is left out of CLUSTER
+				// SLOTS until the master's next ping (every 10s by default).
+				"--repl-ping-replica-period", "1"}, nil
+		})
+		if err != nil {
+			return nil, err
+		}
+		tc.nodes = append(tc.nodes, p)
+	}
+	if err := tc.form(); err != nil {
+		return nil, fmt.Errorf("forming the cluster in %s: %w", dir, err)
+	}
+	return tc, nil
+}
+
+// form assigns slots, introduces the nodes and attaches the replicas, as
+// redis-cli --cluster create does, then waits until the cluster is whole.
+func (tc *testCluster) form() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cs := tc.nodeClients()
+	defer func() {
+		for _, c := range cs {
+			c.Close()
+		}
+	}()
+	for i, c := range cs {
+		// Distinct epochs up front, so no collision has to be resolved.
+		if err := c.Do(ctx, "CLUSTER", "SET-CONFIG-EPOCH", i+1).Err(); err != nil {
+			return err
+		}
+		id, err := c.ClusterMyID(ctx).Result()
+		if err != nil {
+			return err
+		}
+		tc.ids = append(tc.ids, id)
+	}
+	const masters = clusterNodes / 2
+	for i := range masters {
+		lo, hi := i*16384/masters, (i+1)*16384/masters-1
+		if err := cs[i].ClusterAddSlotsRange(ctx, lo, hi).Err(); err != nil {
+			return err
+		}
+	}
+	bus0, err := tc.busPort(ctx, cs[0])
+	if err != nil {
+		return err
+	}
+	for _, c := range cs[1:] {
+		if err := c.Do(ctx, "CLUSTER", "MEET", "127.0.0.1", tc.nodes[0].port, bus0).Err(); err != nil {
+			return err
+		}
+	}
+	if err := waitUntil(15*time.Second, func() error {
+		for i, c := range cs {
+			nodes, err := c.ClusterNodes(ctx).Result()
+			if err != nil {
+				return err
+			}
+			if n := strings.Count(strings.TrimSpace(nodes), "\n") + 1; n != clusterNodes || strings.Contains(nodes, "handshake") {
+				return fmt.Errorf("node %d knows %d nodes:\n%s", i, n, nodes)
+			}
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	for r := masters; r < clusterNodes; r++ {
+		if err := waitUntil(10*time.Second, func() error {
+			return cs[r].ClusterReplicate(ctx, tc.ids[r-masters]).Err()
+		}); err != nil {
+			return err
+		}
+	}
+	return tc.waitHealthy(20*time.Second, clusterNodes)
+}
+
+// nodeClients returns a client on every node, in node order.
+func (tc *testCluster) nodeClients() []*redis.Client {
+	var cs []*redis.Client
+	for _, p := range tc.nodes {
+		cs = append(cs, redis.NewClient(&redis.Options{Addr: p.addr, MaxRetries: -1}))
+	}
+	return cs
+}
+
+func (tc *testCluster) busPort(ctx context.Context, c *redis.Client) (int, error) {
+	v, err := c.ConfigGet(ctx, "cluster-port").Result()
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(v["cluster-port"])
+}
+
+// waitHealthy waits until every live node says cluster_state:ok, all live
+// nodes report the same CLUSTER SLOTS with one live replica per slot range,
+// and every such replica's link to its master is up.
+func (tc *testCluster) waitHealthy(timeout time.Duration, live int) error {
+	ctx := context.Background()
+	cs := tc.nodeClients()
+	defer func() {
+		for _, c := range cs {
+			c.Close()
+		}
+	}()
+	return waitUntil(timeout, func() error {
+		var first string
+		var firstNode int
+		seen := 0
+		for i, c := range cs {
+			if !tc.nodes[i].alive() {
+				continue
+			}
+			seen++
+			if st, err := infoClusterField(ctx, c, "cluster_state"); err != nil || st != "ok" {
+				return fmt.Errorf("node %d: cluster_state %q %v", i, st, err)
+			}
+			slots, err := c.ClusterSlots(ctx).Result()
+			if err != nil {
+				return err
+			}
+			s := renderSlots(slots)
+			if first == "" {
+				first, firstNode = s, i
+			} else if s != first {
+				return fmt.Errorf("nodes %d and %d disagree on CLUSTER SLOTS:\n%s\n%s", firstNode, i, first, s)
+			}
+			role, err := infoField(ctx, c, "replication", "role")
+			if err != nil {
+				return err
+			}
+			if role == "slave" {
+				if st, err := infoField(ctx, c, "replication", "master_link_status"); err != nil || st != "up" {
+					return fmt.Errorf("node %d: master link %q %v", i, st, err)
+				}
+			}
+		}
+		if seen != live {
+			return fmt.Errorf("%d live nodes, want %d", seen, live)
+		}
+		if want := live / 2; strings.Count(first, "replicas[1]") != want && live == clusterNodes {
+			return fmt.Errorf("want %d ranges with one replica each:\n%s", want, first)
+		}
+		return nil
+	})
+}
+
+func infoClusterField(ctx context.Context, c *redis.Client, field string) (string, error) {
+	info, err := c.ClusterInfo(ctx).Result()
+	if err != nil {
+		return "", err
+	}
+	for _, line := range strings.Split(info, "\r\n") {
+		if v, ok := strings.CutPrefix(line, field+":"); ok {
+			return v, nil
+		}
+	}
+	return "", fmt.Errorf("no %s in CLUSTER INFO", field)
+}
+
+// renderSlots writes CLUSTER SLOTS in a canonical form, for comparison.
+func renderSlots(slots []redis.ClusterSlot) string {
+	var lines []string
+	for _, s := range slots {
+		var reps []string
+		for _, n := range s.Nodes[1:] {
+			reps = append(reps, n.Addr)
+		}
+		slices.Sort(reps)
+		lines = append(lines, fmt.Sprintf("%d-%d master %s replicas[%d] %v", s.Start, s.End, s.Nodes[0].Addr, len(reps), reps))
+	}
+	slices.Sort(lines)
+	return strings.Join(lines, "\n")
+}
+
+// addrs lists every node's address.
+func (tc *testCluster) addrs() []string {
+	var a []string
+	for _, p := range tc.nodes {
+		a = append(a, p.addr)
+	}
+	return a
+}
+
+// client returns a new ClusterClient on the cluster, closed when the test
+// ends; tune, if not nil, adjusts its options.
+func (tc *testCluster) client(t testing.TB, tune func(*redis.ClusterOptions)) *redis.ClusterClient {
+	opt := &redis.ClusterOptions{Addrs: tc.addrs()}
+	if tune != nil {
+		tune(opt)
+	}
+	c := redis.NewClusterClient(opt)
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// node returns the server at addr.
+func (tc *testCluster) node(addr string) *serverProc {
+	for _, p := range tc.nodes {
+		if p.addr == addr {
+			return p
+		}
+	}
+	return nil
+}
+
+func (tc *testCluster) stop() {
+	for _, p := range tc.nodes {
+		p.kill()
+	}
+	if tc.dir != "" {
+		os.RemoveAll(tc.dir)
+	}
+}
+
+var (
+	clusterOnce sync.Once
+	cluster     *testCluster
+	clusterErr  error
+)
+
+// startCluster returns a new client on the tests' shared Redis Cluster,
+// which is started on first use and stopped by TestMain. Without
+// redis-server the test is skipped, except under CI=true, where it fails.
+// Tests that break the cluster must use newClusterT instead.
+func startCluster(t testing.TB) *redis.ClusterClient {
+	t.Helper()
+	clusterOnce.Do(func() {
+		start := time.Now()
+		cluster, clusterErr = newTestCluster()
+		if clusterErr == nil {
+			clusterStartup = time.Since(start)
+		}
+	})
+	needServers(t, "Redis Cluster", clusterErr)
+	return cluster.client(t, nil)
+}
+
+var clusterStartup time.Duration
+
+func stopCluster() {
+	if cluster != nil {
+		cluster.stop()
+	}
+}
+
+// newClusterT starts a cluster of the test's own, stopped when it ends.
+func newClusterT(t testing.TB) *testCluster {
+	t.Helper()
+	start := time.Now()
+	tc, err := newTestCluster()
+	needServers(t, "Redis Cluster", err)
+	t.Cleanup(tc.stop)
+	t.Logf("cluster of %d nodes up in %v", clusterNodes, time.Since(start).Round(time.Millisecond))
+	return tc
+}
+
+// masterOf returns the address of the master that serves name's slot.
+func masterOf(t testing.TB, cc *redis.ClusterClient, name string) string {
+	t.Helper()
+	c, err := cc.MasterForKey(context.Background(), name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c.Options().Addr
+}
+
+// namesPerMaster picks n names per master among gen(0), gen(1), ...
+func namesPerMaster(t testing.TB, cc *redis.ClusterClient, n int, gen func(i int) string) map[string][]string {
+	t.Helper()
+	by := map[string][]string{}
+	for i, full := 0, 0; full < 3; i++ {
+		if i > 10_000 {
+			t.Fatalf("no %d names for every master among 10000: %v", n, by)
+		}
+		name := gen(i)
+		m := masterOf(t, cc, name)
+		if len(by[m]) < n {
+			by[m] = append(by[m], name)
+			if len(by[m]) == n {
+				full++
+			}
+		}
+	}
+	return by
+}
+
+// 200 locks spread over every master go through every lock operation; the
+// keys live where CLUSTER SLOTS says (no MOVED, no CROSSSLOT).
+func TestClusterLocks(t *testing.T) {
+	cc := startCluster(t)
+	cc2 := cluster.client(t, nil)
+	ctx := context.Background()
+	var keys []string
+	for i := range 200 {
+		keys = append(keys, "key-"+strconv.Itoa(i))
+	}
+	start := time.Now()
+	lockSuite(t, cc, cc2, keys)
+	t.Logf("lock suite on %d keys in %v", len(keys), time.Since(start).Round(time.Millisecond))
+	perMaster := map[string]int{}
+	for _, k := range keys {
+		addr := masterOf(t, cc, k)
+		perMaster[addr]++
+		// Straight to that node: a key elsewhere would answer MOVED.
+		node := redis.NewClient(&redis.Options{Addr: addr})
+		fence, err := node.Get(ctx, uniq(t)+":{"+k+"}:fence").Int()
+		node.Close()
+		if err != nil || fence != lockSuiteFences {
+			t.Fatalf("fence of %q on its master %s: %d %v", k, addr, fence, err)
+		}
+	}
+	if len(perMaster) != 3 {
+		t.Fatalf("keys on %d masters, want 3: %v", len(perMaster), perMaster)
+	}
+	for addr, n := range perMaster {
+		if n < 20 {
+			t.Fatalf("only %d keys on %s: %v", n, addr, perMaster)
+		}
+	}
+	t.Logf("keys per master: %v", perMaster)
+}
+
+// Leases on every master, with a 300ms TTL, are renewed for well over a
+// second, through a SCRIPT FLUSH on every node, and none is lost.
+func TestClusterWatchdog(t *testing.T) {
+	cc := startCluster(t)
+	ctx := context.Background()
+	byMaster := namesPerMaster(t, cc, 10, func(i int) string { return "wd-" + strconv.Itoa(i) })
+	l := NewLocker(cc, WithPrefix(uniq(t)))
+	defer l.Close()
+	before := map[string]map[string]int64{}
+	nodes := map[string]*redis.Client{}
+	for addr := range byMaster {
+		nodes[addr] = redis.NewClient(&redis.Options{Addr: addr})
+		defer nodes[addr].Close()
+		before[addr] = commandStats(t, nodes[addr])
+	}
+	var locks []*Lock
+	for _, names := range byMaster {
+		for _, name := range names {
+			lk, err := l.TryObtain(ctx, name, WithTTL(300*time.Millisecond))
+			if err != nil {
+				t.Fatal(err)
+			}
+			locks = append(locks, lk)
+		}
+	}
+	time.Sleep(600 * time.Millisecond)
+	if err := cc.ScriptFlush(ctx).Err(); err != nil { // renewals must reload the script
+		t.Fatal(err)
+	}
+	time.Sleep(700 * time.Millisecond)
+	for _, lk := range locks {
+		select {
+		case <-lk.Lost():
+			t.Fatalf("lease on %q lost: %v", lk.Key(), lk.Err())
+		default:
+		}
+		if d, err := lk.TTL(ctx); err != nil || d <= 0 {
+			t.Fatalf("TTL of %q: %v %v", lk.Key(), d, err)
+		}
+	}
+	for addr, names := range byMaster {
+		delta, _ := commandsSince(t, nodes[addr], before[addr])
+		// One renewal every 100ms for 1.3s: about 13 per key.
+		if delta["pexpire"] < int64(5*len(names)) {
+			t.Fatalf("master %s renewed %d times for %d keys: %v", addr, delta["pexpire"], len(names), delta)
+		}
+		t.Logf("master %s: %d renewals of %d leases", addr, delta["pexpire"], len(names))
+	}
+	for _, lk := range locks {
+		if err := lk.Release(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// handoffPrefix finds a prefix whose release channel is served by a master
+// other than key's (across), or by the same one.
+func handoffPrefix(t *testing.T, cc *redis.ClusterClient, key string, across bool) string {
+	keyMaster := masterOf(t, cc, key)
+	for i := range 100 {
+		p := uniq(t) + "-" + strconv.Itoa(i)
+		if (masterOf(t, cc, p+":released") != keyMaster) == across {
+			return p
+		}
+	}
+	t.Fatal("no suitable prefix")
+	return ""
+}
+
+// handoffLockers returns two Lockers, each on a ClusterClient of its own,
+// whose release channel is served by a master other than the lock "k"'s
+// (across) or by the same one. Each keeps a waiter on another lock until
+// the test ends, so its subscription stays up; it returns the master the
+// subscriptions are on.
+func handoffLockers(t *testing.T, cc *redis.ClusterClient, across bool) ([2]*Locker, string) {
+	ctx := context.Background()
+	prefix := handoffPrefix(t, cc, "k", across)
+	lockers := pinnedLockers(t, [2]redis.UniversalClient{cluster.client(t, nil), cluster.client(t, nil)}, cc, prefix)
+	channel := prefix + ":released"
+	subMaster := masterOf(t, cc, channel)
+	node := redis.NewClient(&redis.Options{Addr: subMaster})
+	defer node.Close()
+	eventually(t, 5*time.Second, "both Lockers subscribed on "+subMaster, func() bool {
+		return node.PubSubNumSub(ctx, channel).Val()[channel] == 2
+	})
+	return lockers, subMaster
+}
+
+// A release published on the lock's master reaches a waiter whose Locker
+// subscribed on another master (through the cluster bus) in about a round
+// trip: far below the 16ms fallback retry. The hand-offs are 50ms apart:
+// Redis 7.0 sends on the cluster bus with Nagle's algorithm, so a PUBLISH
+// that follows another within the peer's delayed-ACK time (about 40ms)
+// waits for that ACK; back-to-back hand-offs are timed too, and logged
+// (TestKnownIssueClusterWakeupUnderLoad shows the effect).
+func TestClusterHandoff(t *testing.T) {
+	cc := startCluster(t)
+	ctx := context.Background()
+	keyMaster := masterOf(t, cc, "k")
+	report := func(what, sub string, lat []float64, err error) time.Duration {
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		slow := 0
+		for _, l := range lat {
+			if l > float64(5*time.Millisecond) {
+				slow++
+			}
+		}
+		p50 := quantileDur(lat, 0.5)
+		t.Logf("%s (lock on %s, waiters subscribed on %s): hand-off p50 %v p99 %v, %d of %d over 5ms",
+			what, keyMaster, sub, p50, quantileDur(lat, 0.99), slow, len(lat))
+		return p50
+	}
+	lockers, sub := handoffLockers(t, cc, true)
+	lat, err := settledHandoffs(ctx, lockers, 50, 3*time.Millisecond, 50*time.Millisecond)
+	if p50 := report("across nodes, 50ms apart", sub, lat, err); p50 > 5*time.Millisecond {
+		t.Errorf("hand-off across nodes p50 %v: the release did not wake the waiter", p50)
+	}
+	lat, err = settledHandoffs(ctx, lockers, 50, 3*time.Millisecond, 0)
+	report("across nodes, back to back", sub, lat, err)
+	lockers, sub = handoffLockers(t, cc, false)
+	lat, err = settledHandoffs(ctx, lockers, 50, 3*time.Millisecond, 0)
+	if p50 := report("same node, back to back", sub, lat, err); p50 > 5*time.Millisecond {
+		t.Errorf("hand-off on one node p50 %v: the release did not wake the waiter", p50)
+	}
+}
+
+// KNOWN ISSUE: with other locks being released on the same master (about
+// one release a millisecond), a release's PUBLISH often reaches a Locker
+// subscribed on another master only after tens of milliseconds: Redis 7.0 writes cluster-bus links without TCP_NODELAY, so a
+// message behind an unacknowledged one waits for the peer's delayed ACK.
+// Waiters then fall back on their retry timer. Same-node hand-offs are
+// unaffected.
+func TestKnownIssueClusterWakeupUnderLoad(t *testing.T) {
+	knownIssue(t, "cross-node release wake-ups are delayed by the cluster bus under load")
+	cc := startCluster(t)
+	ctx := context.Background()
+	lockers, sub := handoffLockers(t, cc, true)
+	// Background load: another Locker releasing other locks on the same master.
+	keyMaster := masterOf(t, cc, "k")
+	var others []string
+	for i := 0; len(others) < 4; i++ {
+		if name := "load-" + strconv.Itoa(i); masterOf(t, cc, name) == keyMaster {
+			others = append(others, name)
+		}
+	}
+	busy := NewLocker(cluster.client(t, nil), WithPrefix(uniq(t)))
+	defer busy.Close()
+	lctx, stop := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for i := 0; i < 100_000 && lctx.Err() == nil; i++ {
+			if lk, err := busy.TryObtain(lctx, others[i%len(others)]); err == nil {
+				_ = lk.Release(lctx)
+			}
+			time.Sleep(500 * time.Microsecond)
+		}
+	})
+	lat, err := settledHandoffs(ctx, lockers, 50, 3*time.Millisecond, 0)
+	stop()
+	wg.Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p90 := quantileDur(lat, 0.9)
+	t.Logf("lock on %s, waiters subscribed on %s, under load: hand-off p50 %v p90 %v p99 %v", keyMaster, sub, quantileDur(lat, 0.5), p90, quantileDur(lat, 0.99))
+	if p90 > 5*time.Millisecond {
+		t.Fatalf("hand-off p90 %v across nodes under load: wake-ups came after the fallback retry (16ms after queueing)", p90)
+	}
+}
+
+// Two Lockers on separate ClusterClients contend for one lock per master:
+// never two holders at once, no lost update, fences grow in order.
+func TestClusterMutualExclusion(t *testing.T) {
+	cc := startCluster(t)
+	ctx := context.Background()
+	prefix := uniq(t)
+	byMaster := namesPerMaster(t, cc, 1, func(i int) string { return "mx-" + strconv.Itoa(i) })
+	lockers := []*Locker{NewLocker(cc, WithPrefix(prefix)), NewLocker(cluster.client(t, nil), WithPrefix(prefix))}
+	for _, l := range lockers {
+		defer l.Close()
+	}
+	const perLocker, rounds = 3, 10
+	var wg sync.WaitGroup
+	for _, names := range byMaster {
+		key := names[0]
+		counter := prefix + ":{" + key + "}:counter" // in the lock's slot
+		var (
+			mu        sync.Mutex
+			inside    bool
+			lastFence int64
+		)
+		for _, l := range lockers {
+			for range perLocker {
+				wg.Go(func() {
+					for range rounds {
+						octx, cancel := context.WithTimeout(ctx, 20*time.Second)
+						lk, err := l.Obtain(octx, key, WithTTL(5*time.Second))
+						cancel()
+						if err != nil {
+							t.Error(err)
+							return
+						}
+						mu.Lock()
+						if inside {
+							t.Errorf("%s: two holders at once", key)
+						}
+						inside = true
+						if lk.Fence() <= lastFence {
+							t.Errorf("%s: fence %d after %d", key, lk.Fence(), lastFence)
+						}
+						lastFence = lk.Fence()
+						mu.Unlock()
+						n, _ := cc.Get(ctx, counter).Int()
+						cc.Set(ctx, counter, n+1, 0)
+						mu.Lock()
+						inside = false
+						mu.Unlock()
+						if err := lk.Release(ctx); err != nil {
+							t.Error(err)
+						}
+					}
+				})
+			}
+		}
+	}
+	wg.Wait()
+	for _, names := range byMaster {
+		want := len(lockers) * perLocker * rounds
+		if n, err := cc.Get(ctx, prefix+":{"+names[0]+"}:counter").Int(); n != want {
+			t.Fatalf("%s: counter %d %v, want %d: updates were lost", names[0], n, err, want)
+		}
+	}
+}
+
+// Three queues whose keys live on three different masters go through every
+// queue operation; no script touches keys of two slots.
+func TestClusterQueue(t *testing.T) {
+	cc := startCluster(t)
+	ctx := context.Background()
+	byMaster := namesPerMaster(t, cc, 1, func(i int) string { return "q" + strconv.Itoa(i) })
+	var names []string
+	for _, addr := range sortedKeys(byMaster) {
+		names = append(names, byMaster[addr][0])
+	}
+	start := time.Now()
+	queueSuite(t, cc, names)
+	t.Logf("queue suite on %v in %v", names, time.Since(start).Round(time.Millisecond))
+	for addr, ns := range byMaster {
+		node := redis.NewClient(&redis.Options{Addr: addr})
+		defer node.Close()
+		dead := uniq(t) + ":queue:{" + ns[0] + "}:dead"
+		if n, err := node.LLen(ctx, dead).Result(); err != nil || n != 1 {
+			t.Fatalf("dead letters of %q on its master %s: %d %v", ns[0], addr, n, err)
+		}
+	}
+}
+
+// The rate of uncontended TryObtain+Release cycles on the cluster next to
+// a single instance, from one goroutine and from eight.
+func TestClusterCycleRate(t *testing.T) {
+	cc := startCluster(t)
+	single := realRedis(t)
+	ctx := context.Background()
+	rate := func(c redis.UniversalClient, workers int) float64 {
+		l := NewLocker(c, WithPrefix(uniq(t)))
+		defer l.Close()
+		const d = 400 * time.Millisecond
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		total := 0
+		start := time.Now()
+		for w := range workers {
+			wg.Go(func() {
+				n := 0
+				for time.Since(start) < d {
+					lk, err := l.TryObtain(ctx, "rate-"+strconv.Itoa(w))
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					if err := lk.Release(ctx); err != nil {
+						t.Error(err)
+						return
+					}
+					n++
+				}
+				mu.Lock()
+				total += n
+				mu.Unlock()
+			})
+		}
+		wg.Wait()
+		return float64(total) / time.Since(start).Seconds()
+	}
+	for _, workers := range []int{1, 8} {
+		s, c := rate(single, workers), rate(cc, workers)
+		if s == 0 || c == 0 {
+			t.Fatalf("no cycles: single %.0f/s, cluster %.0f/s", s, c)
+		}
+		t.Logf("TryObtain+Release, %d goroutine(s): single instance %.0f/s, cluster %.0f/s (%.2fx)", workers, s, c, c/s)
+	}
+	t.Logf("cluster start-up took %v", clusterStartup.Round(time.Millisecond))
+}
+
+// A master holding locks and a queue is killed (SIGKILL) in a cluster of
+// the test's own; its replica takes over. See runFailover for what is
+// checked. Clients that follow the failover reload the slot map every
+// 250ms; go-redis's default (ClusterStateReloadInterval, 60s) keeps
+// sending to the dead node, which the third lock's holder shows.
+func TestClusterFailover(t *testing.T) {
+	t.Cleanup(func() { waitGoroutinesGone(t, "pool.(*ConnPool).tryDial", 5*time.Second) }) // runs last
+	tc := newClusterT(t)
+	ctx := context.Background()
+	following := func() redis.UniversalClient {
+		return tc.client(t, func(o *redis.ClusterOptions) { o.ClusterStateReloadInterval = 250 * time.Millisecond })
+	}
+	cc := tc.client(t, nil)
+	prefix := uniq(t)
+	// The master to kill holds neither "k" nor "pin" (see below).
+	var keyMaster string
+	for _, s := range cc.ClusterSlots(ctx).Val() {
+		if m := s.Nodes[0].Addr; m != masterOf(t, cc, "k") && m != masterOf(t, cc, "pin") {
+			keyMaster = m
+		}
+	}
+	byMaster := namesPerMaster(t, cc, 5, func(i int) string { return "fo-" + strconv.Itoa(i) })
+	names := byMaster[keyMaster] // lock and queue names on that master
+	// Two Lockers subscribe for wake-ups on that master, and wait on "pin"
+	// throughout; afterwards, hand-offs of "k" between them show whether
+	// their subscriptions came back on the new master.
+	subPrefix := ""
+	for i := 0; subPrefix == ""; i++ {
+		if p := prefix + "-sub-" + strconv.Itoa(i); masterOf(t, cc, p+":released") == keyMaster {
+			subPrefix = p
+		}
+	}
+	subscribed := pinnedLockers(t, [2]redis.UniversalClient{following(), following()}, cc, subPrefix)
+	var replica string
+	for _, s := range cc.ClusterSlots(ctx).Val() {
+		if s.Nodes[0].Addr == keyMaster {
+			replica = s.Nodes[1].Addr
+		}
+	}
+	victim := tc.node(keyMaster)
+	survivor := tc.node(replica).client(t)
+	res := runFailover(t, failoverCase{
+		client: following,
+		stale:  func() redis.UniversalClient { return tc.client(t, nil) },
+		keys:   [3]string{names[0], names[1], names[2]},
+		queues: [2]string{names[3], names[4]},
+		replicate: func(ctx context.Context) error {
+			node := victim.client(t)
+			return replicated(ctx, node, prefix+":queue:{"+names[3]+"}:probe")
+		},
+		fail: victim.kill,
+		switched: func(ctx context.Context, c redis.UniversalClient) error {
+			// Only the slots' owner accepts the write.
+			return c.Set(ctx, prefix+":queue:{"+names[3]+"}:alive", "1", time.Minute).Err()
+		},
+		promoted: func() error {
+			for _, s := range survivor.ClusterSlots(ctx).Val() {
+				if s.Nodes[0].Addr == replica {
+					st, err := infoClusterField(ctx, survivor, "cluster_state")
+					if err != nil || st != "ok" {
+						return fmt.Errorf("cluster_state %q %v", st, err)
+					}
+					return nil
+				}
+			}
+			return fmt.Errorf("%s not yet a master", replica)
+		},
+	})
+	if err := tc.waitHealthy(10*time.Second, clusterNodes-1); err != nil {
+		t.Fatalf("cluster after the failover: %v", err)
+	}
+	channel := subPrefix + ":released"
+	eventually(t, 5*time.Second, "subscriptions back on the new master", func() bool {
+		return survivor.PubSubNumSub(ctx, channel).Val()[channel] == 2
+	})
+	lat, err := settledHandoffs(ctx, subscribed, 20, 3*time.Millisecond, 50*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p50 := quantileDur(lat, 0.5)
+	t.Logf("hand-offs between Lockers whose subscription's master was killed: p50 %v p99 %v", p50, quantileDur(lat, 0.99))
+	if p50 > 5*time.Millisecond {
+		t.Errorf("hand-off p50 %v after the subscription's master failed: releases no longer wake waiters", p50)
+	}
+	t.Logf("cluster failover (node timeout 2s): killed %s, replica %s promoted after %v, clients writing after %v",
+		keyMaster, replica, res.promoted.Round(time.Millisecond), res.recovered.Round(time.Millisecond))
+}
+
+// scripts/cluster.sh, for people, builds the same cluster with redis-cli
+// and stops it again.
+func TestClusterScript(t *testing.T) {
+	_, err := lookPath("bash")
+	if err == nil {
+		_, err = lookPath("redis-cli")
+	}
+	if err == nil {
+		_, err = lookPath("redis-server")
+	}
+	needServers(t, "scripts/cluster.sh", err)
+	ctx := context.Background()
+	// The script puts each node's bus on its port + 10000: both free.
+	var ports []string
+	for i := 0; len(ports) < clusterNodes; i++ {
+		if i > 500 {
+			t.Fatal("no 6 free port pairs")
+		}
+		p, err := freePort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		bus, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p+10000))
+		if err != nil || slices.Contains(ports, strconv.Itoa(p)) {
+			continue
+		}
+		bus.Close()
+		ports = append(ports, strconv.Itoa(p))
+	}
+	dir := filepath.Join(t.TempDir(), "cluster")
+	script := func(verb string) (string, error) {
+		cctx, cancel := context.WithTimeout(ctx, time.Minute)
+		defer cancel()
+		cmd := exec.CommandContext(cctx, "bash", "scripts/cluster.sh", verb, dir)
+		cmd.Env = append(os.Environ(), "PORTS="+strings.Join(ports, " "))
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	stopped := false
+	t.Cleanup(func() { // the servers are daemons: stop them whatever happens
+		if !stopped {
+			if out, err := script("stop"); err != nil {
+				t.Errorf("cluster.sh stop: %v\n%s", err, out)
+			}
+		}
+	})
+	start := time.Now()
+	if out, err := script("start"); err != nil {
+		t.Fatalf("cluster.sh start: %v\n%s", err, out)
+	}
+	t.Logf("cluster.sh start took %v", time.Since(start).Round(time.Millisecond))
+	var addrs []string
+	for _, p := range ports {
+		addrs = append(addrs, "127.0.0.1:"+p)
+	}
+	cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: addrs})
+	defer cc.Close()
+	slots, err := cc.ClusterSlots(ctx).Result()
+	if err != nil || len(slots) != 3 || strings.Count(renderSlots(slots), "replicas[1]") != 3 {
+		t.Fatalf("CLUSTER SLOTS after cluster.sh start: %v\n%s", err, renderSlots(slots))
+	}
+	for _, k := range []string{"a", "b", "c", "d"} {
+		if err := cc.Set(ctx, k, k, 0).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cc.Close()
+	stopped = true
+	if out, err := script("stop"); err != nil {
+		t.Fatalf("cluster.sh stop: %v\n%s", err, out)
+	}
+	for _, a := range addrs {
+		if c, err := net.DialTimeout("tcp", a, time.Second); err == nil {
+			c.Close()
+			t.Fatalf("%s still answers after cluster.sh stop", a)
+		}
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Fatalf("cluster.sh stop left %s: %v", dir, err)
+	}
+}
+
+// A sharded queue spreads over the cluster's masters; this measures what
+// that buys on this machine (2 cores: the masters share them), 1 shard
+// against 3, interleaved.
+func TestClusterShardedQueueThroughput(t *testing.T) {
+	cc := startCluster(t)
+	const n = 5000
+	rates := map[int][]float64{}
+	for round := range 2 {
+		for _, shards := range []int{1, 3} {
+			ctx, cancel := context.WithCancel(context.Background())
+			q := NewQueue(cc, "tp", WithPrefix(uniq(t)+"-"+strconv.Itoa(round)+"-"+strconv.Itoa(shards)), WithShards(shards))
+			payloads := make([][]byte, n)
+			for i := range payloads {
+				payloads[i] = []byte("x")
+			}
+			start := time.Now()
+			if _, err := q.EnqueueBatch(ctx, payloads); err != nil {
+				t.Fatal(err)
+			}
+			var done atomic.Int64
+			err := q.Consume(ctx, func(context.Context, *Message) error {
+				if done.Add(1) == n {
+					cancel()
+				}
+				return nil
+			}, WithConcurrency(16))
+			rate := n / time.Since(start).Seconds()
+			cancel()
+			if !errors.Is(err, context.Canceled) || done.Load() < n {
+				t.Fatalf("%d shards: %v after %d messages", shards, err, done.Load())
+			}
+			if st, _ := q.Stats(context.Background()); st != (Stats{}) {
+				t.Fatalf("%d shards: stats %+v", shards, st)
+			}
+			rates[shards] = append(rates[shards], rate)
+		}
+	}
+	t.Logf("sharded queue on 3 masters, %d no-op messages, batch enqueue + Consume(16): 1 shard %.0f, %.0f msgs/s; 3 shards %.0f, %.0f msgs/s",
+		n, rates[1][0], rates[1][1], rates[3][0], rates[3][1])
+}

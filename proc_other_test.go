@@ -1,0 +1,9 @@
+//go:build !linux
+
+package redlease
+
+import "os/exec"
+
+// setPdeathsig is Linux-only; elsewhere a crashed test binary may leave its
+// servers running.
+func setPdeathsig(*exec.Cmd) {}
