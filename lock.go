@@ -451,10 +451,11 @@ func (l *Locker) obtain(ctx context.Context, key string, cfg lockConfig, onLost 
 		if l.closed.Load() {
 			return nil, gaveUp(key, ErrClosed)
 		}
-		if !l.hub.isHead(w) {
+		if !l.hub.beginAttempt(w) {
 			continue
 		}
 		ok, p, err := l.attempt(ctx, lk)
+		l.hub.endAttempt(w)
 		if ok && retry > 1 && !woken {
 			l.hub.suspect() // freed, yet no wake-up came
 		}

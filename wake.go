@@ -46,6 +46,7 @@ type waiter struct {
 	wake    chan struct{} // buffered: a release seen while busy is not missed
 	granted chan *Lock    // a hand-off's outcome: the lease, or nil to try again
 	handing bool          // taken out of the queue by a releaser; guarded by mu
+	trying  bool          // making its own attempt: not to be handed to; guarded by mu
 }
 
 // maxHandoffStreak bounds how many times in a row a Locker hands a lock to
@@ -66,11 +67,21 @@ func (h *wakeHub) waiting(key string) bool {
 	return len(h.queues[key]) > 0
 }
 
-func (h *wakeHub) isHead(w *waiter) bool {
+// beginAttempt reports whether w, at the head of its queue, may try for
+// the lock itself; until endAttempt no releaser hands the lock to it, so
+// the two never race for one lease.
+func (h *wakeHub) beginAttempt(w *waiter) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	q := h.queues[w.key]
-	return len(q) > 0 && q[0] == w
+	w.trying = len(q) > 0 && q[0] == w
+	return w.trying
+}
+
+func (h *wakeHub) endAttempt(w *waiter) {
+	h.mu.Lock()
+	w.trying = false
+	h.mu.Unlock()
 }
 
 // join queues a waiter on key and returns once the subscription is live (or
@@ -111,7 +122,7 @@ func (h *wakeHub) takeForHandoff(key string) *waiter {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	q := h.queues[key]
-	if len(q) == 0 || q[0].lk.replicas > 0 {
+	if len(q) == 0 || q[0].lk.replicas > 0 || q[0].trying {
 		return nil
 	}
 	if h.streak[key] >= maxHandoffStreak {
