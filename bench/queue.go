@@ -430,13 +430,19 @@ func pickupRedlease(ctx context.Context, e *env, n int, gap, wait time.Duration)
 	})
 	defer wg.Wait()
 	defer cancel()
+	return p.measure(ctx, e, n, gap, wait, func(i int) error {
+		_, err := producer.Enqueue(ctx, []byte(strconv.Itoa(i)))
+		return err
+	})
+}
+
+// measure lets the consumer settle idle, then enqueues n messages gap
+// apart through enqueue and waits for all to be handled, counting the Redis
+// work meanwhile.
+func (p *pickupLatencies) measure(ctx context.Context, e *env, n int, gap, wait time.Duration, enqueue func(i int) error) ([]time.Duration, counts, error) {
 	sleep(ctx, idleSettle)
 	cnt, err := window(ctx, e, func() error {
-		err := p.produce(ctx, n, gap, func(i int) error {
-			_, err := producer.Enqueue(ctx, []byte(strconv.Itoa(i)))
-			return err
-		})
-		if err != nil {
+		if err := p.produce(ctx, n, gap, enqueue); err != nil {
 			return err
 		}
 		return p.comp.wait(ctx, wait)
@@ -456,18 +462,10 @@ func pickupAsynq(ctx context.Context, e *env, n int, gap, wait time.Duration) ([
 		return nil, counts{}, err
 	}
 	defer srv.Shutdown()
-	sleep(ctx, idleSettle)
-	cnt, err := window(ctx, e, func() error {
-		err := p.produce(ctx, n, gap, func(i int) error {
-			_, err := client.Enqueue(asynq.NewTask("noop", []byte(strconv.Itoa(i))), asynq.Queue(qname))
-			return err
-		})
-		if err != nil {
-			return err
-		}
-		return p.comp.wait(ctx, wait)
+	return p.measure(ctx, e, n, gap, wait, func(i int) error {
+		_, err := client.Enqueue(asynq.NewTask("noop", []byte(strconv.Itoa(i))), asynq.Queue(qname))
+		return err
 	})
-	return p.result(), cnt, err
 }
 
 func pickupRaw(ctx context.Context, e *env, n int, gap, wait time.Duration) ([]time.Duration, counts, error) {
@@ -483,17 +481,9 @@ func pickupRaw(ctx context.Context, e *env, n int, gap, wait time.Duration) ([]t
 	wg.Go(func() { _ = rawConsume(cctx, cc, src, processing, n, p.handled) })
 	defer wg.Wait()
 	defer cancel()
-	sleep(ctx, idleSettle)
-	cnt, err := window(ctx, e, func() error {
-		err := p.produce(ctx, n, gap, func(i int) error {
-			return pc.LPush(ctx, src, strconv.Itoa(i)).Err()
-		})
-		if err != nil {
-			return err
-		}
-		return p.comp.wait(ctx, wait)
+	return p.measure(ctx, e, n, gap, wait, func(i int) error {
+		return pc.LPush(ctx, src, strconv.Itoa(i)).Err()
 	})
-	return p.result(), cnt, err
 }
 
 // scenarioPickup runs scenario 6.
