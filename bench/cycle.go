@@ -223,10 +223,7 @@ func scenarioCycle(ctx context.Context, e *env, cfg config, progress func(string
 	for i, n := range cfg.cycleGoroutines {
 		variants[i] = strconv.Itoa(n)
 	}
-	names := make([]string, len(cycleContenders))
-	for i, ct := range cycleContenders {
-		names[i] = ct.name
-	}
+	names := contenderNames(cycleContenders, func(c cycleContender) string { return c.name })
 	t := newTable("cycle", "1–2. Raw floor and uncontended lock cycle (acquire + release)", "goroutines", variants, names, []metric{
 		{key: "ops", label: "cycles/s", unit: unitRate, higher: true, ratio: true},
 		{key: "p50", label: "p50 cycle", unit: unitMicros},

@@ -278,10 +278,7 @@ func scenarioHandoff(ctx context.Context, e *env, cfg config, progress func(stri
 	for i, h := range cfg.holds {
 		variants[i] = holdLabel(h)
 	}
-	names := make([]string, len(handoffContenders))
-	for i, ct := range handoffContenders {
-		names[i] = ct.name
-	}
+	names := contenderNames(handoffContenders, func(c handoffContender) string { return c.name })
 	t := newTable("handoff", "3. Contended hand-off", "hold", variants, names, []metric{
 		{key: "acq", label: "acquisitions/s", unit: unitRate, higher: true, ratio: true},
 		{key: "p50", label: "hand-off p50", unit: unitMicros, ratio: true},

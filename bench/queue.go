@@ -307,10 +307,7 @@ func scenarioQueue(ctx context.Context, e *env, cfg config, progress func(string
 	for i, c := range cfg.queueConc {
 		variants[i] = strconv.Itoa(c)
 	}
-	names := make([]string, len(queueContenders))
-	for i, ct := range queueContenders {
-		names[i] = ct.name
-	}
+	names := contenderNames(queueContenders, func(c queueContender) string { return c.name })
 	t := newTable("queue", "5. Queue end to end", "concurrency", variants, names, []metric{
 		{key: "consume", label: "consume msgs/s", unit: unitRate, higher: true, ratio: true},
 		{key: "e2e", label: "end-to-end msgs/s", unit: unitRate, higher: true, ratio: true},
@@ -488,10 +485,7 @@ func pickupRaw(ctx context.Context, e *env, n int, gap, wait time.Duration) ([]t
 
 // scenarioPickup runs scenario 6.
 func scenarioPickup(ctx context.Context, e *env, cfg config, progress func(string)) (*table, error) {
-	names := make([]string, len(queueContenders))
-	for i, ct := range queueContenders {
-		names[i] = ct.name
-	}
+	names := contenderNames(queueContenders, func(c queueContender) string { return c.name })
 	t := newTable("pickup", "6. Idle pick-up latency", "", nil, names, []metric{
 		{key: "p50", label: "pick-up p50", unit: unitMicros, ratio: true},
 		{key: "p99", label: "pick-up p99", unit: unitMicros, ratio: true},

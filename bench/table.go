@@ -133,3 +133,12 @@ func (t *table) ratio(variant, contender, key string) float64 {
 	med, _, _ := spread(rs)
 	return med
 }
+
+// contenderNames lists contenders' names in order, for a table's rows.
+func contenderNames[C any](cs []C, name func(C) string) []string {
+	names := make([]string, len(cs))
+	for i, c := range cs {
+		names[i] = name(c)
+	}
+	return names
+}

@@ -262,10 +262,7 @@ func sleep(ctx context.Context, d time.Duration) {
 
 // scenarioWatchdog runs scenario 4.
 func scenarioWatchdog(ctx context.Context, e *env, cfg config, progress func(string)) (*table, error) {
-	names := make([]string, len(watchdogContenders))
-	for i, ct := range watchdogContenders {
-		names[i] = ct.name
-	}
+	names := contenderNames(watchdogContenders, func(c watchdogContender) string { return c.name })
 	t := newTable("watchdog", "4. Watchdog cost: keeping many locks alive", "", nil, names, []metric{
 		{key: "cmds", label: "Redis cmds/s", unit: unitRate, ratio: true},
 		{key: "rt", label: "round trips/s", unit: unitRate, ratio: true},
