@@ -21,10 +21,9 @@ const crashChildEnv = "REDLEASE_CRASH_CHILD" // "addr prefix": run as a consumer
 
 // recordedAck acks a claim and, in the same script, counts the ack in a
 // hash: a process killed right after its ack cannot lose the record.
-var recordedAck = redis.NewScript(queueLua + `
-local function ack()` + ackLua + `end
-local r = ack()
-if r == 1 then redis.call('HINCRBY', KEYS[8], ARGV[1], 1) end
+var recordedAck = redis.NewScript(queueLua + ackLua + `
+local r = ack(ARGV[1], ARGV[2])
+if r == 1 then redis.call('HINCRBY', KEYS[#KEYS], ARGV[1], 1) end
 return r
 `)
 

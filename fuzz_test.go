@@ -12,26 +12,30 @@ import (
 
 // encodeDeadLetter mirrors the bury function in queueLua.
 func encodeDeadLetter(d DeadLetter) string {
-	return strconv.Itoa(d.Attempts) + ":" + strconv.Itoa(len(d.ID)) + ":" + d.ID + string(d.Payload)
+	return strconv.Itoa(d.Attempts) + ":" + strconv.FormatInt(d.DiedAt.UnixMilli(), 10) + ":" + strconv.Itoa(len(d.ID)) + ":" + d.ID + string(d.Payload)
+}
+
+func sameDeadLetter(a, b DeadLetter) bool {
+	return a.ID == b.ID && bytes.Equal(a.Payload, b.Payload) && a.Attempts == b.Attempts && a.DiedAt.Equal(b.DiedAt)
 }
 
 func FuzzDeadLetter(f *testing.F) {
-	f.Add("3:2:idpayload", uint16(3), "id", []byte("payload"))
-	f.Add("1:0:", uint16(1), "", []byte{})
-	f.Add("9:3:a:b\x00\xff", uint16(9), "a:b", []byte{0, 0xff})
-	f.Fuzz(func(t *testing.T, raw string, attempts uint16, id string, payload []byte) {
+	f.Add("3:1764500000123:2:idpayload", uint16(3), int64(1764500000123), "id", []byte("payload"))
+	f.Add("1:0:0:", uint16(1), int64(0), "", []byte{})
+	f.Add("9:5:3:a:b\x00\xff", uint16(9), int64(5), "a:b", []byte{0, 0xff})
+	f.Fuzz(func(t *testing.T, raw string, attempts uint16, diedMs int64, id string, payload []byte) {
 		// Whatever Redis holds, decoding does not panic, and what it
 		// decodes encodes back to an equivalent entry.
 		if d, err := decodeDeadLetter(raw); err == nil {
 			again, err := decodeDeadLetter(encodeDeadLetter(d))
-			if err != nil || again.ID != d.ID || !bytes.Equal(again.Payload, d.Payload) || again.Attempts != d.Attempts {
+			if err != nil || !sameDeadLetter(again, d) {
 				t.Fatalf("%q decodes to %+v, which does not round-trip: %+v %v", raw, d, again, err)
 			}
 		}
 		// Every entry the script writes decodes to what was buried.
-		want := DeadLetter{ID: id, Payload: payload, Attempts: int(attempts)}
+		want := DeadLetter{ID: id, Payload: payload, Attempts: int(attempts), DiedAt: time.UnixMilli(max(diedMs, 0))}
 		got, err := decodeDeadLetter(encodeDeadLetter(want))
-		if err != nil || got.ID != id || !bytes.Equal(got.Payload, payload) || got.Attempts != int(attempts) {
+		if err != nil || !sameDeadLetter(got, want) {
 			t.Fatalf("%+v decodes to %+v, %v", want, got, err)
 		}
 	})
@@ -43,7 +47,7 @@ func FuzzParseClaim(f *testing.F) {
 	f.Add(int64(1), "x", "", int64(-1), int64(0), uint8(3))
 	q := NewQueue(nil, "q")
 	f.Fuzz(func(t *testing.T, ok int64, id, payload string, attempt, deadline int64, n uint8) {
-		full := []any{ok, id, payload, attempt, deadline, "extra"}
+		full := []any{ok, id, payload, attempt, deadline, int64(n % 2), "extra"}
 		res := full[:min(int(n), len(full))]
 		if n%7 == 6 {
 			res = []any{id, ok} // wrong types

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -26,6 +28,11 @@ const (
 	// bytes, in one enqueue script call.
 	enqueueChunk      = 1000
 	enqueueChunkBytes = 4 << 20
+	// maxReclaimCalls bounds Reclaim's script calls per shard.
+	maxReclaimCalls = 10_000
+	// pollEvery paces claims on a client whose read timeout is too short
+	// to block on Redis at all.
+	pollEvery = 10 * time.Millisecond
 )
 
 // Queue is a reliable work queue in Redis. Every message is claimed under a
@@ -41,9 +48,10 @@ const (
 type Queue struct {
 	client      redis.UniversalClient
 	name        string
-	shards      [][]string // each shard's keys, as queueLua lists them
+	shards      [][]string // each shard's keys, indexed by keyReady...keyDone
 	wakeKey     string     // where an idle consumer blocks
-	next        atomic.Uint64
+	enqueueNext atomic.Uint64
+	claimNext   atomic.Uint64
 	lease       time.Duration
 	maxAttempts int
 	backoff     func(attempt int) time.Duration
@@ -67,19 +75,8 @@ func NewQueue(client redis.UniversalClient, name string, opts ...QueueOption) *Q
 	case name == "" || strings.ContainsAny(name, "{}"):
 		q.err = fmt.Errorf("%w: queue name %q must be non-empty and free of '{' and '}'", ErrInvalidArgument, name)
 	}
-	for i := range cfg.shards {
-		tag := name
-		if cfg.shards > 1 {
-			tag = name + ":" + strconv.Itoa(i) // each shard its own slot
-		}
-		base := cfg.prefix + ":queue:{" + tag + "}:"
-		var keys []string
-		for _, part := range []string{"ready", "delayed", "inflight", "messages", "dead", "marker", "reaper"} {
-			keys = append(keys, base+part)
-		}
-		q.shards = append(q.shards, keys)
-	}
-	q.wakeKey = q.shards[0][5]
+	q.shards = shardKeys(cfg.prefix, name, cfg.shards)
+	q.wakeKey = q.shards[0][keyMarker]
 	if cfg.shards > 1 {
 		q.wakeKey = cfg.prefix + ":queue:{" + name + "}:wake"
 	}
@@ -87,41 +84,70 @@ func NewQueue(client redis.UniversalClient, name string, opts ...QueueOption) *Q
 	return q
 }
 
+// shardKeys lays out the keys of a queue's shards. One shard lives under
+// the tag {name}; shard i of several under {name:i} with a ":shard:" part,
+// so that no shard shares a key with a one-shard queue named "name:i".
+func shardKeys(prefix, name string, n int) [][]string {
+	shards := make([][]string, n)
+	for i := range shards {
+		base := prefix + ":queue:{" + name + "}:"
+		if n > 1 {
+			base = prefix + ":queue:{" + name + ":" + strconv.Itoa(i) + "}:shard:"
+		}
+		keys := make([]string, shardKeyCount)
+		for k, part := range shardKeyNames {
+			keys[k] = base + part
+		}
+		shards[i] = keys
+	}
+	return shards
+}
+
 // Message is one delivery of a message, claimed under a lease.
 type Message struct {
-	ID      string
+	// ID is the message's id: random, or the one given with WithID.
+	ID string
+	// Payload is the message's body, as enqueued.
 	Payload []byte
-	// Attempt counts deliveries of this message, 1 on the first. It only
-	// grows while the id is live, so (ID, Attempt) is a fencing token: a
-	// store that refuses writes for an ID with a lower Attempt than it has
-	// seen is safe from a consumer whose claim expired.
+	// Attempt counts deliveries of this message, 1 on the first, and grows
+	// by one with each delivery while the id stays live. So (ID, Attempt)
+	// orders the deliveries of one message: a store that refuses writes
+	// for an ID with a lower Attempt than it has seen is safe from a
+	// consumer whose claim expired. An id enqueued again after its message
+	// was acked or dead-lettered starts over at 1; where ids are reused,
+	// fence on a version of your own as well.
 	Attempt int
 
 	lease
 	q      *Queue
-	keys   []string // of the message's shard
-	ackErr error    // the outcome of an ack folded into the next claim
+	more   bool  // the claim saw more work in its shard
+	ackErr error // the outcome of an ack folded into the next claim
 }
 
 // Stats counts a queue's messages by state.
 type Stats struct {
-	Ready, Delayed, InFlight, Dead int64
+	Ready    int64 // waiting to be claimed
+	Delayed  int64 // waiting for their delay or retry backoff (due ones included until claimed)
+	InFlight int64 // claimed, including claims whose lease has ended but that nobody reclaimed yet
+	Dead     int64 // in the dead-letter list
 }
 
 // DeadLetter is a message that used up its attempts.
 type DeadLetter struct {
 	ID       string
 	Payload  []byte
-	Attempts int
+	Attempts int       // deliveries it had
+	DiedAt   time.Time // when it was dead-lettered, by Redis's clock
 }
 
 func (q *Queue) check() error { return q.err }
 
 // Enqueue adds a message and returns its id (random unless WithID is
-// given). It is one round trip. Payloads are opaque bytes, empty allowed,
-// up to MaxPayload. With WithID, a live message with the same id makes
-// Enqueue add nothing and return the id with an error that errors.Is
-// ErrDuplicate.
+// given). It is one round trip, and safe to retry: go-redis resending it
+// after a lost reply adds the message once and reports success. Payloads
+// are opaque bytes, empty allowed, up to MaxPayload. With WithID, a live
+// message with the same id makes Enqueue add nothing and return the id
+// with an error that errors.Is ErrDuplicate.
 func (q *Queue) Enqueue(ctx context.Context, payload []byte, opts ...EnqueueOption) (string, error) {
 	if err := q.check(); err != nil {
 		return "", err
@@ -142,22 +168,15 @@ func (q *Queue) Enqueue(ctx context.Context, payload []byte, opts ...EnqueueOpti
 	if id == "" {
 		id = uuid.NewString()
 	}
-	keys := q.shardOf(cfg.id)
-	var codes []int64
-	var err error
-	if len(q.shards) == 1 || cfg.delay > 0 {
-		codes, err = enqueueScript.Run(ctx, q.client, keys, cfg.delay.Milliseconds(), id, payload).Int64Slice()
-	} else {
-		cmds := q.enqueueAndWake(ctx, []scriptCall{{keys: keys, args: []any{0, id, payload}}})
-		codes, err = cmds[0].Int64Slice()
-	}
+	call := scriptCall{keys: q.shards[q.shardOf(cfg.id)], args: []any{cfg.delay.Milliseconds(), uuid.NewString(), id, payload}}
+	codes, err := runAll(ctx, q.client, enqueueScript, []scriptCall{call}, q.wake(ctx)...)[0].Int64Slice()
 	if err == nil && len(codes) != 1 {
-		err = fmt.Errorf("unexpected reply %v", codes)
+		err = errUnexpected(codes)
 	}
 	if err != nil {
 		return "", fmt.Errorf("redlease: enqueue on %q: %w", q.name, err)
 	}
-	if codes[0] == 0 {
+	if codes[0] != codeOK {
 		return id, fmt.Errorf("%w: %q is live in queue %q", ErrDuplicate, id, q.name)
 	}
 	return id, nil
@@ -165,24 +184,25 @@ func (q *Queue) Enqueue(ctx context.Context, payload []byte, opts ...EnqueueOpti
 
 // shardOf picks the shard of a new message: by its id when the caller gave
 // one (so a duplicate lands where the original is), else in turn.
-func (q *Queue) shardOf(id string) []string {
-	if len(q.shards) == 1 {
-		return q.shards[0]
-	}
+func (q *Queue) shardOf(id string) int {
+	n := uint64(len(q.shards))
 	if id != "" {
 		h := fnv.New32a()
 		h.Write([]byte(id))
-		return q.shards[h.Sum32()%uint32(len(q.shards))]
+		return int(uint64(h.Sum32()) % n)
 	}
-	return q.shards[q.next.Add(1)%uint64(len(q.shards))]
+	return int(q.enqueueNext.Add(1) % n)
 }
 
-// enqueueAndWake runs enqueue calls of a sharded queue and sets its wake
-// key, in one round trip.
-func (q *Queue) enqueueAndWake(ctx context.Context, calls []scriptCall) []*redis.Cmd {
-	return runAll(ctx, q.client, enqueueScript, calls, func(p redis.Pipeliner) {
-		p.ZAdd(ctx, q.wakeKey, redis.Z{Member: "m"}) // its own slot: not in the script
-	})
+// wake returns what a call that may have made work ready in a shard adds
+// to its pipeline: with several shards, a signal on the wake key that idle
+// consumers block on (its own slot, so not in the script). One shard's
+// scripts set its marker themselves.
+func (q *Queue) wake(ctx context.Context) []func(redis.Pipeliner) {
+	if len(q.shards) == 1 {
+		return nil
+	}
+	return []func(redis.Pipeliner){func(p redis.Pipeliner) { p.ZAdd(ctx, q.wakeKey, redis.Z{Member: "m"}) }}
 }
 
 func checkPayload(p []byte) error {
@@ -193,9 +213,9 @@ func checkPayload(p []byte) error {
 }
 
 // EnqueueBatch adds ready messages with random ids in one round trip and
-// returns their ids in order. Each script call within the batch is atomic;
-// on an error some messages may have been added. Nothing is sent if any
-// payload is too large.
+// returns their ids in order. Each script call within the batch is atomic
+// and safe to resend; on an error some messages may have been added.
+// Nothing is sent if any payload is too large.
 func (q *Queue) EnqueueBatch(ctx context.Context, payloads [][]byte) ([]string, error) {
 	if err := q.check(); err != nil {
 		return nil, err
@@ -213,13 +233,13 @@ func (q *Queue) EnqueueBatch(ctx context.Context, payloads [][]byte) ([]string, 
 	size := 0
 	for i, p := range payloads {
 		if len(call.args) == 0 {
-			call = scriptCall{keys: q.shardOf(""), args: make([]any, 1, 1+2*min(enqueueChunk, per, len(payloads)-i))}
+			call = scriptCall{keys: q.shards[q.shardOf("")], args: make([]any, 2, 2+2*min(enqueueChunk, per, len(payloads)-i))}
+			call.args[0], call.args[1] = 0, uuid.NewString()
 		}
 		ids[i] = uuid.NewString()
 		call.args = append(call.args, ids[i], p)
 		size += len(p)
-		if n := (len(call.args) - 1) / 2; n >= min(enqueueChunk, per) || size >= enqueueChunkBytes || i == len(payloads)-1 {
-			call.args[0] = 0
+		if n := (len(call.args) - 2) / 2; n >= min(enqueueChunk, per) || size >= enqueueChunkBytes || i == len(payloads)-1 {
 			calls = append(calls, call)
 			call, size = scriptCall{}, 0
 		}
@@ -227,13 +247,7 @@ func (q *Queue) EnqueueBatch(ctx context.Context, payloads [][]byte) ([]string, 
 	if len(calls) == 0 {
 		return ids, nil
 	}
-	var cmds []*redis.Cmd
-	if len(q.shards) > 1 {
-		cmds = q.enqueueAndWake(ctx, calls)
-	} else {
-		cmds = runAll(ctx, q.client, enqueueScript, calls)
-	}
-	for _, cmd := range cmds {
+	for _, cmd := range runAll(ctx, q.client, enqueueScript, calls, q.wake(ctx)...) {
 		if err := cmd.Err(); err != nil {
 			return nil, fmt.Errorf("redlease: enqueue batch on %q: %w", q.name, err)
 		}
@@ -242,117 +256,165 @@ func (q *Queue) EnqueueBatch(ctx context.Context, payloads [][]byte) ([]string, 
 }
 
 // Claim waits until it claims a message or ctx ends. The claim lasts the
-// queue's lease unless extended; Claim does not renew it. While no message
-// is ready, Claim blocks on Redis (on its own pool connection) and is woken
-// by the next Enqueue; it notices a cancelled ctx within about half a
-// second.
+// queue's lease unless extended; Claim does not renew it. It takes a
+// delayed message that is due first, then the oldest ready one, then a
+// message whose earlier claim expired (so consumers that never call
+// Reclaim still get those back). While there is no work, Claim blocks on
+// Redis (on its own pool connection, never longer than half the client's
+// ReadTimeout) and is woken by the next Enqueue, Nack or Reclaim; it
+// notices a cancelled ctx within about half a second. Claim is safe to
+// retry: go-redis resending it after a lost reply gets the same claim.
 func (q *Queue) Claim(ctx context.Context) (*Message, error) {
 	if err := q.check(); err != nil {
 		return nil, err
 	}
+	waited := false
 	for {
 		if err := ctx.Err(); err != nil {
 			return nil, fmt.Errorf("redlease: claim on %q: %w", q.name, err)
 		}
-		m, next, err := q.claim(ctx, false, nil)
+		m, next, err := q.claimAfter(ctx, nil, false, nil)
+		if m != nil && waited {
+			q.passWake(ctx, m)
+		}
 		if m != nil || err != nil {
 			return m, err
 		}
 		if err := q.block(ctx, next); err != nil {
 			return nil, err
 		}
+		waited = true
 	}
 }
 
-// claim makes one attempt. Without a message, it returns how long until a
-// delayed message is due (negative: none). The claim is renewed by the
-// watchdog if renew is set.
-func (q *Queue) claim(ctx context.Context, renew bool, onLost context.CancelCauseFunc) (*Message, time.Duration, error) {
-	return q.claimAfter(ctx, nil, renew, onLost)
+// passWake wakes another idle consumer when a consumer that was idle finds
+// more work than it claimed: so a burst wakes consumers one after another,
+// not all at once. One shard's claim script does this itself.
+func (q *Queue) passWake(ctx context.Context, m *Message) {
+	if m.more && len(q.shards) > 1 {
+		_ = q.client.ZAdd(context.WithoutCancel(ctx), q.wakeKey, redis.Z{Member: "m"}).Err() // best effort: idle consumers also poll
+	}
 }
 
-// claimAfter acks done, if not nil, and claims, trying the shards in turn
-// so that none starves. When done is in the first shard tried, the ack and
-// the claim share one round trip; the ack's outcome is done.ackErr.
+// claimAfter acks done, if not nil, and claims, starting at the next shard
+// in turn so that none starves. When done is in that shard, the ack and
+// the claim share one round trip; the ack's outcome is done.ackErr. With
+// several shards, an empty first shard costs one more round trip that asks
+// every other shard at once whether it has work. Without a message, it
+// returns how long until a delayed message is due (negative: none). The
+// claim is renewed by the watchdog if renew is set.
 func (q *Queue) claimAfter(ctx context.Context, done *Message, renew bool, onLost context.CancelCauseFunc) (*Message, time.Duration, error) {
 	// Not cancellable: a claim made but not heard of would wait for its lease.
 	bg := context.WithoutCancel(ctx)
-	first := 0
-	if len(q.shards) > 1 {
-		first = int(q.next.Add(1) % uint64(len(q.shards)))
+	n := len(q.shards)
+	first := int(q.claimNext.Add(1) % uint64(n))
+	if done != nil && done.shard != first {
+		done.ackErr, done = done.ack(bg), nil
 	}
-	soonest := time.Duration(-1)
-	for i := range q.shards {
-		keys := q.shards[(first+i)%len(q.shards)]
-		start := time.Now()
-		token := uuid.NewString()
-		var res []any
-		var err error
-		if done != nil && &done.keys[0] == &keys[0] {
-			res, err = ackClaimScript.Run(bg, q.client, keys, done.ID, done.token, q.lease.Milliseconds(), token).Slice()
-			if err != nil {
-				done.ackErr = done.ack(bg) // the ack's fate is unknown: ack again
-			} else if code, ok := res[0].(int64); ok {
-				done.ackErr, res = claimGone(done.ID, code), res[1:]
-			}
-			done = nil
-		} else {
-			if done != nil {
-				done.ackErr, done = done.ack(bg), nil
-			}
-			res, err = claimScript.Run(bg, q.client, keys, q.lease.Milliseconds(), token).Slice()
+	m, soonest, err := q.claimOn(bg, first, done, renew, onLost)
+	if m != nil || err != nil || n == 1 {
+		return m, soonest, err
+	}
+	others := make([]scriptCall, 0, n-1)
+	for i := 1; i < n; i++ {
+		others = append(others, scriptCall{keys: q.shards[(first+i)%n]})
+	}
+	for i, cmd := range runAll(bg, q.client, peekScript, others) {
+		res, err := cmd.Int64Slice()
+		if err == nil && len(res) != 2 {
+			err = errUnexpected(res)
 		}
 		if err != nil {
 			return nil, 0, fmt.Errorf("redlease: claim on %q: %w", q.name, err)
 		}
-		m, next, err := q.parseClaim(res, token, renew, onLost)
-		if err != nil {
-			return nil, 0, fmt.Errorf("redlease: claim on %q: %w", q.name, err)
+		if res[0] == 0 {
+			soonest = sooner(soonest, time.Duration(res[1])*time.Millisecond)
+			continue
 		}
-		if m != nil {
-			m.keys = keys
-			m.lease.shard = keys
-			if renew {
-				q.wd.add(&m.lease, start)
-			}
-			return m, 0, nil
+		m, next, err := q.claimOn(bg, (first+1+i)%n, nil, renew, onLost)
+		if m != nil || err != nil {
+			return m, 0, err
 		}
-		if next > 0 && (soonest < 0 || next < soonest) {
-			soonest = next
-		}
+		soonest = sooner(soonest, next)
 	}
 	return nil, soonest, nil
 }
 
+// sooner is the earlier of two waits, where a negative one means none.
+func sooner(a, b time.Duration) time.Duration {
+	if a < 0 || (b >= 0 && b < a) {
+		return b
+	}
+	return a
+}
+
+// claimOn makes one claim on shard s, acking done in the same script if it
+// is not nil (done must be in shard s).
+func (q *Queue) claimOn(ctx context.Context, s int, done *Message, renew bool, onLost context.CancelCauseFunc) (*Message, time.Duration, error) {
+	keys := q.shards[s]
+	start := time.Now()
+	token := uuid.NewString()
+	var res []any
+	var err error
+	if done != nil {
+		res, err = ackClaimScript.Run(ctx, q.client, keys, done.ID, done.token, q.lease.Milliseconds(), token, q.maxAttempts).Slice()
+		if err != nil {
+			done.ackErr = done.ack(ctx) // the ack's fate is unknown: ack again
+		} else if code, ok := res[0].(int64); ok {
+			done.ackErr, res = claimGone(done.ID, code), res[1:]
+		}
+	} else {
+		res, err = claimScript.Run(ctx, q.client, keys, q.lease.Milliseconds(), token, q.maxAttempts).Slice()
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("redlease: claim on %q: %w", q.name, err)
+	}
+	m, next, err := q.parseClaim(res, token, renew, onLost)
+	if err != nil {
+		return nil, 0, fmt.Errorf("redlease: claim on %q: %w", q.name, err)
+	}
+	if m != nil {
+		m.lease.shard = s
+		if renew {
+			q.wd.add(&m.lease, start)
+		}
+	}
+	return m, next, nil
+}
+
+func errUnexpected(reply any) error { return fmt.Errorf("unexpected reply %v", reply) }
+
+// parseClaim reads claimScript's reply.
 func (q *Queue) parseClaim(res []any, token string, renew bool, onLost context.CancelCauseFunc) (*Message, time.Duration, error) {
-	bad := fmt.Errorf("unexpected reply %v", res)
 	if len(res) < 2 {
-		return nil, 0, bad
+		return nil, 0, errUnexpected(res)
 	}
 	if ok, _ := res[0].(int64); ok == 0 {
 		next, isInt := res[1].(int64)
 		if !isInt {
-			return nil, 0, bad
+			return nil, 0, errUnexpected(res)
 		}
 		return nil, time.Duration(next) * time.Millisecond, nil
 	}
-	if len(res) != 5 {
-		return nil, 0, bad
+	if len(res) != 6 {
+		return nil, 0, errUnexpected(res)
 	}
 	id, ok1 := res[1].(string)
 	payload, ok2 := res[2].(string)
 	attempt, ok3 := res[3].(int64)
-	if !ok1 || !ok2 || !ok3 {
-		return nil, 0, bad
+	more, ok4 := res[5].(int64)
+	if !ok1 || !ok2 || !ok3 || !ok4 {
+		return nil, 0, errUnexpected(res)
 	}
 	return &Message{
-		ID: id, Payload: []byte(payload), Attempt: int(attempt), q: q,
+		ID: id, Payload: []byte(payload), Attempt: int(attempt), q: q, more: more == 1,
 		lease: newLease(id, id, token, q.lease, renew, onLost),
 	}, 0, nil
 }
 
-// block waits on the queue's marker until an Enqueue signals work, the next
-// delayed message is due, or maxBlock passes.
+// block waits on the queue's wake key until a producer signals work, the
+// next delayed message is due, or maxBlock passes; never longer than half
+// the client's ReadTimeout, so that the wait never fails as a timeout.
 func (q *Queue) block(ctx context.Context, next time.Duration) error {
 	d := maxBlock
 	if next > 0 && next < d {
@@ -364,8 +426,15 @@ func (q *Queue) block(ctx context.Context, next time.Duration) error {
 	if d < time.Millisecond || ctx.Err() != nil {
 		return nil // the caller's loop sees ctx's end
 	}
+	if rt := readTimeout(q.client); rt > 0 && d > rt/2 {
+		d = rt / 2
+		if d < time.Millisecond { // too short to block on: poll
+			sleep(ctx, pollEvery)
+			return nil
+		}
+	}
 	// A fractional timeout, which go-redis's BZPopMin would round up to
-	// whole seconds; it stays well under the client's read timeout.
+	// whole seconds.
 	secs := strconv.FormatFloat(d.Seconds(), 'f', 3, 64)
 	err := q.client.Do(ctx, "BZPOPMIN", q.wakeKey, secs).Err()
 	if err != nil && !errors.Is(err, redis.Nil) {
@@ -374,33 +443,64 @@ func (q *Queue) block(ctx context.Context, next time.Duration) error {
 	return nil
 }
 
+// readTimeout is the client's read timeout after go-redis's defaults, or 0
+// when there is none or it cannot be known.
+func readTimeout(c redis.UniversalClient) time.Duration {
+	switch c := c.(type) {
+	case *redis.Client:
+		return c.Options().ReadTimeout
+	case *redis.ClusterClient:
+		return c.Options().ReadTimeout
+	case *redis.Ring:
+		return c.Options().ReadTimeout
+	}
+	return 0
+}
+
 // Ack ends the claim by deleting the message. If the claim was lost (its
 // lease expired, or another consumer claimed the message since), Ack
-// changes nothing and returns an error that errors.Is ErrNotHeld.
+// changes nothing and returns an error that errors.Is ErrNotHeld. After a
+// Redis error the claim is unchanged, still renewed if it was, and Ack
+// may be called again; a resent Ack that finds its work done succeeds.
 func (m *Message) Ack(ctx context.Context) error {
-	if _, already := m.q.wd.release(&m.lease); already {
+	if m.q.wd.isReleased(&m.lease) {
 		return notHeld(m.ID, "already acked or nacked")
 	}
-	return m.ack(ctx)
+	return m.settle(m.ack(ctx))
 }
 
 func (m *Message) ack(ctx context.Context) error {
-	code, err := ackScript.Run(ctx, m.q.client, m.keys, m.ID, m.token).Int64()
+	code, err := ackScript.Run(ctx, m.q.client, m.q.shards[m.shard], m.ID, m.token).Int64()
 	if err != nil {
 		return fmt.Errorf("redlease: ack %q: %w", m.ID, err)
 	}
 	return claimGone(m.ID, code)
 }
 
+// settle ends the claim on the client's side once Redis has answered for
+// it: a Redis error leaves it as it was, so the call can be retried.
+func (m *Message) settle(err error) error {
+	if err == nil || errors.Is(err, ErrNotHeld) {
+		m.q.wd.release(&m.lease)
+	}
+	return err
+}
+
 // Nack ends the claim and schedules another delivery after the queue's
 // retry backoff, or moves the message to the dead-letter list if this was
 // its last attempt. A lost claim gives an error that errors.Is ErrNotHeld.
+// After a Redis error the claim is unchanged and Nack may be called again.
 func (m *Message) Nack(ctx context.Context) error {
-	if _, already := m.q.wd.release(&m.lease); already {
+	if m.q.wd.isReleased(&m.lease) {
 		return notHeld(m.ID, "already acked or nacked")
 	}
+	return m.settle(m.nack(ctx))
+}
+
+func (m *Message) nack(ctx context.Context) error {
 	delay := max(m.q.backoff(m.Attempt), 0)
-	code, err := nackScript.Run(ctx, m.q.client, m.keys, m.ID, m.token, delay.Milliseconds(), m.q.maxAttempts).Int64()
+	call := scriptCall{keys: m.q.shards[m.shard], args: []any{m.ID, m.token, delay.Milliseconds(), m.q.maxAttempts}}
+	code, err := runAll(ctx, m.q.client, nackScript, []scriptCall{call}, m.q.wake(ctx)...)[0].Int64()
 	if err != nil {
 		return fmt.Errorf("redlease: nack %q: %w", m.ID, err)
 	}
@@ -412,9 +512,9 @@ func (m *Message) Nack(ctx context.Context) error {
 // that errors.Is ErrNotHeld.
 func (m *Message) Extend(ctx context.Context, d time.Duration) error {
 	return m.q.wd.extend(&m.lease, "extend", "already acked or nacked", d, func() (int64, error) {
-		codes, err := extendScript.Run(ctx, m.q.client, m.keys, m.ID, m.token, d.Milliseconds()).Int64Slice()
+		codes, err := extendScript.Run(ctx, m.q.client, m.q.shards[m.shard], m.ID, m.token, d.Milliseconds()).Int64Slice()
 		if err == nil && len(codes) != 1 {
-			err = fmt.Errorf("unexpected reply %v", codes)
+			err = errUnexpected(codes)
 		}
 		if err != nil {
 			return 0, err
@@ -426,9 +526,9 @@ func (m *Message) Extend(ctx context.Context, d time.Duration) error {
 // claimGone turns a script's claim code into an error (nil for success).
 func claimGone(id string, code int64) error {
 	switch code {
-	case 0:
+	case codeGone:
 		return notHeld(id, "claim lease expired")
-	case -1:
+	case codeTaken:
 		return notHeld(id, "claimed by another consumer")
 	}
 	return nil
@@ -439,17 +539,11 @@ func claimGone(id string, code int64) error {
 func (q *Queue) extendMany(ctx context.Context, batch []renewal) ([]int64, []error) {
 	var calls []scriptCall
 	var members [][]int // batch indexes of each call
-	byShard := map[*string][]int{}
-	var order []*string
+	byShard := make([][]int, len(q.shards))
 	for i, r := range batch {
-		k := &r.lk.shard[0]
-		if _, ok := byShard[k]; !ok {
-			order = append(order, k)
-		}
-		byShard[k] = append(byShard[k], i)
+		byShard[r.lk.shard] = append(byShard[r.lk.shard], i)
 	}
-	for _, k := range order {
-		idx := byShard[k]
+	for s, idx := range byShard {
 		for len(idx) > 0 {
 			part := idx[:min(scriptBatch, len(idx))]
 			idx = idx[len(part):]
@@ -457,7 +551,7 @@ func (q *Queue) extendMany(ctx context.Context, batch []renewal) ([]int64, []err
 			for _, i := range part {
 				args = append(args, batch[i].lk.rkey, batch[i].lk.token, batch[i].ttl.Milliseconds())
 			}
-			calls = append(calls, scriptCall{keys: batch[part[0]].lk.shard, args: args})
+			calls = append(calls, scriptCall{keys: q.shards[s], args: args})
 			members = append(members, part)
 		}
 	}
@@ -466,7 +560,7 @@ func (q *Queue) extendMany(ctx context.Context, batch []renewal) ([]int64, []err
 	for c, cmd := range runAll(ctx, q.client, extendScript, calls) {
 		res, err := cmd.Int64Slice()
 		if err == nil && len(res) != len(members[c]) {
-			err = fmt.Errorf("unexpected reply %v", res)
+			err = errUnexpected(res)
 		}
 		for j, i := range members[c] {
 			if err != nil {
@@ -480,22 +574,22 @@ func (q *Queue) extendMany(ctx context.Context, batch []renewal) ([]int64, []err
 }
 
 // Reclaim gives back every claim whose lease has ended: to ready, or to
-// the dead-letter list when its attempts are used up. It also makes due
-// delayed messages ready, and returns how many claims it gave back.
-// Consume calls it periodically; a producer-only deployment can too.
+// the dead-letter list when its attempts are used up, and returns how many
+// it gave back. Consume calls it periodically, and Claim takes expired
+// claims itself when nothing else is ready; a deployment can call it too.
 func (q *Queue) Reclaim(ctx context.Context) (int, error) {
 	if err := q.check(); err != nil {
 		return 0, err
 	}
 	total := 0
-	for _, keys := range q.shards {
-		for range 10_000 { // bounded: scriptBatch claims a call
-			back, dead, promoted, err := q.reclaim(ctx, keys, 0, "")
+	for s := range q.shards {
+		for range maxReclaimCalls {
+			n, err := q.reclaim(ctx, s, 0, "")
 			if err != nil {
 				return total, err
 			}
-			total += back + dead
-			if back+dead < scriptBatch && promoted < scriptBatch {
+			total += n
+			if n < scriptBatch {
 				break
 			}
 		}
@@ -503,20 +597,24 @@ func (q *Queue) Reclaim(ctx context.Context) (int, error) {
 	return total, nil
 }
 
-// reclaim runs one reclaim script call on a shard; with a guard, it does
-// nothing if another consumer reaped the shard within the guard.
-func (q *Queue) reclaim(ctx context.Context, keys []string, guard time.Duration, token string) (back, dead, promoted int, err error) {
-	res, err := reclaimScript.Run(ctx, q.client, keys, q.maxAttempts, scriptBatch, guard.Milliseconds(), token).Int64Slice()
-	if err == nil && len(res) != 3 && !(len(res) == 1 && res[0] == -1) {
-		err = fmt.Errorf("unexpected reply %v", res)
+// reclaim runs one reclaim script call on shard s and returns how many
+// claims it gave back; with a guard, it does nothing if another consumer
+// reaped the shard within the guard.
+func (q *Queue) reclaim(ctx context.Context, s int, guard time.Duration, token string) (int, error) {
+	res, err := reclaimScript.Run(ctx, q.client, q.shards[s], q.maxAttempts, scriptBatch, guard.Milliseconds(), token).Int64Slice()
+	if err == nil && len(res) != 2 && !(len(res) == 1 && res[0] == codeReaping) {
+		err = errUnexpected(res)
 	}
 	if err != nil {
-		return 0, 0, 0, fmt.Errorf("redlease: reclaim on %q: %w", q.name, err)
+		return 0, fmt.Errorf("redlease: reclaim on %q: %w", q.name, err)
 	}
 	if len(res) == 1 {
-		return 0, 0, 0, nil
+		return 0, nil
 	}
-	return int(res[0]), int(res[1]), int(res[2]), nil
+	if res[0] > 0 && len(q.shards) > 1 {
+		_ = q.client.ZAdd(ctx, q.wakeKey, redis.Z{Member: "m"}).Err() // best effort: idle consumers also poll
+	}
+	return int(res[0] + res[1]), nil
 }
 
 // Stats counts the queue's messages by state, in one round trip.
@@ -527,7 +625,7 @@ func (q *Queue) Stats(ctx context.Context) (Stats, error) {
 	cmds := make([][4]*redis.IntCmd, len(q.shards))
 	_, err := q.client.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i, keys := range q.shards {
-			cmds[i] = [4]*redis.IntCmd{p.LLen(ctx, keys[0]), p.ZCard(ctx, keys[1]), p.ZCard(ctx, keys[2]), p.LLen(ctx, keys[4])}
+			cmds[i] = [4]*redis.IntCmd{p.LLen(ctx, keys[keyReady]), p.ZCard(ctx, keys[keyDelayed]), p.ZCard(ctx, keys[keyInflight]), p.LLen(ctx, keys[keyDead])}
 		}
 		return nil
 	})
@@ -544,8 +642,8 @@ func (q *Queue) Stats(ctx context.Context) (Stats, error) {
 	return st, nil
 }
 
-// DeadLetters returns up to n dead letters, oldest first, without removing
-// them.
+// DeadLetters returns up to n dead letters, oldest first (across shards,
+// by when they died), without removing them.
 func (q *Queue) DeadLetters(ctx context.Context, n int) ([]DeadLetter, error) {
 	if err := q.check(); err != nil {
 		return nil, err
@@ -556,43 +654,48 @@ func (q *Queue) DeadLetters(ctx context.Context, n int) ([]DeadLetter, error) {
 	cmds := make([]*redis.StringSliceCmd, len(q.shards))
 	_, err := q.client.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i, keys := range q.shards {
-			cmds[i] = p.LRange(ctx, keys[4], 0, int64(n-1))
+			cmds[i] = p.LRange(ctx, keys[keyDead], 0, int64(n-1))
 		}
 		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("redlease: dead letters of %q: %w", q.name, err)
 	}
-	var raw []string
+	var out []DeadLetter
 	for _, c := range cmds {
-		raw = append(raw, c.Val()...)
-	}
-	raw = raw[:min(n, len(raw))]
-	out := make([]DeadLetter, 0, len(raw))
-	for _, r := range raw {
-		d, err := decodeDeadLetter(r)
-		if err != nil {
-			return out, fmt.Errorf("redlease: dead letters of %q: %w", q.name, err)
+		for _, r := range c.Val() {
+			d, err := decodeDeadLetter(r)
+			if err != nil {
+				return nil, fmt.Errorf("redlease: dead letters of %q: %w", q.name, err)
+			}
+			out = append(out, d)
 		}
-		out = append(out, d)
 	}
-	return out, nil
+	// Each shard's list is oldest first; a stable sort merges them.
+	slices.SortStableFunc(out, func(a, b DeadLetter) int { return a.DiedAt.Compare(b.DiedAt) })
+	return out[:min(n, len(out))], nil
 }
 
-// decodeDeadLetter parses "attempts:len(id):" id payload.
+// decodeDeadLetter parses "attempts:died-at-ms:len(id):" id payload, as
+// the bury function in queueLua writes it.
 func decodeDeadLetter(s string) (DeadLetter, error) {
-	bad := fmt.Errorf("malformed dead letter %.40q", s)
-	a, rest, ok := strings.Cut(s, ":")
-	n, rest2, ok2 := strings.Cut(rest, ":")
-	if !ok || !ok2 {
-		return DeadLetter{}, bad
+	var fields [3]int64
+	rest := s
+	for i := range fields {
+		f, r, ok := strings.Cut(rest, ":")
+		n, err := strconv.ParseInt(f, 10, 64)
+		if !ok || err != nil || n < 0 {
+			return DeadLetter{}, fmt.Errorf("malformed dead letter %.40q", s)
+		}
+		fields[i], rest = n, r
 	}
-	attempts, err1 := strconv.Atoi(a)
-	idLen, err2 := strconv.Atoi(n)
-	if err1 != nil || err2 != nil || attempts < 0 || idLen < 0 || idLen > len(rest2) {
-		return DeadLetter{}, bad
+	if fields[2] > int64(len(rest)) || fields[0] > math.MaxInt32 {
+		return DeadLetter{}, fmt.Errorf("malformed dead letter %.40q", s)
 	}
-	return DeadLetter{ID: rest2[:idLen], Payload: []byte(rest2[idLen:]), Attempts: attempts}, nil
+	return DeadLetter{
+		ID: rest[:fields[2]], Payload: []byte(rest[fields[2]:]), Attempts: int(fields[0]),
+		DiedAt: time.UnixMilli(fields[1]),
+	}, nil
 }
 
 // Consume runs h on claimed messages, up to WithConcurrency at once, until
@@ -672,6 +775,7 @@ func (c *consumer) work(ctx context.Context) {
 			if waited {
 				// Work arrived: wake an idle worker too, in case there is more.
 				signal(c.idle)
+				c.q.passWake(ctx, m)
 				waited = false
 			}
 			pause = 10 * time.Millisecond
@@ -696,13 +800,28 @@ func (c *consumer) handle(ctx context.Context, m *Message) *Message {
 	return nil
 }
 
-func (c *consumer) run(ctx context.Context, m *Message) (err error) {
-	defer func() {
-		if p := recover(); p != nil {
-			err = fmt.Errorf("panic: %v", p)
-		}
+// errGoexit stands for a handler that ended its goroutine with
+// runtime.Goexit (t.FailNow, for one) instead of returning.
+var errGoexit = errors.New("handler called runtime.Goexit")
+
+// run runs the handler on a goroutine of its own, so that neither a panic
+// nor runtime.Goexit in it ends the worker or strands the claim.
+func (c *consumer) run(ctx context.Context, m *Message) error {
+	out := make(chan error, 1)
+	go func() {
+		returned := false
+		defer func() {
+			if p := recover(); p != nil {
+				out <- fmt.Errorf("panic: %v", p)
+			} else if !returned {
+				out <- errGoexit
+			}
+		}()
+		err := c.h(ctx, m)
+		returned = true
+		out <- err
 	}()
-	return c.h(ctx, m)
+	return <-out
 }
 
 // wait idles a worker that found no work: one worker blocks on Redis, the
@@ -739,8 +858,8 @@ func (c *consumer) reap(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		for _, keys := range c.q.shards {
-			if _, _, _, err := c.q.reclaim(ctx, keys, every, token); err != nil {
+		for s := range c.q.shards {
+			if _, err := c.q.reclaim(ctx, s, every, token); err != nil {
 				c.report(err)
 			}
 		}

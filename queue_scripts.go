@@ -1,86 +1,194 @@
 package redlease
 
-import "github.com/redis/go-redis/v9"
+import (
+	"strconv"
+	"time"
 
-// Queue scripts all take the same keys, which share the {queue} hash tag:
-//
-//	KEYS[1] ready    list of ids, claimed from the head
-//	KEYS[2] delayed  sorted set: id -> due time (ms, Redis clock)
-//	KEYS[3] inflight sorted set: id -> claim deadline (ms, Redis clock)
-//	KEYS[4] messages hash: "p"..id -> payload, "s"..id -> state
-//	KEYS[5] dead     list of dead letters "attempts:len(id):" .. id .. payload
-//	KEYS[6] marker   sorted set with at most one member: "there may be work"
-//	KEYS[7] reaper   string: held while one consumer reaps
-//
-// A message's state is "attempts" while it waits and
-// "attempts:deadline:token" while it is claimed; the deadline is also its
-// score in inflight. Times come from Redis TIME, never the client's clock.
-const queueLua = `
+	"github.com/redis/go-redis/v9"
+)
+
+// The keys of one queue shard, in the order every queue script takes them
+// (KEYS[i+1] is shardKeys[i]); they share one {hash tag}.
+const (
+	keyReady    = iota // list of ids, claimed from the head
+	keyDelayed         // sorted set: id -> due time (ms, Redis clock)
+	keyInflight        // sorted set: id -> claim deadline (ms, Redis clock)
+	keyMessages        // hash: "p"..id -> payload, "s"..id -> state
+	keyDead            // list of dead letters, oldest first (see encodeDead)
+	keyMarker          // sorted set with at most one member: "there may be work"
+	keyReaper          // string: held while one consumer reaps
+	keyClaims          // hash: claim token -> id, while the claim is live
+	keyDone            // sorted set: request token -> when it was done (ms)
+	shardKeyCount
+)
+
+// shardKeyNames are the key suffixes, indexed as above.
+var shardKeyNames = [shardKeyCount]string{"ready", "delayed", "inflight", "messages", "dead", "marker", "reaper", "claims", "done"}
+
+// doneMemory is how long a shard remembers the tokens of the enqueues and
+// settled claims it has done, so that a request go-redis sends again after
+// a lost reply finds its work done instead of doing it twice or reporting
+// a false error. It outlasts go-redis's retries with default timeouts.
+const doneMemory = time.Minute
+
+// Script codes shared by the queue scripts and their Go callers.
+const (
+	codeGone    = 0  // the claim expired, or the message is gone
+	codeOK      = 1  // done (acked, retried, renewed, added)
+	codeTaken   = -1 // another consumer holds the claim
+	codeBuried  = 2  // nack: attempts used up, dead-lettered
+	codeReaping = -1 // reclaim: another consumer holds the reaper guard
+)
+
+// queueLua is the prelude of every queue script. A message's state is
+// "attempts" while it waits and "attempts:deadline:token" while it is
+// claimed; the deadline is also its score in inflight. Times come from
+// Redis TIME, never the client's clock.
+var queueLua = `
+local DONE_MEMORY = ` + strconv.FormatInt(doneMemory.Milliseconds(), 10) + `
+
 local function nowms()
   local t = redis.call('TIME')
   return t[1] * 1000 + math.floor(t[2] / 1000)
+end
+
+-- parse splits a claimed state into attempts, deadline, token.
+local function parse(s)
+  local attempts, deadline, tok = string.match(s or '', '^(%d+):(%d+):(.+)$')
+  if not tok then return nil end
+  return tonumber(attempts), tonumber(deadline), tok
 end
 
 -- holder checks a claim: 1, attempts, now when token holds a live claim on
 -- id; 0 when the claim expired (or the message is gone); -1 when another
 -- consumer holds it.
 local function holder(id, token)
-  local s = redis.call('HGET', KEYS[4], 's' .. id)
-  if not s then return 0 end
-  local attempts, deadline, tok = string.match(s, '^(%d+):(%d+):(.+)$')
+  local attempts, deadline, tok = parse(redis.call('HGET', KEYS[4], 's' .. id))
   if not tok then return 0 end
   if tok ~= token then return -1 end
   local now = nowms()
-  if tonumber(deadline) <= now then return 0 end
-  return 1, tonumber(attempts), now
+  if deadline <= now then return 0 end
+  return 1, attempts, now
+end
+
+-- done reports whether an earlier run of a request (kind .. token) did
+-- its work: this run is a resend after a lost reply.
+local function done(request)
+  return redis.call('ZSCORE', KEYS[9], request) ~= false
+end
+
+-- remember records a request as done and forgets old ones.
+local function remember(request, now)
+  redis.call('ZADD', KEYS[9], now, request)
+  redis.call('ZREMRANGEBYSCORE', KEYS[9], '-inf', now - DONE_MEMORY)
+  redis.call('PEXPIRE', KEYS[9], DONE_MEMORY) -- an idle queue leaves no trace
+end
+
+-- release ends the claim of token on id.
+local function release(id, token)
+  redis.call('ZREM', KEYS[3], id)
+  redis.call('HDEL', KEYS[8], token)
 end
 
 -- bury moves a message to the dead-letter list and frees its id.
-local function bury(id, attempts)
+local function bury(id, attempts, now)
   local p = redis.call('HGET', KEYS[4], 'p' .. id) or ''
-  redis.call('RPUSH', KEYS[5], string.format('%d:%d:', attempts, #id) .. id .. p)
+  redis.call('RPUSH', KEYS[5], string.format('%d:%d:%d:', attempts, now, #id) .. id .. p)
   redis.call('HDEL', KEYS[4], 'p' .. id, 's' .. id)
 end
 
--- promote makes up to n due delayed messages ready; returns how many.
-local function promote(now, n)
-  local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, n)
-  if #due > 0 then
-    redis.call('ZREM', KEYS[2], unpack(due))
-    redis.call('RPUSH', KEYS[1], unpack(due))
+-- expired returns the id of a claim whose lease has ended, if any, and
+-- drops inflight entries that no longer match a claim.
+local function expired(now)
+  for _ = 1, 10 do
+    local e = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, 1)
+    if #e == 0 then return nil end
+    local attempts, deadline, tok = parse(redis.call('HGET', KEYS[4], 's' .. e[1]))
+    if not tok then
+      redis.call('ZREM', KEYS[3], e[1])
+    elseif deadline <= now then
+      return e[1], attempts, tok
+    else
+      redis.call('ZADD', KEYS[3], deadline, e[1]) -- renewed: resync its score
+    end
   end
-  return #due
+  return nil
 end
 
--- claim pops the next ready message and claims it for lease ms with token;
--- see claimScript for the reply.
-local function claim(now, lease, token)
+-- reclaimOne gives an expired claim back: to ready, or dead when its
+-- attempts are used up. Returns 1 given back, 2 dead-lettered.
+local function reclaimOne(id, attempts, tok, now, max)
+  release(id, tok)
+  if attempts >= max then
+    bury(id, attempts, now)
+    return 2
+  end
+  redis.call('HSET', KEYS[4], 's' .. id, attempts)
+  redis.call('RPUSH', KEYS[1], id)
+  return 1
+end
+
+-- due returns the id of a delayed message that is due, if any.
+local function due(now)
+  local d = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 1)
+  if #d == 0 then return nil end
+  redis.call('ZREM', KEYS[2], d[1])
+  return d[1]
+end
+
+-- more reports whether a claim could find work in the shard right now.
+local function more(now)
+  return redis.call('LLEN', KEYS[1]) > 0
+    or #redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 1) > 0
+end
+
+-- claim claims the next message for lease ms with token: a due delayed
+-- message first (it was ready before anything enqueued since), then the
+-- head of ready, then an expired claim; see claimScript for the reply.
+local function claim(now, lease, token, max)
+  local prev = redis.call('HGET', KEYS[8], token)
+  if prev then
+    -- A resend: answer with the claim the first run made.
+    local attempts, deadline, tok = parse(redis.call('HGET', KEYS[4], 's' .. prev))
+    if tok == token then
+      return {1, prev, redis.call('HGET', KEYS[4], 'p' .. prev), attempts, deadline, 0}
+    end
+    redis.call('HDEL', KEYS[8], token)
+  end
   for _ = 1, 100 do
-    local id = redis.call('LPOP', KEYS[1])
+    local id = due(now) or redis.call('LPOP', KEYS[1])
+    local attempts = nil
     if not id then
-      if promote(now, 100) == 0 then
+      local e, a, tok = expired(now)
+      if not e then
         redis.call('DEL', KEYS[6]) -- no work: a stale marker would wake a consumer for nothing
         local nxt = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
         if #nxt == 0 then return {0, -1} end
         return {0, math.max(tonumber(nxt[2]) - now, 1)}
       end
-      id = redis.call('LPOP', KEYS[1])
+      release(e, tok)
+      if a >= max then bury(e, a, now) else id, attempts = e, a end
     end
-    local m = redis.call('HMGET', KEYS[4], 'p' .. id, 's' .. id)
-    if m[1] then
-      local attempt = (tonumber(m[2]) or 0) + 1
-      local deadline = now + tonumber(lease)
-      redis.call('HSET', KEYS[4], 's' .. id, string.format('%d:%d:', attempt, deadline) .. token)
-      redis.call('ZADD', KEYS[3], deadline, id)
-      -- While work remains, wake another blocked consumer; else none.
-      if redis.call('LLEN', KEYS[1]) > 0 then
-        redis.call('ZADD', KEYS[6], 0, 'm')
-      else
-        redis.call('DEL', KEYS[6])
+    if id then
+      local m = redis.call('HMGET', KEYS[4], 'p' .. id, 's' .. id)
+      if m[1] then
+        local attempt = (attempts or tonumber(m[2]) or 0) + 1
+        local deadline = now + tonumber(lease)
+        redis.call('HSET', KEYS[4], 's' .. id, string.format('%d:%d:', attempt, deadline) .. token)
+        redis.call('ZADD', KEYS[3], deadline, id)
+        redis.call('HSET', KEYS[8], token, id)
+        -- While work remains, wake another blocked consumer; else none.
+        local left = 0
+        if more(now) then
+          redis.call('ZADD', KEYS[6], 0, 'm')
+          left = 1
+        else
+          redis.call('DEL', KEYS[6])
+        end
+        return {1, id, m[1], attempt, deadline, left}
       end
-      return {1, id, m[1], attempt, deadline}
+      redis.call('HDEL', KEYS[4], 's' .. id) -- an id without a payload: drop it
     end
-    redis.call('HDEL', KEYS[4], 's' .. id) -- an id without a payload: drop it
   end
   return {0, 1}
 end
@@ -88,18 +196,26 @@ end
 
 // enqueueScript adds messages whose id is not live.
 //
-//	ARGV[1] delay in ms (0: ready now), then pairs id, payload (at most 1000)
-//	returns one code per message: 1 added, 0 duplicate id (nothing added)
+//	ARGV[1] delay in ms (0: ready now), ARGV[2] request token,
+//	then pairs id, payload (at most enqueueChunk)
+//	returns one code per message: 1 added, 0 duplicate id (nothing added).
+//	A resend of a call that added messages finds its token and answers 1s.
 var enqueueScript = redis.NewScript(queueLua + `
+local n = (#ARGV - 2) / 2
+local codes = {}
+if done('e' .. ARGV[2]) then
+  for i = 1, n do codes[i] = 1 end
+  return codes
+end
+local now = nowms()
 local delay = tonumber(ARGV[1])
-local due = 0
-if delay > 0 then due = nowms() + delay end
-local codes, ready = {}, {}
-for i = 2, #ARGV, 2 do
+local ready, added = {}, 0
+for i = 3, #ARGV, 2 do
   local id = ARGV[i]
   if redis.call('HSETNX', KEYS[4], 'p' .. id, ARGV[i + 1]) == 1 then
-    if delay > 0 then redis.call('ZADD', KEYS[2], due, id) else ready[#ready + 1] = id end
+    if delay > 0 then redis.call('ZADD', KEYS[2], now + delay, id) else ready[#ready + 1] = id end
     codes[#codes + 1] = 1
+    added = added + 1
   else
     codes[#codes + 1] = 0
   end
@@ -108,61 +224,75 @@ if #ready > 0 then
   redis.call('RPUSH', KEYS[1], unpack(ready))
   redis.call('ZADD', KEYS[6], 0, 'm')
 end
+if added > 0 then remember('e' .. ARGV[2], now) end
 return codes
 `)
 
-// claimScript claims the next ready message under a new lease. Due delayed
-// messages are promoted when nothing is ready.
+// claimScript claims the next message under a new lease: a due delayed
+// message, else the head of ready, else a claim whose lease has ended.
 //
-//	ARGV[1] lease in ms, ARGV[2] claim token
-//	returns {1, id, payload, attempt, lease deadline in ms} on success,
+//	ARGV[1] lease in ms, ARGV[2] claim token, ARGV[3] max attempts
+//	returns {1, id, payload, attempt, lease deadline in ms, more work 0/1};
+//	        a resend returns the first run's claim.
 //	        {0, ms until the next delayed message is due, or -1} when empty
 var claimScript = redis.NewScript(queueLua + `
-return claim(nowms(), ARGV[1], ARGV[2])
+return claim(nowms(), ARGV[1], ARGV[2], tonumber(ARGV[3]))
+`)
+
+// ackLua acks ARGV[1] claimed with token ARGV[2]: 1 acked (also when a
+// resend finds it acked), 0 lease expired, -1 claimed by another.
+const ackLua = `
+local function ack(id, token)
+  local code, _, now = holder(id, token)
+  if code ~= 1 then
+    if done('a' .. token) then return 1, nowms() end
+    return code, nowms()
+  end
+  redis.call('HDEL', KEYS[4], 'p' .. id, 's' .. id)
+  release(id, token)
+  remember('a' .. token, now)
+  return 1, now
+end
+`
+
+// ackScript ends a claim by deleting the message.
+//
+//	ARGV[1] id, ARGV[2] claim token
+//	returns 1 acked, 0 lease expired, -1 claimed by another
+var ackScript = redis.NewScript(queueLua + ackLua + `
+local code = ack(ARGV[1], ARGV[2])
+return code
 `)
 
 // ackClaimScript acks one claim and claims the next message in one round
 // trip, as a busy consumer wants.
 //
 //	ARGV[1] id, ARGV[2] claim token: as ackScript
-//	ARGV[3] lease in ms, ARGV[4] new claim token: as claimScript
+//	ARGV[3] lease in ms, ARGV[4] new claim token, ARGV[5] max attempts: as claimScript
 //	returns ackScript's code followed by claimScript's reply
-var ackClaimScript = redis.NewScript(queueLua + `
-local code, _, now = holder(ARGV[1], ARGV[2])
-if code == 1 then
-  redis.call('ZREM', KEYS[3], ARGV[1])
-  redis.call('HDEL', KEYS[4], 'p' .. ARGV[1], 's' .. ARGV[1])
-end
-local reply = claim(now or nowms(), ARGV[3], ARGV[4])
+var ackClaimScript = redis.NewScript(queueLua + ackLua + `
+local code, now = ack(ARGV[1], ARGV[2])
+local reply = claim(now, ARGV[3], ARGV[4], tonumber(ARGV[5]))
 table.insert(reply, 1, code)
 return reply
 `)
-
-// ackScript ends a claim by deleting the message.
-//
-//	ARGV[1] id, ARGV[2] claim token
-//	returns 1 acked, 0 lease expired, -1 claimed by another
-var ackScript = redis.NewScript(queueLua + ackLua)
-
-const ackLua = `
-local code = holder(ARGV[1], ARGV[2])
-if code ~= 1 then return code end
-redis.call('ZREM', KEYS[3], ARGV[1])
-redis.call('HDEL', KEYS[4], 'p' .. ARGV[1], 's' .. ARGV[1])
-return 1
-`
 
 // nackScript ends a claim by scheduling a retry, or dead-lettering the
 // message when its attempts are used up.
 //
 //	ARGV[1] id, ARGV[2] claim token, ARGV[3] retry delay in ms, ARGV[4] max attempts
-//	returns 1 retried, 2 dead-lettered, 0 lease expired, -1 claimed by another
+//	returns 1 retried (also when a resend finds it done), 2 dead-lettered,
+//	        0 lease expired, -1 claimed by another
 var nackScript = redis.NewScript(queueLua + `
 local code, attempts, now = holder(ARGV[1], ARGV[2])
-if code ~= 1 then return code end
-redis.call('ZREM', KEYS[3], ARGV[1])
+if code ~= 1 then
+  if done('n' .. ARGV[2]) then return 1 end
+  return code
+end
+release(ARGV[1], ARGV[2])
+remember('n' .. ARGV[2], now)
 if attempts >= tonumber(ARGV[4]) then
-  bury(ARGV[1], attempts)
+  bury(ARGV[1], attempts, now)
   return 2
 end
 redis.call('HSET', KEYS[4], 's' .. ARGV[1], attempts)
@@ -176,9 +306,10 @@ end
 return 1
 `)
 
-// extendScript renews claims that are still live.
+// extendScript renews claims that are still live. Running it twice only
+// moves the deadlines a little later.
 //
-//	ARGV: triples id, claim token, new lease in ms (at most 100)
+//	ARGV: triples id, claim token, new lease in ms (at most scriptBatch)
 //	returns one code per claim: 1 renewed, 0 lease expired, -1 claimed by another
 var extendScript = redis.NewScript(queueLua + `
 local codes = {}
@@ -196,12 +327,12 @@ return codes
 `)
 
 // reclaimScript gives expired claims back: to ready, or to the dead-letter
-// list when their attempts are used up; it also promotes due delayed
-// messages. It reads at most ARGV[2] claims, oldest deadline first.
+// list when their attempts are used up. It handles at most ARGV[2] claims,
+// oldest deadline first.
 //
 //	ARGV[1] max attempts, ARGV[2] batch size,
 //	ARGV[3] guard in ms (0: none), ARGV[4] guard token
-//	returns {returned to ready, dead-lettered, promoted},
+//	returns {returned to ready, dead-lettered},
 //	        or {-1} when another consumer holds the guard
 var reclaimScript = redis.NewScript(queueLua + `
 local guard = tonumber(ARGV[3])
@@ -211,28 +342,26 @@ end
 local now = nowms()
 local max = tonumber(ARGV[1])
 local back, dead = 0, 0
-local ids = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
-for _, id in ipairs(ids) do
-  local s = redis.call('HGET', KEYS[4], 's' .. id)
-  local attempts, deadline = string.match(s or '', '^(%d+):(%d+):')
-  if not attempts then
-    redis.call('ZREM', KEYS[3], id) -- no claim behind it
-  elseif tonumber(deadline) <= now then -- the lease is gone
-    redis.call('ZREM', KEYS[3], id)
-    attempts = tonumber(attempts)
-    if attempts >= max then
-      bury(id, attempts)
-      dead = dead + 1
-    else
-      redis.call('HSET', KEYS[4], 's' .. id, attempts)
-      redis.call('RPUSH', KEYS[1], id)
-      back = back + 1
-    end
-  else
-    redis.call('ZADD', KEYS[3], deadline, id) -- renewed: resync its score
-  end
+for _ = 1, tonumber(ARGV[2]) do
+  local id, attempts, tok = expired(now)
+  if not id then break end
+  if reclaimOne(id, attempts, tok, now, max) == 1 then back = back + 1 else dead = dead + 1 end
 end
-local promoted = promote(now, tonumber(ARGV[2]))
-if back + promoted > 0 then redis.call('ZADD', KEYS[6], 0, 'm') end
-return {back, dead, promoted}
+if back > 0 then redis.call('ZADD', KEYS[6], 0, 'm') end
+return {back, dead}
+`)
+
+// peekScript tells, without changing anything, whether a claim would find
+// work in the shard now, so that a sharded queue's empty poll costs one
+// round trip however many shards it has.
+//
+//	returns {1 if work now else 0, ms until the next delayed message, or -1}
+var peekScript = redis.NewScript(queueLua + `
+local now = nowms()
+if more(now) or #redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, 1) > 0 then
+  return {1, 0}
+end
+local nxt = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+if #nxt == 0 then return {0, -1} end
+return {0, math.max(tonumber(nxt[2]) - now, 1)}
 `)

@@ -61,8 +61,13 @@ func TestEnqueueClaimAck(t *testing.T) {
 			}
 		}
 		wantStats(t, q, Stats{})
-		if keys := c.Keys(ctx, uniq(t)+":*").Val(); len(keys) != 0 {
+		// Only the memory of recent requests stays, and it expires.
+		done := q.shards[0][keyDone]
+		if keys := c.Keys(ctx, uniq(t)+":*").Val(); len(keys) != 1 || keys[0] != done {
 			t.Fatalf("keys left after every message was acked: %v", keys)
+		}
+		if ttl := c.PTTL(ctx, done).Val(); ttl <= 0 || ttl > doneMemory {
+			t.Fatalf("%s expires in %v, want within %v", done, ttl, doneMemory)
 		}
 	})
 }
@@ -552,17 +557,18 @@ func TestIdlePickup(t *testing.T) {
 }
 
 func TestDecodeDeadLetter(t *testing.T) {
+	died := time.UnixMilli(1764500000123)
 	for in, want := range map[string]DeadLetter{
-		"3:2:idpayload": {ID: "id", Payload: []byte("payload"), Attempts: 3},
-		"1:0:":          {ID: "", Payload: []byte{}, Attempts: 1},
-		"5:3:a:b:c":     {ID: "a:b", Payload: []byte(":c"), Attempts: 5},
+		"3:1764500000123:2:idpayload": {ID: "id", Payload: []byte("payload"), Attempts: 3, DiedAt: died},
+		"1:0:0:":                      {ID: "", Payload: []byte{}, Attempts: 1, DiedAt: time.UnixMilli(0)},
+		"5:1764500000123:3:a:b:c":     {ID: "a:b", Payload: []byte(":c"), Attempts: 5, DiedAt: died},
 	} {
 		got, err := decodeDeadLetter(in)
-		if err != nil || got.ID != want.ID || !bytes.Equal(got.Payload, want.Payload) || got.Attempts != want.Attempts {
+		if err != nil || got.ID != want.ID || !bytes.Equal(got.Payload, want.Payload) || got.Attempts != want.Attempts || !got.DiedAt.Equal(want.DiedAt) {
 			t.Errorf("decode(%q) = %+v, %v", in, got, err)
 		}
 	}
-	for _, bad := range []string{"", "3", "3:", "x:1:a", "1:x:a", "1:5:abc", "-1:0:", "1:-1:"} {
+	for _, bad := range []string{"", "3", "3:", "3:1:", "x:1:1:a", "1:x:1:a", "1:1:x:a", "1:1:5:abc", "-1:0:0:", "1:-1:0:", "1:0:-1:", "1:5:abc"} {
 		if _, err := decodeDeadLetter(bad); err == nil {
 			t.Errorf("decode(%q) accepted", bad)
 		}
@@ -582,7 +588,7 @@ func TestShardedQueue(t *testing.T) {
 			t.Fatal(err)
 		}
 		for s := range 4 {
-			if n := c.LLen(ctx, q.shards[s][0]).Val(); n != 50 {
+			if n := c.LLen(ctx, q.shards[s][keyReady]).Val(); n != 50 {
 				t.Fatalf("shard %d holds %d of 200", s, n)
 			}
 		}
@@ -600,7 +606,7 @@ func TestShardedQueue(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			perShard[m.keys[0]]++
+			perShard[q.shards[m.shard][keyReady]]++
 			if string(m.Payload) == "dup" {
 				m.Nack(ctx) // one attempt: dead-lettered
 			} else {

@@ -2,7 +2,6 @@ package redlease
 
 import (
 	"context"
-	"strings"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -107,34 +106,39 @@ type scriptCall struct {
 }
 
 // runAll sends calls of one script, and any extra commands, in one round
-// trip (a pipeline when there are several) and, if Redis has lost the
-// script, loads it and sends again.
+// trip (a pipeline when there are several). Calls that Redis refused with
+// NOSCRIPT (a fresh server, SCRIPT FLUSH, a node of a cluster that has not
+// seen the script) did not run: after loading the script, only those are
+// sent again, so no call runs twice.
 func runAll(ctx context.Context, c redis.UniversalClient, s *redis.Script, calls []scriptCall, extra ...func(redis.Pipeliner)) []*redis.Cmd {
 	if len(calls) == 1 && len(extra) == 0 {
 		return []*redis.Cmd{s.Run(ctx, c, calls[0].keys, calls[0].args...)}
 	}
-	send := func() []*redis.Cmd {
-		cmds := make([]*redis.Cmd, len(calls))
-		_, _ = c.Pipelined(ctx, func(p redis.Pipeliner) error {
-			for i, call := range calls {
-				cmds[i] = s.EvalSha(ctx, p, call.keys, call.args...)
-			}
-			for _, f := range extra {
-				f(p)
-			}
-			return nil
-		})
-		return cmds
-	}
-	cmds := send()
-	for _, cmd := range cmds {
-		if err := cmd.Err(); err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT") {
-			if s.Load(ctx, c).Err() == nil {
-				cmds = send()
-			}
-			break
+	cmds := make([]*redis.Cmd, len(calls))
+	_, _ = c.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, call := range calls {
+			cmds[i] = s.EvalSha(ctx, p, call.keys, call.args...)
+		}
+		for _, f := range extra {
+			f(p)
+		}
+		return nil
+	})
+	var refused []int
+	for i, cmd := range cmds {
+		if redis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") {
+			refused = append(refused, i)
 		}
 	}
+	if len(refused) == 0 || s.Load(ctx, c).Err() != nil {
+		return cmds
+	}
+	_, _ = c.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, i := range refused {
+			cmds[i] = s.EvalSha(ctx, p, calls[i].keys, calls[i].args...)
+		}
+		return nil
+	})
 	return cmds
 }
 

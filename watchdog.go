@@ -19,29 +19,72 @@ const (
 )
 
 // lease is what the watchdog tracks: a lock's lease or a message's claim.
+//
+// The deadline rule: the client's deadline is never later than the
+// earliest end that any write in flight, or the last write Redis applied,
+// can have set. A write (a renewal, Refresh or Extend) may be applied at
+// any moment until its reply arrives, so sending one lowers the deadline
+// to the end it asks for; once no write is pending and one of them was
+// confirmed, Redis holds the end set by one of them, so the deadline is
+// the earliest of their ends.
 type lease struct {
-	name   string   // for errors: the lock's key or the message's id
-	rkey   string   // the lease's key in Redis (a message's id for claims)
-	shard  []string // for claims: the keys of the message's queue shard
+	name   string // for errors: the lock's key or the message's id
+	rkey   string // the lease's key in Redis (a message's id for claims)
+	shard  int    // for claims: the index of the message's queue shard
 	token  string
 	lost   chan struct{}
 	onLost context.CancelCauseFunc // cancels the holder's context, if any
 
 	// Guarded by the watchdog's mu.
-	ttl      time.Duration
-	renew    bool
-	deadline time.Time // the lease has surely ended by the client's clock
-	next     time.Time // next renewal
-	inflight bool
-	gen      uint64    // counts Refresh calls, to spot one crossing a renewal
-	tracked  bool      // in the watchdog's set
-	released bool      // the holder let go
-	cause    error     // why lost closed
-	endedAt  time.Time // when lost closed, for tests' histories
+	ttl       time.Duration // what the next renewal asks for: the last Refresh's
+	renew     bool
+	deadline  time.Time // the lease has surely ended by the client's clock
+	next      time.Time // next renewal
+	inflight  bool      // a watchdog renewal is in flight
+	pending   int       // writes sent and not yet answered
+	earliest  time.Time // the earliest end asked for since pending was last 0
+	confirmed bool      // one of those writes was applied
+	crossed   bool      // two of those writes were in flight at once
+	tracked   bool      // in the watchdog's set
+	ended     bool      // lost has closed
+	released  bool      // the holder let go
+	cause     error     // why lost closed
+	endedAt   time.Time // when lost closed, for tests' histories
 }
 
 func newLease(name, rkey, token string, ttl time.Duration, renew bool, onLost context.CancelCauseFunc) lease {
 	return lease{name: name, rkey: rkey, token: token, lost: make(chan struct{}), onLost: onLost, ttl: ttl, renew: renew}
+}
+
+// sending notes a write, sent at sent, that asks for the lease to end ttl
+// later. Called with the watchdog's mu held.
+func (lk *lease) sending(sent time.Time, ttl time.Duration) {
+	end := sent.Add(ttl - drift(ttl))
+	if lk.pending == 0 {
+		lk.earliest, lk.confirmed, lk.crossed = end, false, false
+	} else {
+		lk.earliest, lk.crossed = earlier(lk.earliest, end), true
+	}
+	lk.pending++
+	lk.deadline = earlier(lk.deadline, end)
+}
+
+// answered notes a write's reply; applied when Redis confirmed it. Called
+// with the watchdog's mu held.
+func (lk *lease) answered(applied bool) {
+	lk.pending--
+	lk.confirmed = lk.confirmed || applied
+	if applied {
+		lk.next = time.Now().Add(lk.ttl / 3)
+	}
+	if lk.pending > 0 || !lk.confirmed {
+		return
+	}
+	lk.deadline = lk.earliest
+	if lk.crossed {
+		// Redis may hold either end: renew at once to know which.
+		lk.next = time.Now()
+	}
 }
 
 // watchdog is one renewal loop shared by many leases: it renews every lease
@@ -58,6 +101,10 @@ type watchdog struct {
 	wakeAt  time.Time     // when the loop will look again
 	wake    chan struct{} // asks the loop to look now
 	wg      sync.WaitGroup
+	// calls counts renewal calls in flight. close does not wait for them:
+	// a call stuck on a dead link ends by the client's own timeouts, and
+	// its answer is ignored.
+	calls sync.WaitGroup
 }
 
 func newWatchdog(ctx context.Context, renewAll func(context.Context, []renewal) ([]int64, []error)) watchdog {
@@ -111,7 +158,7 @@ func (w *watchdog) endLocked(lk *lease, cause error) {
 	if !lk.tracked {
 		return
 	}
-	lk.tracked = false
+	lk.tracked, lk.ended = false, true
 	delete(w.leases, lk)
 	lk.cause, lk.endedAt = cause, time.Now()
 	close(lk.lost)
@@ -148,56 +195,45 @@ func (w *watchdog) isReleased(lk *lease) bool {
 
 // extend runs one explicit renewal of ls (Refresh, Extend) through send,
 // keeping the watchdog in step: codes other than 1 end the lease, with the
-// error gone makes of them.
+// error gone makes of them. A lease already lost stays lost: extend
+// returns why, without sending.
 func (w *watchdog) extend(ls *lease, verb, released string, ttl time.Duration, send func() (int64, error), gone func(name string, code int64) error) error {
 	if ttl < time.Millisecond {
 		return fmt.Errorf("%w: %s %q: ttl %v must be at least 1ms", ErrInvalidArgument, verb, ls.name, ttl)
 	}
-	if w.isReleased(ls) {
+	w.mu.Lock()
+	switch {
+	case ls.released:
+		w.mu.Unlock()
 		return notHeld(ls.name, released)
+	case ls.ended:
+		w.mu.Unlock()
+		return ls.cause
 	}
-	gen := w.refreshing(ls)
-	start := time.Now()
+	ls.ttl = ttl // later renewals ask for the new ttl
+	ls.sending(time.Now(), ttl)
+	w.mu.Unlock()
+
 	code, err := send()
-	if err != nil {
-		return fmt.Errorf("redlease: %s %q: %w", verb, ls.name, err)
+
+	w.mu.Lock()
+	ls.answered(err == nil && code == 1)
+	if ls.tracked && ls.due().Before(w.wakeAt) {
+		w.signal()
 	}
-	if code != 1 {
+	ended, cause := ls.ended, ls.cause
+	w.mu.Unlock()
+	switch {
+	case err != nil:
+		return fmt.Errorf("redlease: %s %q: %w", verb, ls.name, err)
+	case code != 1:
 		err := gone(ls.name, code)
 		w.end(ls, err)
 		return err
+	case ended && cause != nil:
+		return cause // lost while the call was in flight
 	}
-	w.refreshed(ls, start, ttl, gen)
 	return nil
-}
-
-// refreshing notes a Refresh about to be sent and returns its generation.
-func (w *watchdog) refreshing(lk *lease) uint64 {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	lk.gen++
-	return lk.gen
-}
-
-// refreshed records a successful Refresh sent at start. If a renewal or
-// another Refresh crossed it, Redis may have applied them in either order:
-// the earlier end is assumed and the lease is renewed again at once.
-func (w *watchdog) refreshed(lk *lease, start time.Time, ttl time.Duration, gen uint64) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if !lk.tracked {
-		return
-	}
-	lk.ttl = ttl
-	d := start.Add(ttl - drift(ttl))
-	if lk.gen == gen && !lk.inflight {
-		lk.deadline, lk.next = d, time.Now().Add(ttl/3)
-	} else {
-		lk.deadline, lk.next = earlier(lk.deadline, d), time.Now()
-	}
-	if lk.due().Before(w.wakeAt) {
-		w.signal()
-	}
 }
 
 func earlier(a, b time.Time) time.Time {
@@ -207,6 +243,8 @@ func earlier(a, b time.Time) time.Time {
 	return b
 }
 
+// close ends every lease and stops the loop; renewal calls in flight are
+// not waited for (see calls).
 func (w *watchdog) close() {
 	w.mu.Lock()
 	w.closed = true
@@ -222,7 +260,6 @@ func (w *watchdog) close() {
 type renewal struct {
 	lk  *lease
 	ttl time.Duration
-	gen uint64
 }
 
 func (w *watchdog) loop() {
@@ -248,7 +285,8 @@ func (w *watchdog) loop() {
 			// Renew a little early to share a script call with other leases.
 			if lk.renew && !lk.inflight && !lk.next.After(now.Add(lk.ttl/20)) {
 				lk.inflight = true
-				batch = append(batch, renewal{lk, lk.ttl, lk.gen})
+				lk.sending(now, lk.ttl)
+				batch = append(batch, renewal{lk, lk.ttl})
 			}
 			look := lk.deadline
 			if !lk.inflight {
@@ -275,7 +313,7 @@ func (w *watchdog) loop() {
 		w.mu.Unlock()
 
 		if len(batch) > 0 {
-			w.wg.Add(1)
+			w.calls.Add(1)
 			go w.renew(batch)
 		}
 		timer.Reset(time.Until(wakeAt))
@@ -288,28 +326,21 @@ func (w *watchdog) loop() {
 
 // renew runs one batch of renewals and records what Redis said.
 func (w *watchdog) renew(batch []renewal) {
-	defer w.wg.Done()
-	sent := time.Now()
+	defer w.calls.Done()
 	codes, errs := w.renewAll(w.ctx, batch)
 	now := time.Now()
 	w.mu.Lock()
 	for i, r := range batch {
 		lk := r.lk
 		lk.inflight = false
+		lk.answered(errs[i] == nil && codes[i] == 1)
 		switch {
 		case !lk.tracked:
 		case errs[i] != nil:
 			// Transient: retry soon; the deadline check ends the lease if
 			// nothing gets through in time.
 			lk.next = now.Add(min(max(lk.ttl/10, 5*time.Millisecond), time.Second))
-		case codes[i] == 1 && r.gen == lk.gen:
-			if d := sent.Add(r.ttl - drift(r.ttl)); d.After(lk.deadline) {
-				lk.deadline = d
-			}
-			lk.next = now.Add(lk.ttl / 3)
-		case codes[i] == 1: // a Refresh crossed this renewal: see refreshed
-			lk.deadline, lk.next = earlier(lk.deadline, sent.Add(r.ttl-drift(r.ttl))), now
-		default:
+		case codes[i] != 1:
 			w.endLocked(lk, leaseGone(lk.name, codes[i]))
 		}
 	}

@@ -1,0 +1,576 @@
+package redlease
+
+// Regression tests for queue defects an outside review found: lost
+// replies and resent scripts, retryable acks, sharding, blocking waits,
+// delayed messages and handler exits.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// idForShard returns an id that WithID routes to shard s of n.
+func idForShard(prefix string, s, n int) string {
+	for i := 0; ; i++ {
+		id := fmt.Sprintf("%s-%d", prefix, i)
+		h := fnv.New32a()
+		h.Write([]byte(id))
+		if int(h.Sum32()%uint32(n)) == s {
+			return id
+		}
+	}
+}
+
+// A transient failure of Ack (cancelled or timed-out context, a network
+// blip) makes every later Ack, Nack and Extend of the same Message refuse
+// with ErrNotHeld ("already acked or nacked") without sending anything,
+// although the claim is still valid in Redis. The message cannot be acked
+// and is delivered again when its lease ends.
+func TestAckRetryableAfterRedisError(t *testing.T) {
+	c := realRedis(t)
+	ctx := context.Background()
+	q := newQueue(t, c, WithLease(5*time.Second))
+	if _, err := q.Enqueue(ctx, []byte("job")); err != nil {
+		t.Fatal(err)
+	}
+	m, err := q.Claim(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	cancel() // e.g. the request that did the work timed out
+	if err := m.Ack(cctx); err == nil {
+		t.Fatal("ack with a cancelled context succeeded")
+	} else {
+		t.Logf("first ack (transient failure): %v", err)
+	}
+	err = m.Ack(ctx) // retry with a good context: the claim is still valid
+	t.Logf("retried ack: %v", err)
+	eErr := m.Extend(ctx, time.Second)
+	t.Logf("extend after that: %v", eErr)
+	st, _ := q.Stats(ctx)
+	t.Logf("stats after the retried ack: %+v", st)
+	if err != nil || st.InFlight != 0 {
+		t.Fatalf("a retried Ack of a still-valid claim was refused (%v); the message stays in flight (%+v) and will be redelivered", err, st)
+	}
+}
+
+// lostReply loses the reply to a command sent through p: every chunk is
+// delayed 100ms; once executed() sees the command's effect in Redis (the
+// reply is then held in the proxy), every proxied connection is dropped, so
+// go-redis gets EOF and resends the command on a new connection.
+func lostReply(t *testing.T, p *faultProxy, send func(), executed func() bool) {
+	t.Helper()
+	p.SetLatency(100 * time.Millisecond)
+	go send()
+	deadline := time.Now().Add(3 * time.Second)
+	for !executed() {
+		if time.Now().After(deadline) {
+			t.Fatal("the command never reached Redis")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	p.Drop()
+	p.SetLatency(0)
+}
+
+func lostReplyClient(t *testing.T) (*redis.Client, *faultProxy, *redis.Client) {
+	direct := realRedis(t)
+	p := newFaultProxy(t, direct.Options().Addr)
+	c := redis.NewClient(&redis.Options{Addr: p.Addr(), PoolSize: 1})
+	t.Cleanup(func() { c.Close() })
+	return c, p, direct
+}
+
+// Enqueue without WithID whose reply is lost: go-redis resends the
+// script, which finds its own random id and answers "duplicate". Enqueue
+// returns ErrDuplicate for a message it added exactly once; a caller that
+// retries on error enqueues the payload twice.
+func TestEnqueueResentAfterLostReplyAddsOnce(t *testing.T) {
+	c, p, direct := lostReplyClient(t)
+	ctx := context.Background()
+	q := NewQueue(c, "q", WithPrefix(uniq(t)))
+	qd := NewQueue(direct, "q", WithPrefix(uniq(t)))
+	// Warm up the connection and the script cache.
+	if _, err := q.Enqueue(ctx, []byte("warm-up"), WithID("warm")); err != nil {
+		t.Fatal(err)
+	}
+	m, _ := qd.Claim(ctx)
+	m.Ack(ctx)
+	errc := make(chan error, 1)
+	var id string
+	lostReply(t, p, func() {
+		var err error
+		id, err = q.Enqueue(ctx, []byte("order #1"))
+		errc <- err
+	}, func() bool { st, _ := qd.Stats(ctx); return st.Ready == 1 })
+	err := <-errc
+	st, _ := qd.Stats(ctx)
+	t.Logf("Enqueue returned id %q err %v; stats %+v", id, err, st)
+	if err != nil {
+		t.Fatalf("Enqueue of a fresh random id failed (%v) although the message was added once (stats %+v): a caller retrying on error would enqueue it twice", err, st)
+	}
+}
+
+// Claim whose reply is lost: the resent claim script does not recognise
+// its own token and claims a second message. The first stays in flight,
+// claimed by nobody, until its lease ends; its attempt is used up. With
+// WithMaxAttempts(1) it is dead-lettered without any consumer ever seeing it.
+func TestClaimResentAfterLostReplyGetsSameClaim(t *testing.T) {
+	c, p, direct := lostReplyClient(t)
+	ctx := context.Background()
+	opts := []QueueOption{WithPrefix(uniq(t)), WithLease(time.Second), WithMaxAttempts(1)}
+	q := NewQueue(c, "q", opts...)
+	qd := NewQueue(direct, "q", opts...)
+	q.Enqueue(ctx, []byte("warm-up"))
+	m, err := q.Claim(ctx) // warms the claim script and the connection
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Ack(ctx)
+	qd.Enqueue(ctx, []byte("first"))
+	qd.Enqueue(ctx, []byte("second"))
+	type res struct {
+		m   *Message
+		err error
+	}
+	rc := make(chan res, 1)
+	lostReply(t, p, func() { m, err := q.Claim(ctx); rc <- res{m, err} },
+		func() bool { st, _ := qd.Stats(ctx); return st.InFlight >= 1 })
+	r := <-rc
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	st, _ := qd.Stats(ctx)
+	t.Logf("one Claim returned %q (attempt %d); stats %+v", r.m.Payload, r.m.Attempt, st)
+	r.m.Ack(ctx)
+	time.Sleep(1100 * time.Millisecond)
+	n, _ := qd.Reclaim(ctx)
+	dead, _ := qd.DeadLetters(ctx, 10)
+	t.Logf("after the lease: reclaimed %d, dead letters %+v", n, dead)
+	if st.InFlight != 1 || len(dead) != 0 {
+		t.Fatalf("one Claim call left %d claims in flight; the orphan was dead-lettered unseen: %d dead letters", st.InFlight, len(dead))
+	}
+}
+
+// Sharded starvation: claims and round-robin enqueues share one counter
+// (Queue.next). A default Consume (concurrency 1) whose handler enqueues two
+// follow-ups onto the same *Queue with 3 shards makes every claim start at
+// the same shard; one shard is never claimed from while the others have
+// work, contrary to "consumers claim from the shards in turn, so none
+// starves".
+func TestShardedClaimsRotateDespiteEnqueues(t *testing.T) {
+	c := realRedis(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	q := newQueue(t, c, WithShards(3))
+	// A message waiting in shard 0, and one seed in shard 2.
+	if _, err := q.Enqueue(ctx, []byte("victim"), WithID(idForShard("victim", 0, 3))); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := q.Enqueue(ctx, []byte("seed"), WithID(idForShard("seed", 2, 3))); err != nil {
+		t.Fatal(err)
+	}
+	var handled atomic.Int32
+	victimAt := atomic.Int32{}
+	done := make(chan error)
+	go func() {
+		done <- q.Consume(ctx, func(hctx context.Context, m *Message) error {
+			n := handled.Add(1)
+			if string(m.Payload) == "victim" {
+				victimAt.Store(n)
+				return nil
+			}
+			// Fan out: two follow-ups on the same queue.
+			q.Enqueue(hctx, []byte("child"))
+			q.Enqueue(hctx, []byte("child"))
+			return nil
+		})
+	}()
+	eventually(t, 20*time.Second, "300 messages handled", func() bool { return handled.Load() >= 300 || victimAt.Load() > 0 })
+	cancel()
+	<-done
+	var lens []int64
+	for s := range 3 {
+		lens = append(lens, c.LLen(context.Background(), q.shards[s][0]).Val())
+	}
+	t.Logf("handled %d; victim handled as #%d; ready per shard %v", handled.Load(), victimAt.Load(), lens)
+	if victimAt.Load() == 0 {
+		t.Fatalf("a message ready in shard 0 from the start was never claimed in %d claims; shard lengths %v", handled.Load(), lens)
+	}
+}
+
+// Queue names may contain ':', and shard i of queue "jobs" uses the hash
+// tag {jobs:i}: an unsharded queue named "jobs:1" shares every key with a
+// shard of the sharded queue "jobs".
+func TestShardKeysNeverCollideWithAnotherQueue(t *testing.T) {
+	_, c := newMini(t)
+	ctx := context.Background()
+	jobs := NewQueue(c, "jobs", WithPrefix("p"), WithShards(2))
+	other := NewQueue(c, "jobs:1", WithPrefix("p"))
+	if _, err := other.Enqueue(ctx, []byte("meant for queue jobs:1")); err != nil {
+		t.Fatal(err)
+	}
+	st, _ := jobs.Stats(ctx)
+	cctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancel()
+	m, err := jobs.Claim(cctx)
+	if err == nil {
+		t.Fatalf("queue \"jobs\" (2 shards) counted %+v and claimed %q, a message of queue \"jobs:1\"", st, m.Payload)
+	}
+}
+
+// Claim blocks with BZPOPMIN for up to 500ms through client.Do, which
+// is bounded by the client's ReadTimeout. A client with ReadTimeout < 500ms
+// (common for latency-sensitive services) makes Claim on an idle queue fail
+// with an i/o timeout instead of waiting until ctx ends.
+func TestClaimWaitsWithinShortReadTimeout(t *testing.T) {
+	direct := realRedis(t)
+	c := redis.NewClient(&redis.Options{Addr: direct.Options().Addr, ReadTimeout: 100 * time.Millisecond})
+	defer c.Close()
+	q := NewQueue(c, "q", WithPrefix(uniq(t)))
+	ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err := q.Claim(ctx)
+	t.Logf("Claim on an idle queue returned after %v: %v", time.Since(start).Round(time.Millisecond), err)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Claim failed with %v instead of waiting until its context ended", err)
+	}
+}
+
+// Sharded queue: Nack (no backoff), Reclaim and the claim script's
+// "more work: wake another consumer" all set the shard's own marker, which
+// nobody blocks on; idle consumers block on the queue's wake key, which only
+// Enqueue touches. A consumer blocked in another process is woken only by
+// its 500ms timeout. Unsharded, the same consumer is woken at once.
+func TestNackWakesBlockedConsumerAtOnce(t *testing.T) {
+	c := realRedis(t)
+	for _, shards := range []int{1, 2} {
+		t.Run(fmt.Sprintf("shards=%d", shards), func(t *testing.T) {
+			ctx := context.Background()
+			opts := []QueueOption{WithPrefix(uniq(t)), WithShards(shards), WithRetryBackoff(func(int) time.Duration { return 0 })}
+			qa := NewQueue(c, "q", opts...) // one process
+			qb := NewQueue(c, "q", opts...) // another
+			qa.Enqueue(ctx, []byte("job"))
+			m, err := qa.Claim(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := make(chan time.Time, 1)
+			go func() {
+				m, err := qb.Claim(ctx)
+				if err == nil {
+					got <- time.Now()
+					m.Ack(ctx)
+				}
+			}()
+			time.Sleep(100 * time.Millisecond) // qb is blocked by now
+			start := time.Now()
+			if err := m.Nack(ctx); err != nil {
+				t.Fatal(err)
+			}
+			lat := (<-got).Sub(start)
+			t.Logf("%d shard(s): nacked message picked up by the blocked consumer after %v", shards, lat.Round(time.Millisecond))
+			if lat > 100*time.Millisecond {
+				t.Fatalf("%d shards: a message nacked for immediate retry reached the idle consumer after %v (its block timeout), not at once", shards, lat)
+			}
+		})
+	}
+}
+
+// (ID, Attempt) orders deliveries while the id is live; an id reused after
+// its message was acked starts over at 1, as Message.Attempt documents.
+func TestAttemptGrowsWhileLiveAndRestartsOnReuse(t *testing.T) {
+	mr, c := newMini(t)
+	ctx := context.Background()
+	now := time.Now()
+	mr.SetTime(now)
+	q := NewQueue(c, "q", WithLease(time.Second))
+	if _, err := q.Enqueue(ctx, []byte("v1"), WithID("order-42")); err != nil {
+		t.Fatal(err)
+	}
+	a, err := q.Claim(ctx) // attempt 1, the consumer stalls
+	if err != nil {
+		t.Fatal(err)
+	}
+	mr.SetTime(now.Add(2 * time.Second))
+	b, err := q.Claim(ctx) // the expired claim comes back: attempt 2
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Attempt != 1 || b.Attempt != 2 || b.ID != a.ID {
+		t.Fatalf("deliveries of one live id: attempts %d then %d", a.Attempt, b.Attempt)
+	}
+	if err := a.Ack(ctx); !errors.Is(err, ErrNotHeld) {
+		t.Fatalf("ack of the expired delivery: %v, want ErrNotHeld", err)
+	}
+	if err := b.Ack(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := q.Enqueue(ctx, []byte("v2"), WithID("order-42")); err != nil {
+		t.Fatal(err)
+	}
+	cm, err := q.Claim(ctx)
+	if err != nil || cm.Attempt != 1 || string(cm.Payload) != "v2" {
+		t.Fatalf("reused id: %+v %v, want attempt 1 of v2", cm, err)
+	}
+}
+
+// A handler that ends its goroutine with runtime.Goexit (t.FailNow, for
+// one) neither stops the worker nor strands its claim: the message is
+// nacked at once and delivered again.
+func TestGoexitHandlerNacksItsMessage(t *testing.T) {
+	c := realRedis(t)
+	defer noLeaks(t)()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	q := newQueue(t, c, WithLease(300*time.Millisecond), WithRetryBackoff(func(int) time.Duration { return 0 }))
+	if _, err := q.Enqueue(ctx, []byte("job")); err != nil {
+		t.Fatal(err)
+	}
+	var calls atomic.Int32
+	var reported atomic.Value
+	done := make(chan error)
+	go func() {
+		done <- q.Consume(ctx, func(_ context.Context, m *Message) error {
+			if calls.Add(1) == 1 {
+				runtime.Goexit()
+			}
+			return nil
+		}, WithErrorHandler(func(err error) {
+			if errors.Is(err, errGoexit) {
+				reported.Store(err)
+			}
+		}))
+	}()
+	eventually(t, 5*time.Second, "the message delivered again and acked", func() bool {
+		st, _ := q.Stats(ctx)
+		return calls.Load() == 2 && st == Stats{}
+	})
+	cancel()
+	<-done
+	if reported.Load() == nil {
+		t.Error("the Goexit was not reported to the error handler")
+	}
+	time.Sleep(3 * idleLinger) // the watchdog's loop lingers, then ends
+}
+
+// DeadLetters on a sharded queue is documented "oldest first" but
+// returns shard 0's letters before older ones of other shards.
+func TestShardedDeadLettersOldestFirst(t *testing.T) {
+	_, c := newMini(t)
+	ctx := context.Background()
+	q := NewQueue(c, "q", WithShards(2), WithMaxAttempts(1))
+	old := idForShard("old", 1, 2)
+	young := idForShard("young", 0, 2)
+	for _, id := range []string{old, young} {
+		q.Enqueue(ctx, []byte(id), WithID(id))
+		for {
+			m, err := q.Claim(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			m.Nack(ctx)
+			if m.ID == id {
+				break
+			}
+		}
+	}
+	dl, err := q.DeadLetters(ctx, 1)
+	if err != nil || len(dl) != 1 {
+		t.Fatal(dl, err)
+	}
+	if dl[0].ID != old {
+		t.Fatalf("DeadLetters(1) returned %q, dead-lettered after %q", dl[0].ID, old)
+	}
+}
+
+// Manual Claim/Ack users: a claim whose consumer died is never given
+// back unless someone calls Reclaim; Claim itself never looks at expired
+// claims, so the message sits in flight forever (the README's "by hand"
+// example does not call Reclaim).
+func TestClaimTakesBackExpiredClaims(t *testing.T) {
+	c := realRedis(t)
+	ctx := context.Background()
+	q := newQueue(t, c, WithLease(100*time.Millisecond))
+	q.Enqueue(ctx, []byte("job"))
+	if _, err := q.Claim(ctx); err != nil { // this consumer then crashes
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	cctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	_, err := q.Claim(cctx)
+	st, _ := q.Stats(ctx)
+	if err != nil {
+		t.Fatalf("a claim expired 100ms+ ago was not redelivered by Claim within 1s (%v); stats %+v", err, st)
+	}
+}
+
+// Due delayed messages (Nack backoff retries, WithDelay) are promoted
+// by Claim only when the ready list is empty, and by Consume's reaper at
+// most 100 per shard per tick (1s at the default lease). While a backlog is
+// ready, messages enqueued after a delayed message fell due overtake it.
+func TestDueDelayedMessagesComeBeforeLaterOnes(t *testing.T) {
+	c := realRedis(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	q := newQueue(t, c) // default lease 30s: the reaper runs every second
+	for i := range 300 {
+		if _, err := q.Enqueue(ctx, []byte(fmt.Sprint("due-", i)), WithDelay(time.Millisecond)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(50 * time.Millisecond) // all 300 are due now
+	var later [][]byte
+	for i := range 3000 {
+		later = append(later, []byte(fmt.Sprint("later-", i)))
+	}
+	if _, err := q.EnqueueBatch(ctx, later); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var dueSeen, laterSeen int
+	done := make(chan error)
+	go func() {
+		done <- q.Consume(ctx, func(_ context.Context, m *Message) error {
+			time.Sleep(500 * time.Microsecond)
+			mu.Lock()
+			if strings.HasPrefix(string(m.Payload), "due-") {
+				dueSeen++
+			} else {
+				laterSeen++
+			}
+			mu.Unlock()
+			return nil
+		})
+	}()
+	eventually(t, 30*time.Second, "1000 later messages handled", func() bool { mu.Lock(); defer mu.Unlock(); return laterSeen >= 1000 })
+	st, _ := q.Stats(ctx)
+	cancel()
+	<-done
+	t.Logf("after %d messages enqueued later: %d of 300 due messages handled; stats %+v", laterSeen, dueSeen, st)
+	if dueSeen < 300 {
+		t.Fatalf("%d messages enqueued after 300 delayed messages fell due were handled first; only %d of those 300 were (stats %+v)", laterSeen, dueSeen, st)
+	}
+}
+
+// Sanity (expected to PASS): odd ids and payloads survive enqueue, claim,
+// dead-lettering and DeadLetters decoding; 1 MiB payloads in a batch.
+func TestOddIDsAndPayloadsRoundTrip(t *testing.T) {
+	c := realRedis(t)
+	ctx := context.Background()
+	q := newQueue(t, c, WithMaxAttempts(1))
+	ids := []string{"3:", "0:0:", "{q}", "}{", "a\x00b", "\xff\xfe", strings.Repeat(":", MaxIDLength), "p", "s", "12:ab"}
+	payloads := [][]byte{{}, []byte("3:x"), {0, 0xff}, []byte(strings.Repeat("9:", 10)), nil, []byte("p"), []byte(":"), {0}, []byte("{}"), []byte("1:1:")}
+	for i, id := range ids {
+		if _, err := q.Enqueue(ctx, payloads[i], WithID(id)); err != nil {
+			t.Fatalf("enqueue %q: %v", id, err)
+		}
+	}
+	for range ids {
+		m, err := q.Claim(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := m.Nack(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dl, err := q.DeadLetters(ctx, 100)
+	if err != nil || len(dl) != len(ids) {
+		t.Fatal(len(dl), err)
+	}
+	for i, d := range dl {
+		if d.ID != ids[i] || string(d.Payload) != string(payloads[i]) || d.Attempts != 1 {
+			t.Fatalf("dead letter %d: %q %q %d, want %q %q", i, d.ID, d.Payload, d.Attempts, ids[i], payloads[i])
+		}
+	}
+	big := make([][]byte, 9)
+	for i := range big {
+		big[i] = make([]byte, MaxPayload)
+		big[i][0] = byte(i)
+	}
+	bids, err := q.EnqueueBatch(ctx, big)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range big {
+		m, err := q.Claim(ctx)
+		if err != nil || m.ID != bids[i] || len(m.Payload) != MaxPayload || m.Payload[0] != byte(i) {
+			t.Fatalf("big %d: %v", i, err)
+		}
+		m.Ack(ctx)
+	}
+}
+
+// parseClaim formats the whole reply, payload included, into an error on
+// every call, used or not.
+func TestParseClaimCopiesPayloadOnce(t *testing.T) {
+	q := NewQueue(nil, "q") // parseClaim needs no client
+	payload := strings.Repeat("x", MaxPayload)
+	res := []any{int64(1), "id", payload, int64(1), int64(0), int64(0)}
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	const n = 20
+	for range n {
+		if m, _, err := q.parseClaim(res, "tok", false, nil); err != nil || m == nil {
+			t.Fatal(err)
+		}
+	}
+	runtime.ReadMemStats(&after)
+	per := (after.TotalAlloc - before.TotalAlloc) / n
+	t.Logf("parseClaim of a 1 MiB payload allocates %d bytes (the payload copy is %d)", per, MaxPayload)
+	if per > 3*MaxPayload/2 {
+		t.Fatalf("parseClaim allocates %.1f MiB per claim of a 1 MiB message", float64(per)/(1<<20))
+	}
+}
+
+// An Ack or Nack whose reply is lost is resent by go-redis; the resend
+// finds its work done and reports success, not ErrNotHeld.
+func TestSettleResentAfterLostReplySucceeds(t *testing.T) {
+	for _, verb := range []string{"ack", "nack"} {
+		t.Run(verb, func(t *testing.T) {
+			c, p, direct := lostReplyClient(t)
+			ctx := context.Background()
+			opts := []QueueOption{WithPrefix(uniq(t)), WithRetryBackoff(func(int) time.Duration { return time.Hour })}
+			q := NewQueue(c, "q", opts...)
+			qd := NewQueue(direct, "q", opts...)
+			if _, err := q.Enqueue(ctx, []byte("job")); err != nil {
+				t.Fatal(err)
+			}
+			m, err := q.Claim(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			errc := make(chan error, 1)
+			lostReply(t, p, func() {
+				if verb == "ack" {
+					errc <- m.Ack(ctx)
+				} else {
+					errc <- m.Nack(ctx)
+				}
+			}, func() bool { st, _ := qd.Stats(ctx); return st.InFlight == 0 })
+			if err := <-errc; err != nil {
+				t.Fatalf("%s resent after a lost reply: %v", verb, err)
+			}
+			want := Stats{}
+			if verb == "nack" {
+				want.Delayed = 1
+			}
+			wantStats(t, qd, want)
+		})
+	}
+}
