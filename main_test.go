@@ -21,6 +21,9 @@ func TestMain(m *testing.M) {
 	if env := os.Getenv(crashChildEnv); env != "" {
 		os.Exit(crashChild(env))
 	}
+	// go-redis logs every refused dial and Sentinel switch; the fault and
+	// failover tests cause thousands on purpose.
+	redis.SetLogger(verboseOnly{})
 	code := m.Run()
 	stopRealRedis()
 	stopCluster()
@@ -31,6 +34,15 @@ func TestMain(m *testing.M) {
 		}
 	}
 	os.Exit(code)
+}
+
+// verboseOnly passes go-redis's log lines on only under go test -v.
+type verboseOnly struct{}
+
+func (verboseOnly) Printf(_ context.Context, format string, v ...any) {
+	if testing.Verbose() {
+		fmt.Fprintf(os.Stderr, "redis: "+format+"\n", v...)
+	}
 }
 
 // newMini returns a client on a fresh miniredis; keys expire only when the
