@@ -356,15 +356,17 @@ func TestClusterLocks(t *testing.T) {
 	start := time.Now()
 	lockSuite(t, cc, cc2, keys)
 	t.Logf("lock suite on %d keys in %v", len(keys), time.Since(start).Round(time.Millisecond))
+	keysOf := NewLocker(cc, WithPrefix(uniq(t)))
+	defer keysOf.Close()
 	perMaster := map[string]int{}
 	for _, k := range keys {
 		addr := masterOf(t, cc, k)
 		perMaster[addr]++
 		// Straight to that node: a key elsewhere would answer MOVED.
 		node := redis.NewClient(&redis.Options{Addr: addr})
-		fence, err := node.Get(ctx, uniq(t)+":{"+k+"}:fence").Int()
+		fence, err := node.Get(ctx, keysOf.fenceKey(k)).Int()
 		node.Close()
-		if err != nil || fence != lockSuiteFences {
+		if err != nil || fence < lockSuiteFences {
 			t.Fatalf("fence of %q on its master %s: %d %v", k, addr, fence, err)
 		}
 	}
@@ -894,4 +896,74 @@ func TestClusterShardedQueueThroughput(t *testing.T) {
 	}
 	t.Logf("sharded queue on 3 masters, %d no-op messages, batch enqueue + Consume(16): 1 shard %.0f, %.0f msgs/s; 3 shards %.0f, %.0f msgs/s",
 		n, rates[1][0], rates[1][1], rates[3][0], rates[3][1])
+}
+
+// braceNames are lock names whose braces would break a key built as
+// prefix:{name}: an empty or cut hash tag puts the lease and its fence
+// counter in different slots.
+var braceNames = []string{"{", "}", "{}", "}{", "}x", "a}b", "{x}", "}{x}", "x"}
+
+// Every lock name works, braces included: each lease shares its slot with
+// its fence counter, and acquire, release and fences work on miniredis, on
+// Redis and on a (one-node) Redis Cluster, which refuses a script whose
+// keys span slots.
+func TestEveryLockNameWorks(t *testing.T) {
+	probe := NewLocker(nil) // only its key layout is used
+	probe.Close()
+	for _, name := range braceNames {
+		k, f := probe.lockKey(name), probe.fenceKey(name)
+		if slot(k) != slot(f) || slot(k) != nameSlot(name) {
+			t.Errorf("lock %q: key %q in slot %d, fence counter %q in slot %d, name in slot %d", name, k, slot(k), f, slot(f), nameSlot(name))
+		}
+	}
+	names := func(t *testing.T, c redis.UniversalClient) {
+		ctx := context.Background()
+		l := NewLocker(c, WithPrefix(uniq(t)))
+		defer l.Close()
+		for _, name := range braceNames {
+			lk, err := l.TryObtain(ctx, name)
+			if err != nil {
+				t.Errorf("TryObtain(%q): %v", name, err)
+				continue
+			}
+			if err := lk.Release(ctx); err != nil {
+				t.Errorf("Release(%q): %v", name, err)
+			}
+			again, err := l.Obtain(ctx, name)
+			if err != nil {
+				t.Errorf("Obtain(%q): %v", name, err)
+				continue
+			}
+			if again.Fence() <= lk.Fence() {
+				t.Errorf("lock %q: fence %d after %d", name, again.Fence(), lk.Fence())
+			}
+			if err := again.Release(ctx); err != nil {
+				t.Errorf("Release(%q): %v", name, err)
+			}
+		}
+	}
+	backends(t, func(t *testing.T, c *redis.Client) { names(t, c) })
+	t.Run("cluster", func(t *testing.T) {
+		p := ownRedis(t, "--cluster-enabled", "yes", "--cluster-config-file", filepath.Join(t.TempDir(), "nodes.conf"))
+		ctx := context.Background()
+		nc := redis.NewClient(&redis.Options{Addr: p.addr})
+		defer nc.Close()
+		if err := nc.ClusterAddSlotsRange(ctx, 0, clusterSlots-1).Err(); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 10*time.Second, "cluster ok", func() bool {
+			return strings.Contains(nc.ClusterInfo(ctx).Val(), "cluster_state:ok")
+		})
+		cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{p.addr}})
+		defer cc.Close()
+		names(t, cc)
+		// Redis agrees on where each key lives.
+		l := NewLocker(cc)
+		defer l.Close()
+		for _, name := range braceNames {
+			if got, err := nc.ClusterKeySlot(ctx, l.lockKey(name)).Result(); err != nil || got != int64(nameSlot(name)) {
+				t.Errorf("CLUSTER KEYSLOT of lock %q: %d %v, want %d", name, got, err, nameSlot(name))
+			}
+		}
+	})
 }

@@ -55,7 +55,7 @@ func NewLocker(client redis.UniversalClient, opts ...Option) *Locker {
 	l.slots = slotsOf(client)
 	l.ctx, l.cancel = context.WithCancel(context.Background())
 	l.wd = newWatchdog(l.ctx, l.renewLocks)
-	l.hub = wakeHub{l: l, queues: make(map[string][]*waiter), streak: make(map[string]int)}
+	l.hub = wakeHub{l: l, queues: make(map[string][]*waiter)}
 	return l
 }
 
@@ -118,16 +118,32 @@ func (l *Locker) check(key string) error {
 	return nil
 }
 
-// lockKey is the key of the lease; the {hash tag} keeps it and its fence
-// counter in one Redis Cluster slot.
-func (l *Locker) lockKey(key string) string { return l.prefix + ":{" + key + "}" }
+// Key layout. A lock name is hashed as a whole to a Redis Cluster slot s
+// (CRC16 of the name, as Redis would hash the key "{name}"), and every key
+// of the lock carries the hash tag slotTag(s): any name works, braces
+// included, and the lease and its fence counter always share a slot.
+
+// slotKey is the prefix of every key in the slot of lock name.
+func (l *Locker) slotKey(name string) string {
+	return l.prefix + ":{" + slotTag(nameSlot(name)) + "}"
+}
+
+// lockKey is the key of the lease on lock name.
+func (l *Locker) lockKey(name string) string { return l.slotKey(name) + ":lock:" + name }
+
+// fenceKey is the fence counter of lock name. It is shared by every name in
+// the name's slot, so at most clusterSlots counters exist per prefix; as it
+// only grows, each name's fences still strictly increase.
+func (l *Locker) fenceKey(name string) string { return l.slotKey(name) + ":fence" }
 
 // Lock is one lease on a named lock, obtained from a Locker. Its methods are
 // safe for concurrent use.
 type Lock struct {
 	lease
 	l        *Locker
+	fkey     string // the fence counter, in the lease's slot
 	fence    int64
+	streak   int           // hand-offs in a row within this Locker that led to this lease
 	replicas int           // WithReplicaAck
 	wait     time.Duration // WithReplicaAck
 }
@@ -199,7 +215,7 @@ func (lk *Lock) release(ctx context.Context) (wasLost bool, err error) {
 		return wasLost, notHeld(lk.name, "already released")
 	}
 	if lk.l.nodes == nil {
-		if w := lk.l.hub.takeForHandoff(lk.rkey); w != nil {
+		if w := lk.l.hub.takeForHandoff(lk.rkey, lk.streak); w != nil {
 			return wasLost, lk.handOff(ctx, w)
 		}
 	}
@@ -216,23 +232,39 @@ func (lk *Lock) release(ctx context.Context) (wasLost bool, err error) {
 // handOff passes the lock straight to a waiter of this Locker in one
 // script: the waiter holds it when Release returns, one round trip after
 // Release began, and no other waiter is woken for nothing.
+//
+// Hand-off protocol (see also wakeHub):
+//   - A waiter's token can be in Redis only after a hand-off script to it
+//     ran, or after its own acquire ran.
+//   - A releaser hands only to a waiter it took out of the queue
+//     (takeForHandoff), and only to one whose token cannot be in Redis: not
+//     while the waiter makes its own attempt (trying), nor after that
+//     attempt decided its Obtain (it has left the queue in the same critical
+//     section), nor after a hand-off to it went unanswered (unsure: it tries
+//     for itself, and its acquire finds its own token if the script ran).
+//   - So the script's holder == next-token branch is reached only by this
+//     same call run twice (go-redis resending after a lost reply).
 func (lk *Lock) handOff(ctx context.Context, w *waiter) error {
 	next := w.lk
 	start := time.Now()
-	res, err := handoffScript.Run(ctx, lk.l.client, []string{lk.rkey, lk.rkey + ":fence"}, lk.token, next.token, next.ttl.Milliseconds()).Int64Slice()
+	res, err := handoffScript.Run(ctx, lk.l.client, []string{lk.rkey, lk.fkey}, lk.token, next.token, next.ttl.Milliseconds()).Int64Slice()
 	if err == nil && len(res) != 2 {
 		err = fmt.Errorf("unexpected reply %v", res)
 	}
-	if err != nil || res[0] != 1 {
-		lk.l.hub.handedOff(w, nil) // the waiter tries for itself
-		if err != nil {
-			return fmt.Errorf("redlease: release %q (the lease ends by its TTL): %w", lk.name, err)
-		}
+	if err != nil {
+		// The script may have run: the waiter acquires for itself, which
+		// finds its token if so.
+		lk.l.hub.handedOff(w, nil, true)
+		return fmt.Errorf("redlease: release %q by hand-off to a waiter (the waiter tries for itself; if the lease was not handed over it ends by its TTL): %w", lk.name, err)
+	}
+	if res[0] != 1 {
+		lk.l.hub.handedOff(w, nil, false) // the waiter tries for itself
 		return leaseGone(lk.name, res[1])
 	}
 	next.fence = res[1]
+	next.streak = lk.streak + 1
 	lk.l.wd.add(&next.lease, start)
-	lk.l.hub.handedOff(w, next)
+	lk.l.hub.handedOff(w, next, false)
 	return nil
 }
 
@@ -249,6 +281,7 @@ func leaseGone(key string, code int64) error {
 func (l *Locker) newLock(key string, cfg lockConfig, onLost context.CancelCauseFunc) *Lock {
 	return &Lock{
 		l: l, lease: newLease(key, l.lockKey(key), uuid.NewString(), cfg.ttl, cfg.watchdog, onLost),
+		fkey:     l.fenceKey(key),
 		replicas: cfg.replicas, wait: cfg.wait,
 	}
 }
@@ -264,7 +297,7 @@ func (l *Locker) acquire(ctx context.Context, lk *Lock) (ok bool, pttl time.Dura
 	case lk.replicas > 0:
 		ok, n, err = l.acquireAcked(ctx, lk)
 	default:
-		ok, n, err = acquireOn(ctx, l.client, &lk.lease)
+		ok, n, err = acquireOn(ctx, l.client, lk)
 	}
 	if err != nil {
 		return false, 0, fmt.Errorf("redlease: obtain %q: %w", lk.name, err)
@@ -279,8 +312,8 @@ func (l *Locker) acquire(ctx context.Context, lk *Lock) (ok bool, pttl time.Dura
 
 // acquireOn runs the acquire script on one Redis: ok and the fence, or the
 // holder's remaining milliseconds.
-func acquireOn(ctx context.Context, c redis.UniversalClient, ls *lease) (bool, int64, error) {
-	res, err := acquireScript.Run(ctx, c, []string{ls.rkey, ls.rkey + ":fence"}, ls.token, ls.ttl.Milliseconds()).Int64Slice()
+func acquireOn(ctx context.Context, c redis.UniversalClient, lk *Lock) (bool, int64, error) {
+	res, err := acquireScript.Run(ctx, c, []string{lk.rkey, lk.fkey}, lk.token, lk.ttl.Milliseconds()).Int64Slice()
 	if err == nil && len(res) != 2 {
 		err = fmt.Errorf("unexpected reply %v", res)
 	}
@@ -455,7 +488,10 @@ func (l *Locker) obtain(ctx context.Context, key string, cfg lockConfig, onLost 
 			continue
 		}
 		ok, p, err := l.attempt(ctx, lk)
-		l.hub.endAttempt(w)
+		// An attempt that decides Obtain leaves the queue at once, so no
+		// releaser can take this waiter for a hand-off after it got the
+		// lock (or an error) by itself.
+		l.hub.endAttempt(w, ok || err != nil, ok)
 		if ok && retry > 1 && !woken {
 			l.hub.suspect() // freed, yet no wake-up came
 		}

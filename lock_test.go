@@ -26,7 +26,7 @@ func TestTryObtainRelease(t *testing.T) {
 		if lk.Key() != "k" || len(lk.Token()) != 36 || lk.Fence() != 1 {
 			t.Fatalf("key %q token %q fence %d", lk.Key(), lk.Token(), lk.Fence())
 		}
-		if got := c.Get(ctx, uniq(t)+":{k}").Val(); got != lk.Token() {
+		if got := c.Get(ctx, l.lockKey("k")).Val(); got != lk.Token() {
 			t.Fatalf("lock key holds %q, want the token", got)
 		}
 		if _, err := l.TryObtain(ctx, "k"); !errors.Is(err, ErrNotObtained) {
@@ -112,7 +112,7 @@ func TestReleaseAfterExpiryAndTakeover(t *testing.T) {
 	if err := lk.Release(ctx); !errors.Is(err, ErrNotHeld) || !strings.Contains(err.Error(), "held by another") {
 		t.Fatalf("release of a taken lock: %v", err)
 	}
-	if got := c.Get(ctx, "redlease:{k}").Val(); got != other.Token() {
+	if got := c.Get(ctx, l.lockKey("k")).Val(); got != other.Token() {
 		t.Fatal("a stale release touched the new holder's key")
 	}
 	if d, err := lk.TTL(ctx); err != nil || d != 0 {
@@ -557,7 +557,7 @@ func TestDoCancelsOnLoss(t *testing.T) {
 	l := NewLocker(c, WithPrefix(uniq(t)))
 	defer l.Close()
 	err := l.Do(ctx, "k", func(fctx context.Context) error {
-		c.Del(ctx, uniq(t)+":{k}") // someone deletes the lease
+		c.Del(ctx, l.lockKey("k")) // someone deletes the lease
 		select {
 		case <-fctx.Done():
 			if !errors.Is(context.Cause(fctx), ErrNotHeld) {
@@ -620,6 +620,28 @@ func TestSlot(t *testing.T) {
 		if got := slot(key); got != want {
 			t.Errorf("slot(%q) = %d, want %d", key, got, want)
 		}
+	}
+}
+
+// Every slot has a short brace-free tag that hashes to it, and a brace-free
+// name's lock lives in the slot its old key prefix:{name} had.
+func TestSlotTagsCoverEverySlot(t *testing.T) {
+	for s := range uint16(clusterSlots) {
+		tag := slotTag(s)
+		if tag == "" || strings.ContainsAny(tag, "{}") || len(tag) > 4 || slot(tag) != s {
+			t.Fatalf("slot %d: tag %q (slot %d)", s, tag, slot(tag))
+		}
+	}
+	l := NewLocker(nil) // only its key layout is used
+	l.Close()
+	for _, name := range []string{"foo", "orders", "user:1", "order:123456789"} {
+		if a, b := slot(l.lockKey(name)), slot("redlease:{"+name+"}"); a != b {
+			t.Errorf("lock %q in slot %d, was in %d", name, a, b)
+		}
+	}
+	// Names are hashed whole: a {tag} inside a name does not pick its slot.
+	if a, b := slot(l.lockKey("{foo}:a")), nameSlot("{foo}:a"); a != b {
+		t.Errorf("lock {foo}:a in slot %d, want %d", a, b)
 	}
 }
 

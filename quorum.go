@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
 	"slices"
 	"time"
 
@@ -24,6 +25,10 @@ import (
 //   - Release, Refresh and the watchdog act on every node; the lease stands
 //     while a majority holds it, and Lost closes when that is no longer
 //     possible.
+//
+// Each client must reach a different node: the same client twice, or two
+// *redis.Client with the same address and DB, is an error that errors.Is
+// ErrInvalidArgument (one node would count twice towards a majority).
 //
 // Waiters are woken through a subscription on the first node, and fall
 // back to timed retries while it is down. Quorum locking costs a round
@@ -48,9 +53,28 @@ func NewQuorumLocker(clients []redis.UniversalClient, opts ...Option) *Locker {
 		if _, ok := c.(*redis.Client); !ok {
 			l.slots = hashTag
 		}
+		for j := range i {
+			if sameNode(clients[j], c) {
+				l.err = fmt.Errorf("%w: clients %d and %d reach the same node", ErrInvalidArgument, j, i)
+				return l
+			}
+		}
 	}
 	l.nodes = slices.Clone(clients)
 	return l
+}
+
+// sameNode reports whether a and b are the same client, or two
+// *redis.Client on the same address and DB.
+func sameNode(a, b redis.UniversalClient) bool {
+	if ca, ok := a.(*redis.Client); ok {
+		if cb, ok := b.(*redis.Client); ok {
+			oa, ob := ca.Options(), cb.Options()
+			return ca == cb || (oa.Addr == ob.Addr && oa.DB == ob.DB)
+		}
+	}
+	ta, tb := reflect.TypeOf(a), reflect.TypeOf(b)
+	return ta == tb && ta.Comparable() && a == b
 }
 
 // quorum is how many nodes make a majority.
@@ -73,6 +97,14 @@ type answer struct {
 
 // fanOut runs f on every node at once and waits for their answers, at most
 // limit; a node that has not answered by then counts as failed.
+//
+// It does not wait for late nodes, so Close returns at once even with a
+// call in flight on a dead link. Every goroutine it starts still ends by
+// itself: it sends once on a buffered channel, after one script call
+// (EVALSHA, and EVAL on NOSCRIPT), which go-redis ends within the client's
+// pool, dial, read and write timeouts and retries, or sooner if ctx ends.
+// A late call is let run rather than cancelled, so that a late release
+// still frees its node.
 func (l *Locker) fanOut(ctx context.Context, limit time.Duration, f func(ctx context.Context, c redis.UniversalClient) answer) []answer {
 	out := make([]answer, len(l.nodes))
 	for i := range out {
@@ -101,7 +133,7 @@ func (l *Locker) fanOut(ctx context.Context, limit time.Duration, f func(ctx con
 
 func (l *Locker) acquireQuorum(ctx context.Context, lk *Lock, start time.Time) (bool, int64, error) {
 	answers := l.fanOut(ctx, nodeLimit(lk.ttl), func(ctx context.Context, c redis.UniversalClient) answer {
-		ok, n, err := acquireOn(ctx, c, &lk.lease)
+		ok, n, err := acquireOn(ctx, c, lk)
 		return answer{ok, n, err}
 	})
 	var won []int
@@ -142,7 +174,8 @@ func (l *Locker) acquireQuorum(ctx context.Context, lk *Lock, start time.Time) (
 
 // raiseFences lifts the counters of the winning nodes to fence, so that
 // any later majority, which shares a node with this one, counts on from
-// above it. It reports whether a majority of counters now stand at fence.
+// above it. The counters are per slot, shared with other names: raising
+// one only makes it larger, which keeps their fences increasing too. It reports whether a majority of counters now stand at fence.
 func (l *Locker) raiseFences(ctx context.Context, lk *Lock, won []int, answers []answer, fence int64) bool {
 	behind := 0
 	for _, i := range won {
@@ -154,7 +187,7 @@ func (l *Locker) raiseFences(ctx context.Context, lk *Lock, won []int, answers [
 		return true
 	}
 	raised := l.fanOut(ctx, nodeLimit(lk.ttl), func(ctx context.Context, c redis.UniversalClient) answer {
-		n, err := fenceScript.Run(ctx, c, []string{lk.rkey + ":fence"}, fence).Int64()
+		n, err := fenceScript.Run(ctx, c, []string{lk.fkey}, fence).Int64()
 		return answer{n >= fence, n, err}
 	})
 	high := 0
@@ -241,7 +274,8 @@ func (l *Locker) pttlQuorum(ctx context.Context, ls *lease) (int64, error) {
 }
 
 // renewLocksQuorum renews a batch on every node and tallies each lease; a
-// node that has not answered within the limit counts as failed.
+// node that has not answered within the limit counts as failed. Its
+// goroutines end by themselves, as fanOut's do.
 func (l *Locker) renewLocksQuorum(ctx context.Context, batch []renewal) ([]int64, []error) {
 	type reply struct {
 		i       int
@@ -293,7 +327,7 @@ func (l *Locker) acquireAcked(ctx context.Context, lk *Lock) (bool, int64, error
 	if err != nil {
 		return false, 0, err
 	}
-	keys := []string{lk.rkey, lk.rkey + ":fence"}
+	keys := []string{lk.rkey, lk.fkey}
 	send := func() (*redis.Cmd, *redis.Cmd) {
 		var acq, wait *redis.Cmd
 		_, _ = c.Pipelined(ctx, func(p redis.Pipeliner) error {

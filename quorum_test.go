@@ -36,7 +36,7 @@ func TestQuorumLocker(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i, c := range clients {
-		if c.Get(ctx, "redlease:{k}").Val() != lk.Token() {
+		if c.Get(ctx, l.lockKey("k")).Val() != lk.Token() {
 			t.Fatalf("node %d lacks the lease", i)
 		}
 	}
@@ -96,7 +96,7 @@ func TestQuorumNodeLoss(t *testing.T) {
 			other := NewQuorumLocker(clients)
 			defer other.Close()
 			// Skewed counters: the first node is far ahead of the others.
-			clients[0].Set(ctx, "redlease:{k}:fence", 100, 0)
+			clients[0].Set(ctx, l.fenceKey("k"), 100, 0)
 			lk, err := l.TryObtain(ctx, "k", WithTTL(300*time.Millisecond))
 			if err != nil {
 				t.Fatal(err)
@@ -199,7 +199,7 @@ func TestReplicaAck(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rc.Get(ctx, "redlease:{k}").Val() != lk.Token() {
+	if rc.Get(ctx, l.lockKey("k")).Val() != lk.Token() {
 		t.Fatal("the replica lacks an acknowledged lease")
 	}
 	lk.Release(ctx)
@@ -219,4 +219,38 @@ func TestReplicaAck(t *testing.T) {
 			t.Fatalf("bad replica ack: %v", err)
 		}
 	}
+}
+
+// One node must not count twice towards a majority: the same client twice,
+// or two clients on the same address and DB, are refused, and nothing is
+// written.
+func TestQuorumRefusesTheSameNodeTwice(t *testing.T) {
+	mr, a := newMini(t)
+	_, b := newMini(t)
+	twin := redis.NewClient(&redis.Options{Addr: a.Options().Addr})
+	defer twin.Close()
+	otherDB := redis.NewClient(&redis.Options{Addr: a.Options().Addr, DB: 1})
+	defer otherDB.Close()
+	ctx := context.Background()
+	for name, clients := range map[string][]redis.UniversalClient{
+		"same client":         {a, b, a},
+		"same address and DB": {a, b, twin},
+	} {
+		l := NewQuorumLocker(clients)
+		_, err := l.TryObtain(ctx, "k")
+		l.Close()
+		if !errors.Is(err, ErrInvalidArgument) {
+			t.Errorf("%s: TryObtain: %v, want ErrInvalidArgument", name, err)
+		}
+	}
+	if keys := mr.Keys(); len(keys) != 0 {
+		t.Errorf("a refused locker wrote %v", keys)
+	}
+	l := NewQuorumLocker([]redis.UniversalClient{a, b, otherDB})
+	defer l.Close()
+	lk, err := l.TryObtain(ctx, "k")
+	if err != nil {
+		t.Fatalf("another DB on the same server is another node: %v", err)
+	}
+	lk.Release(ctx)
 }

@@ -13,11 +13,20 @@ import (
 
 // acquireScript takes the lease if the lock is free and counts a fencing token.
 //
-//	KEYS[1] lock key, KEYS[2] fence counter (never expires, so fences only grow)
+//	KEYS[1] lock key, KEYS[2] fence counter of the lock's slot (shared by
+//	        the names in that slot; never expires, so fences only grow)
 //	ARGV[1] token, ARGV[2] ttl in milliseconds
 //	returns {1, fence} when the lease is ours. A call retried after a lost
-//	        reply finds our own token and returns the same fence.
+//	        reply (or after a hand-off to us went unanswered) finds our own
+//	        token, sets the ttl from now and returns the counter's value.
 //	        {0, pttl} when another holds it: its remaining ms, -1 if it has no TTL.
+//
+// The counter's value is a valid fence for our lease even if other names of
+// the slot counted on since we were granted: it is at least what our grant
+// counted, so above every earlier lease's fence on this name, and every
+// later lease on the name counts after it, so gets more. Resetting the ttl
+// keeps Redis's expiry no earlier than the one the client computes from
+// the call's start.
 //
 // SET NX GET needs Redis 7.0 or later; it saves a command on every attempt.
 var acquireScript = redis.NewScript(`
@@ -26,6 +35,7 @@ if not holder then
   return {1, redis.call('INCR', KEYS[2])}
 end
 if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return {1, tonumber(redis.call('GET', KEYS[2]))}
 end
 return {0, redis.call('PTTL', KEYS[1])}
@@ -49,10 +59,15 @@ return 0
 
 // handoffScript passes a lease from its holder straight to the next one.
 //
-//	KEYS[1] lock key, KEYS[2] fence counter
+//	KEYS[1] lock key, KEYS[2] fence counter of the lock's slot
 //	ARGV[1] holder's token, ARGV[2] next holder's token, ARGV[3] its ttl in ms
 //	returns {1, next holder's fence} (also when a resent call finds the
 //	        hand-off done), {0, 0} no lease, {0, -1} held by another
+//
+// The holder == ARGV[2] branch is only ever a resend of this same call: a
+// releaser never hands to a waiter whose token may already be in Redis (see
+// Lock.handOff). The counter's value it returns is a valid fence, as in
+// acquireScript's resend branch.
 var handoffScript = redis.NewScript(`
 local holder = redis.call('GET', KEYS[1])
 if holder == ARGV[1] then

@@ -24,8 +24,7 @@ const pingEvery = 15 * time.Second
 type wakeHub struct {
 	l       *Locker
 	mu      sync.Mutex
-	queues  map[string][]*waiter // by lock key
-	streak  map[string]int       // hand-offs in a row to this Locker's waiters
+	queues  map[string][]*waiter // by lock key; a key with no waiter has no entry
 	run     *subscription        // nil while nobody waits
 	idle    *time.Timer          // ends the subscription when nobody waits
 	renewed time.Time            // when suspect last replaced the subscription
@@ -47,10 +46,13 @@ type waiter struct {
 	granted chan *Lock    // a hand-off's outcome: the lease, or nil to try again
 	handing bool          // taken out of the queue by a releaser; guarded by mu
 	trying  bool          // making its own attempt: not to be handed to; guarded by mu
+	unsure  bool          // a hand-off to it went unanswered: its token may be in Redis, so it is never handed to again; guarded by mu
 }
 
 // maxHandoffStreak bounds how many times in a row a Locker hands a lock to
-// its own waiters, so that waiters of other Lockers get their turn.
+// its own waiters, so that waiters of other Lockers get their turn. The
+// count travels with the lease (Lock.streak), so the hub keeps no state for
+// a key nobody waits on.
 const maxHandoffStreak = 8
 
 func signal(c chan struct{}) {
@@ -78,10 +80,17 @@ func (h *wakeHub) beginAttempt(w *waiter) bool {
 	return w.trying
 }
 
-func (h *wakeHub) endAttempt(w *waiter) {
+// endAttempt ends w's own attempt. If the attempt decided w's Obtain (done:
+// it got the lock, or an error), w leaves its queue in this same critical
+// section: a waiter whose token may be in Redis is never at the head with
+// trying unset, so no releaser can hand it the lease it already holds.
+func (h *wakeHub) endAttempt(w *waiter, done, acquired bool) {
 	h.mu.Lock()
+	defer h.mu.Unlock()
 	w.trying = false
-	h.mu.Unlock()
+	if done {
+		h.remove(w, acquired)
+	}
 }
 
 // join queues a waiter on key and returns once the subscription is live (or
@@ -116,20 +125,17 @@ func (h *wakeHub) join(ctx context.Context, lk *Lock) (*waiter, error) {
 }
 
 // takeForHandoff takes the head waiter on key out of the queue for a
-// releaser to hand the lock to, unless this Locker's waiters have had
-// their streak; the releaser must then call handedOff.
-func (h *wakeHub) takeForHandoff(key string) *waiter {
+// releaser to hand the lock to, unless the releasing lease ends a streak
+// of hand-offs (then a real release, heard by every Locker, follows) or
+// the head's token may be in Redis (trying, unsure: see Lock.handOff); the
+// releaser must then call handedOff.
+func (h *wakeHub) takeForHandoff(key string, streak int) *waiter {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	q := h.queues[key]
-	if len(q) == 0 || q[0].lk.replicas > 0 || q[0].trying {
+	if len(q) == 0 || q[0].lk.replicas > 0 || q[0].trying || q[0].unsure || streak >= maxHandoffStreak {
 		return nil
 	}
-	if h.streak[key] >= maxHandoffStreak {
-		delete(h.streak, key) // a real release, heard by every Locker
-		return nil
-	}
-	h.streak[key]++
 	w := q[0]
 	w.handing = true
 	if len(q) == 1 {
@@ -141,11 +147,13 @@ func (h *wakeHub) takeForHandoff(key string) *waiter {
 }
 
 // handedOff delivers a hand-off's outcome; a failed one puts the waiter
-// back at the head of its queue, to try for itself.
-func (h *wakeHub) handedOff(w *waiter, lk *Lock) {
+// back at the head of its queue, to try for itself. unsure says the
+// script may have run though no reply came.
+func (h *wakeHub) handedOff(w *waiter, lk *Lock, unsure bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if lk == nil {
+		w.unsure = w.unsure || unsure
 		h.queues[w.key] = append([]*waiter{w}, h.queues[w.key]...)
 	}
 	// Sent under mu, before handing clears, so leave sees one or the other.
@@ -179,9 +187,6 @@ func (h *wakeHub) leave(w *waiter, acquired bool) {
 // and leaves without the lock; with no waiters left, the subscription ends
 // after idleLinger. Called with mu held.
 func (h *wakeHub) remove(w *waiter, acquired bool) {
-	if !acquired {
-		delete(h.streak, w.key)
-	}
 	q := h.queues[w.key]
 	if i := slices.Index(q, w); i >= 0 {
 		q = slices.Delete(q, i, i+1)

@@ -3,7 +3,6 @@ package redlease
 import (
 	"context"
 	"fmt"
-	"strings"
 	"sync"
 	"time"
 
@@ -413,31 +412,4 @@ func (l *Locker) groupBySlot(batch []renewal) [][]int {
 		}
 	}
 	return groups
-}
-
-// hashTag is the part of key that Redis Cluster hashes: the first {tag}.
-func hashTag(key string) string {
-	if s := strings.IndexByte(key, '{'); s >= 0 {
-		if e := strings.IndexByte(key[s+1:], '}'); e > 0 {
-			return key[s+1 : s+1+e]
-		}
-	}
-	return key
-}
-
-// slot is the Redis Cluster slot of key: CRC16 (XMODEM) of its hash tag.
-func slot(key string) uint16 {
-	key = hashTag(key)
-	var crc uint16
-	for i := 0; i < len(key); i++ {
-		crc ^= uint16(key[i]) << 8
-		for range 8 {
-			if crc&0x8000 != 0 {
-				crc = crc<<1 ^ 0x1021
-			} else {
-				crc <<= 1
-			}
-		}
-	}
-	return crc % 16384
 }
