@@ -90,8 +90,11 @@ func isNil(c redis.UniversalClient) bool {
 	return v.Kind() == reflect.Pointer && v.IsNil()
 }
 
-// Close stops the Locker's background work and waits for it to end.
-// Obtain calls still waiting return ErrClosed. Held leases are no longer
+// Close stops the Locker's background work at once and waits for its
+// loops to end. A Redis call already in flight (a renewal on a dead link,
+// say) is not waited for: go-redis cannot interrupt it, it ends by the
+// client's own timeouts, and its answer is ignored. Obtain calls still
+// waiting return ErrClosed. Held leases are no longer
 // renewed: their Lost channels close, but they stay in Redis until
 // released (Release still works after Close) or expired. Close is
 // idempotent.
