@@ -31,11 +31,8 @@ func idForShard(prefix string, s, n int) string {
 	}
 }
 
-// A transient failure of Ack (cancelled or timed-out context, a network
-// blip) makes every later Ack, Nack and Extend of the same Message refuse
-// with ErrNotHeld ("already acked or nacked") without sending anything,
-// although the claim is still valid in Redis. The message cannot be acked
-// and is delivered again when its lease ends.
+// An Ack that failed on a Redis error (here a cancelled context) leaves the
+// claim as it was: a retried Ack with a good context acks the message.
 func TestAckRetryableAfterRedisError(t *testing.T) {
 	c := realRedis(t)
 	ctx := context.Background()
@@ -92,10 +89,8 @@ func lostReplyClient(t *testing.T) (*redis.Client, *faultProxy, *redis.Client) {
 	return c, p, direct
 }
 
-// Enqueue without WithID whose reply is lost: go-redis resends the
-// script, which finds its own random id and answers "duplicate". Enqueue
-// returns ErrDuplicate for a message it added exactly once; a caller that
-// retries on error enqueues the payload twice.
+// An Enqueue whose reply is lost is resent by go-redis; the resend finds
+// its own request done and reports success: the message is added once.
 func TestEnqueueResentAfterLostReplyAddsOnce(t *testing.T) {
 	c, p, direct := lostReplyClient(t)
 	ctx := context.Background()
@@ -122,10 +117,9 @@ func TestEnqueueResentAfterLostReplyAddsOnce(t *testing.T) {
 	}
 }
 
-// Claim whose reply is lost: the resent claim script does not recognise
-// its own token and claims a second message. The first stays in flight,
-// claimed by nobody, until its lease ends; its attempt is used up. With
-// WithMaxAttempts(1) it is dead-lettered without any consumer ever seeing it.
+// A Claim whose reply is lost is resent by go-redis; the resend returns the
+// claim the first run made, so no message is left in flight unseen (with
+// WithMaxAttempts(1) such an orphan would be dead-lettered).
 func TestClaimResentAfterLostReplyGetsSameClaim(t *testing.T) {
 	c, p, direct := lostReplyClient(t)
 	ctx := context.Background()
@@ -163,12 +157,8 @@ func TestClaimResentAfterLostReplyGetsSameClaim(t *testing.T) {
 	}
 }
 
-// Sharded starvation: claims and round-robin enqueues share one counter
-// (Queue.next). A default Consume (concurrency 1) whose handler enqueues two
-// follow-ups onto the same *Queue with 3 shards makes every claim start at
-// the same shard; one shard is never claimed from while the others have
-// work, contrary to "consumers claim from the shards in turn, so none
-// starves".
+// Claims go round the shards on a counter of their own: a handler that
+// enqueues follow-ups onto the same sharded queue starves no shard.
 func TestShardedClaimsRotateDespiteEnqueues(t *testing.T) {
 	c := realRedis(t)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -210,9 +200,8 @@ func TestShardedClaimsRotateDespiteEnqueues(t *testing.T) {
 	}
 }
 
-// Queue names may contain ':', and shard i of queue "jobs" uses the hash
-// tag {jobs:i}: an unsharded queue named "jobs:1" shares every key with a
-// shard of the sharded queue "jobs".
+// Shard i of queue "jobs" shares no key with a one-shard queue named
+// "jobs:i".
 func TestShardKeysNeverCollideWithAnotherQueue(t *testing.T) {
 	_, c := newMini(t)
 	ctx := context.Background()
@@ -230,10 +219,9 @@ func TestShardKeysNeverCollideWithAnotherQueue(t *testing.T) {
 	}
 }
 
-// Claim blocks with BZPOPMIN for up to 500ms through client.Do, which
-// is bounded by the client's ReadTimeout. A client with ReadTimeout < 500ms
-// (common for latency-sensitive services) makes Claim on an idle queue fail
-// with an i/o timeout instead of waiting until ctx ends.
+// On a client whose ReadTimeout is under the blocking wait, Claim on an
+// idle queue waits until its context ends instead of failing with an i/o
+// timeout.
 func TestClaimWaitsWithinShortReadTimeout(t *testing.T) {
 	direct := realRedis(t)
 	c := redis.NewClient(&redis.Options{Addr: direct.Options().Addr, ReadTimeout: 100 * time.Millisecond})
@@ -249,11 +237,9 @@ func TestClaimWaitsWithinShortReadTimeout(t *testing.T) {
 	}
 }
 
-// Sharded queue: Nack (no backoff), Reclaim and the claim script's
-// "more work: wake another consumer" all set the shard's own marker, which
-// nobody blocks on; idle consumers block on the queue's wake key, which only
-// Enqueue touches. A consumer blocked in another process is woken only by
-// its 500ms timeout. Unsharded, the same consumer is woken at once.
+// A Nack for immediate retry wakes a consumer blocked in another process
+// at once, with one shard or several (where idle consumers block on a
+// wake key apart from the shards).
 func TestNackWakesBlockedConsumerAtOnce(t *testing.T) {
 	c := realRedis(t)
 	for _, shards := range []int{1, 2} {
@@ -366,8 +352,7 @@ func TestGoexitHandlerNacksItsMessage(t *testing.T) {
 	time.Sleep(3 * idleLinger) // the watchdog's loop lingers, then ends
 }
 
-// DeadLetters on a sharded queue is documented "oldest first" but
-// returns shard 0's letters before older ones of other shards.
+// DeadLetters of a sharded queue is oldest first across shards.
 func TestShardedDeadLettersOldestFirst(t *testing.T) {
 	_, c := newMini(t)
 	ctx := context.Background()
@@ -396,10 +381,8 @@ func TestShardedDeadLettersOldestFirst(t *testing.T) {
 	}
 }
 
-// Manual Claim/Ack users: a claim whose consumer died is never given
-// back unless someone calls Reclaim; Claim itself never looks at expired
-// claims, so the message sits in flight forever (the README's "by hand"
-// example does not call Reclaim).
+// Claim takes back a claim whose consumer died, without anyone calling
+// Reclaim.
 func TestClaimTakesBackExpiredClaims(t *testing.T) {
 	c := realRedis(t)
 	ctx := context.Background()
@@ -418,10 +401,8 @@ func TestClaimTakesBackExpiredClaims(t *testing.T) {
 	}
 }
 
-// Due delayed messages (Nack backoff retries, WithDelay) are promoted
-// by Claim only when the ready list is empty, and by Consume's reaper at
-// most 100 per shard per tick (1s at the default lease). While a backlog is
-// ready, messages enqueued after a delayed message fell due overtake it.
+// A delayed message that is due is claimed before messages enqueued after
+// it fell due, however long the ready backlog.
 func TestDueDelayedMessagesComeBeforeLaterOnes(t *testing.T) {
 	c := realRedis(t)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -466,8 +447,8 @@ func TestDueDelayedMessagesComeBeforeLaterOnes(t *testing.T) {
 	}
 }
 
-// Sanity (expected to PASS): odd ids and payloads survive enqueue, claim,
-// dead-lettering and DeadLetters decoding; 1 MiB payloads in a batch.
+// Odd ids and payloads survive enqueue, claim, dead-lettering and
+// DeadLetters decoding; 1 MiB payloads in a batch.
 func TestOddIDsAndPayloadsRoundTrip(t *testing.T) {
 	c := realRedis(t)
 	ctx := context.Background()
@@ -515,8 +496,7 @@ func TestOddIDsAndPayloadsRoundTrip(t *testing.T) {
 	}
 }
 
-// parseClaim formats the whole reply, payload included, into an error on
-// every call, used or not.
+// parseClaim allocates the payload copy and little else.
 func TestParseClaimCopiesPayloadOnce(t *testing.T) {
 	q := NewQueue(nil, "q") // parseClaim needs no client
 	payload := strings.Repeat("x", MaxPayload)
