@@ -967,3 +967,33 @@ func TestEveryLockNameWorks(t *testing.T) {
 		}
 	})
 }
+
+// A pipeline of script calls across masters where only one master has the
+// script: after NOSCRIPT, runAll sends again only the refused calls, so a
+// script that is not idempotent still runs once per call.
+func TestRunAllResendsOnlyRefusedCalls(t *testing.T) {
+	cc := startCluster(t)
+	ctx := context.Background()
+	count := redis.NewScript(`return redis.call('INCR', KEYS[1])`)
+	byMaster := namesPerMaster(t, cc, 1, func(i int) string { return uniq(t) + "-{" + strconv.Itoa(i) + "}" })
+	if err := cc.ScriptFlush(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	var calls []scriptCall
+	for addr, names := range byMaster {
+		calls = append(calls, scriptCall{keys: names})
+		if len(calls) == 1 { // this master alone knows the script
+			one := redis.NewClient(&redis.Options{Addr: addr})
+			err := count.Load(ctx, one).Err()
+			one.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for _, cmd := range runAll(ctx, cc, count, calls) {
+		if n, err := cmd.Int64(); err != nil || n != 1 {
+			t.Errorf("%v: %d, %v (want 1: each call ran once)", cmd.Args(), n, err)
+		}
+	}
+}
