@@ -288,10 +288,10 @@ func (q *Queue) Claim(ctx context.Context) (*Message, error) {
 }
 
 // passWake wakes another idle consumer when a consumer that was idle finds
-// more work than it claimed: so a burst wakes consumers one after another,
-// not all at once. One shard's claim script does this itself.
+// work: so a burst wakes consumers one after another, not all at once. One
+// shard's claim script does this itself, and only while work remains.
 func (q *Queue) passWake(ctx context.Context, m *Message) {
-	if m.more && len(q.shards) > 1 {
+	if len(q.shards) > 1 { // its own shard's "more" says nothing of the others
 		_ = q.client.ZAdd(context.WithoutCancel(ctx), q.wakeKey, redis.Z{Member: "m"}).Err() // best effort: idle consumers also poll
 	}
 }
@@ -364,6 +364,12 @@ func (q *Queue) claimOn(ctx context.Context, s int, done *Message, renew bool, o
 			done.ackErr, res = claimGone(done.ID, code), res[1:]
 		}
 	} else {
+		res, err = claimScript.Run(ctx, q.client, keys, q.lease.Milliseconds(), token, q.maxAttempts).Slice()
+	}
+	if err != nil {
+		// The claim may have been made with no reply after go-redis's own
+		// retries: one more try with the same token gets it back rather
+		// than leave it to expire and burn an attempt.
 		res, err = claimScript.Run(ctx, q.client, keys, q.lease.Milliseconds(), token, q.maxAttempts).Slice()
 	}
 	if err != nil {

@@ -554,3 +554,72 @@ func TestSettleResentAfterLostReplySucceeds(t *testing.T) {
 		})
 	}
 }
+
+// With several shards, an Enqueue whose script Redis refused with NOSCRIPT
+// is sent again with its wake-up after it, so an idle consumer is woken
+// by the message, not by its block timeout.
+func TestShardedWakeFollowsResentScript(t *testing.T) {
+	c := realRedis(t)
+	q := newQueue(t, c, WithShards(2))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for range 3 {
+		got := make(chan time.Duration, 1)
+		var start atomic.Int64
+		go func() {
+			m, err := q.Claim(ctx)
+			if err != nil {
+				t.Error(err)
+				got <- 0
+				return
+			}
+			got <- time.Since(time.Unix(0, start.Load()))
+			_ = m.Ack(ctx)
+		}()
+		time.Sleep(100 * time.Millisecond) // idle, blocked on the wake key
+		if err := c.ScriptFlush(ctx).Err(); err != nil {
+			t.Fatal(err)
+		}
+		start.Store(time.Now().UnixNano())
+		if _, err := q.Enqueue(ctx, []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		if d := <-got; d >= maxBlock {
+			t.Errorf("the idle consumer woke %v after the enqueue: by its timeout", d)
+		}
+	}
+}
+
+// A burst spread over the shards wakes every idle consumer it has work
+// for, not just the first: a consumer that was idle and finds work passes
+// the wake-up on.
+func TestShardedBurstWakesEveryIdleConsumer(t *testing.T) {
+	c := realRedis(t)
+	q := newQueue(t, c, WithShards(2))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for range 3 {
+		got := make(chan time.Duration, 2)
+		var start atomic.Int64
+		for range 2 {
+			go func() {
+				m, err := q.Claim(ctx)
+				if err != nil {
+					t.Error(err)
+					got <- 0
+					return
+				}
+				got <- time.Since(time.Unix(0, start.Load()))
+				_ = m.Ack(ctx)
+			}()
+		}
+		time.Sleep(100 * time.Millisecond) // both idle
+		start.Store(time.Now().UnixNano())
+		if _, err := q.EnqueueBatch(ctx, [][]byte{[]byte("a"), []byte("b")}); err != nil {
+			t.Fatal(err)
+		}
+		if d := max(<-got, <-got); d >= maxBlock {
+			t.Errorf("an idle consumer slept %v while a message was ready in another shard", d)
+		}
+	}
+}

@@ -29,7 +29,7 @@ var shardKeyNames = [shardKeyCount]string{"ready", "delayed", "inflight", "messa
 // settled claims it has done, so that a request go-redis sends again after
 // a lost reply finds its work done instead of doing it twice or reporting
 // a false error. It outlasts go-redis's retries with default timeouts.
-const doneMemory = time.Minute
+const doneMemory = 30 * time.Second
 
 // Script codes shared by the queue scripts and their Go callers.
 const (
@@ -143,8 +143,8 @@ local function more(now)
 end
 
 -- claim claims the next message for lease ms with token: a due delayed
--- message first (it was ready before anything enqueued since), then the
--- head of ready, then an expired claim; see claimScript for the reply.
+-- message first (due retries are served before the ready backlog), then
+-- the head of ready, then an expired claim; see claimScript for the reply.
 local function claim(now, lease, token, max)
   local prev = redis.call('HGET', KEYS[8], token)
   if prev then

@@ -64,13 +64,17 @@ func NewQuorumLocker(clients []redis.UniversalClient, opts ...Option) *Locker {
 	return l
 }
 
+// failoverAddr is the Addr every Sentinel (failover) client reports.
+const failoverAddr = "FailoverClient"
+
 // sameNode reports whether a and b are the same client, or two
-// *redis.Client on the same address and DB.
+// *redis.Client on the same address and DB. Other aliases of one server
+// (localhost and 127.0.0.1, say) are not detected.
 func sameNode(a, b redis.UniversalClient) bool {
 	if ca, ok := a.(*redis.Client); ok {
 		if cb, ok := b.(*redis.Client); ok {
 			oa, ob := ca.Options(), cb.Options()
-			return ca == cb || (oa.Addr == ob.Addr && oa.DB == ob.DB)
+			return ca == cb || (oa.Addr == ob.Addr && oa.Addr != failoverAddr && oa.DB == ob.DB)
 		}
 	}
 	ta, tb := reflect.TypeOf(a), reflect.TypeOf(b)
@@ -175,7 +179,8 @@ func (l *Locker) acquireQuorum(ctx context.Context, lk *Lock, start time.Time) (
 // raiseFences lifts the counters of the winning nodes to fence, so that
 // any later majority, which shares a node with this one, counts on from
 // above it. The counters are per slot, shared with other names: raising
-// one only makes it larger, which keeps their fences increasing too. It reports whether a majority of counters now stand at fence.
+// one only makes it larger, which keeps their fences increasing too. It
+// reports whether a majority of counters now stand at fence.
 func (l *Locker) raiseFences(ctx context.Context, lk *Lock, won []int, answers []answer, fence int64) bool {
 	behind := 0
 	for _, i := range won {

@@ -254,3 +254,19 @@ func TestQuorumRefusesTheSameNodeTwice(t *testing.T) {
 	}
 	lk.Release(ctx)
 }
+
+// Sentinel clients all report the same Addr; clients for distinct masters
+// are distinct nodes.
+func TestQuorumAcceptsDistinctSentinelMasters(t *testing.T) {
+	var cs []redis.UniversalClient
+	for _, m := range []string{"a", "b", "c"} {
+		c := redis.NewFailoverClient(&redis.FailoverOptions{MasterName: m, SentinelAddrs: []string{"127.0.0.1:1"}})
+		defer c.Close()
+		cs = append(cs, c)
+	}
+	l := NewQuorumLocker(cs)
+	defer l.Close()
+	if l.err != nil {
+		t.Fatalf("three Sentinel masters refused: %v", l.err)
+	}
+}

@@ -152,6 +152,9 @@ func runAll(ctx context.Context, c redis.UniversalClient, s *redis.Script, calls
 		for _, i := range refused {
 			cmds[i] = s.EvalSha(ctx, p, calls[i].keys, calls[i].args...)
 		}
+		for _, f := range extra { // a wake-up must follow the work it announces
+			f(p)
+		}
 		return nil
 	})
 	return cmds

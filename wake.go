@@ -176,10 +176,16 @@ func (h *wakeHub) leave(w *waiter, acquired bool) {
 		default:
 		}
 	}
+	unsure := w.unsure && !acquired
 	h.remove(w, acquired)
 	h.mu.Unlock()
 	if unwanted != nil {
 		_ = unwanted.Release(context.Background())
+	}
+	if unsure {
+		// A hand-off whose reply was lost may have left our token in Redis:
+		// give it back rather than hold the lock for a whole TTL.
+		_, _ = h.l.releaseOn(context.Background(), h.l.client, &w.lk.lease)
 	}
 }
 

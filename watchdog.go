@@ -25,7 +25,9 @@ const (
 // any moment until its reply arrives, so sending one lowers the deadline
 // to the end it asks for; once no write is pending and one of them was
 // confirmed, Redis holds the end set by one of them, so the deadline is
-// the earliest of their ends.
+// the earliest of their ends. A write answered with an error is taken as
+// not applied later: one that reaches Redis after a later, longer write
+// (delivered late on a dead connection) would shorten the lease unseen.
 type lease struct {
 	name   string // for errors: the lock's key or the message's id
 	rkey   string // the lease's key in Redis (a message's id for claims)
@@ -100,9 +102,9 @@ type watchdog struct {
 	wakeAt  time.Time     // when the loop will look again
 	wake    chan struct{} // asks the loop to look now
 	wg      sync.WaitGroup
-	// calls counts renewal calls in flight. close does not wait for them:
-	// a call stuck on a dead link ends by the client's own timeouts, and
-	// its answer is ignored.
+	// calls counts renewal calls in flight, for tests to wait on. close
+	// does not wait for them: a call stuck on a dead link ends by the
+	// client's own timeouts, and its answer is ignored.
 	calls sync.WaitGroup
 }
 
