@@ -1,11 +1,15 @@
 package redlease
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"io"
+	"net"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -268,5 +272,97 @@ func TestQuorumAcceptsDistinctSentinelMasters(t *testing.T) {
 	defer l.Close()
 	if l.err != nil {
 		t.Fatalf("three Sentinel masters refused: %v", l.err)
+	}
+}
+
+// dropAfterWaitConn, once armed, loses the reply of the first request that
+// contains WAIT: the server runs it, the client sees EOF (a reset link).
+type dropAfterWaitConn struct {
+	net.Conn
+	armed *atomic.Bool
+	drop  atomic.Bool
+}
+
+func (c *dropAfterWaitConn) Write(b []byte) (int, error) {
+	if bytes.Contains(b, []byte("WAIT")) && c.armed.CompareAndSwap(true, false) {
+		c.drop.Store(true)
+	}
+	return c.Conn.Write(b)
+}
+
+func (c *dropAfterWaitConn) Read(b []byte) (int, error) {
+	if c.drop.Load() {
+		time.Sleep(50 * time.Millisecond) // the server has run the script by now
+		c.Conn.Close()
+		return 0, io.EOF
+	}
+	return c.Conn.Read(b)
+}
+
+// WithReplicaAck when go-redis resends the acquire pipeline on a new
+// connection after a lost reply: the resent acquire finds our token and
+// still writes (it resets the TTL), so WAIT on the new connection waits for
+// a write after the first SET, on every server version, and a lock whose
+// lease no replica has is never returned.
+func TestReplicaAckHoldsWhenAcquireIsResent(t *testing.T) {
+	master := ownRedis(t, "--repl-diskless-sync-delay", "0")
+	proxy := newFaultProxy(t, master.addr) // the replication link
+	_, pport, _ := net.SplitHostPort(proxy.Addr())
+	replica := ownRedis(t, "--replicaof", "127.0.0.1", pport)
+	ctx := context.Background()
+	mc := redis.NewClient(&redis.Options{Addr: master.addr})
+	defer mc.Close()
+	rc := redis.NewClient(&redis.Options{Addr: replica.addr})
+	defer rc.Close()
+	eventually(t, 10*time.Second, "replica in sync", func() bool {
+		return strings.Contains(rc.Info(ctx, "replication").Val(), "master_link_status:up") &&
+			strings.Contains(mc.Info(ctx, "replication").Val(), "state=online")
+	})
+	if err := replicated(ctx, mc, "probe"); err != nil { // replica's ack is up to date
+		t.Fatal(err)
+	}
+	if err := acquireScript.Load(ctx, mc).Err(); err != nil {
+		t.Fatal(err)
+	}
+	proxy.Pause() // the replica stops receiving (and acking) the stream
+
+	// Control: with the link paused, a replica-acked acquisition fails.
+	l0 := NewLocker(mc)
+	defer l0.Close()
+	_, err := l0.TryObtain(ctx, "control", WithReplicaAck(1, 300*time.Millisecond))
+	t.Logf("control (no lost reply): %v", err)
+	if !errors.Is(err, ErrNotObtained) {
+		t.Fatalf("control: %v, want ErrNotObtained", err)
+	}
+
+	// Same, but the reply of the first send is lost and go-redis resends.
+	var armed atomic.Bool
+	c := redis.NewClient(&redis.Options{Addr: master.addr, Dialer: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var d net.Dialer
+		cn, err := d.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return &dropAfterWaitConn{Conn: cn, armed: &armed}, nil
+	}})
+	defer c.Close()
+	l := NewLocker(c)
+	defer l.Close()
+	armed.Store(true)
+	start := time.Now()
+	lk, err := l.TryObtain(ctx, "k", WithReplicaAck(1, 300*time.Millisecond))
+	t.Logf("with a lost reply: lock=%v err=%v after %v (drop armed still: %v)", lk != nil, err, time.Since(start), armed.Load())
+	if armed.Load() {
+		t.Fatal("no reply was dropped: the test proves nothing")
+	}
+	if err == nil {
+		defer lk.Release(ctx)
+		onReplica, rerr := rc.Get(ctx, lk.rkey).Result()
+		t.Logf("replica's copy of %s: %q (%v)", lk.rkey, onReplica, rerr)
+		if onReplica != lk.Token() {
+			t.Errorf("WithReplicaAck(1) returned a lock (fence %d) that no replica has: WAIT on the resend's fresh connection counted nothing", lk.Fence())
+		}
+	} else if !errors.Is(err, ErrNotObtained) {
+		t.Errorf("with the replica cut off: %v, want ErrNotObtained", err)
 	}
 }
