@@ -126,18 +126,17 @@ func (l *Locker) check(key string) error {
 // of the lock carries the hash tag slotTag(s): any name works, braces
 // included, and the lease and its fence counter always share a slot.
 
-// slotKey is the prefix of every key in the slot of lock name.
-func (l *Locker) slotKey(name string) string {
-	return l.prefix + ":{" + slotTag(nameSlot(name)) + "}"
-}
-
 // lockKey is the key of the lease on lock name.
-func (l *Locker) lockKey(name string) string { return l.slotKey(name) + ":lock:" + name }
+func (l *Locker) lockKey(name string) string {
+	return l.prefix + ":{" + slotTag(nameSlot(name)) + "}:lock:" + name // one allocation
+}
 
 // fenceKey is the fence counter of lock name. It is shared by every name in
 // the name's slot, so at most clusterSlots counters exist per prefix; as it
 // only grows, each name's fences still strictly increase.
-func (l *Locker) fenceKey(name string) string { return l.slotKey(name) + ":fence" }
+func (l *Locker) fenceKey(name string) string {
+	return l.prefix + ":{" + slotTag(nameSlot(name)) + "}:fence"
+}
 
 // Lock is one lease on a named lock, obtained from a Locker. Its methods are
 // safe for concurrent use.

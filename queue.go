@@ -729,17 +729,18 @@ func (q *Queue) Consume(ctx context.Context, h func(context.Context, *Message) e
 	if cfg.err != nil {
 		return cfg.err
 	}
-	c := &consumer{q: q, h: h, onError: cfg.onError, idle: make(chan struct{}, 1)}
-	var wg sync.WaitGroup
+	c := &consumer{q: q, h: h, onError: cfg.onError, idle: make(chan struct{}, 1), ctx: ctx}
 	for range cfg.concurrency {
-		wg.Go(func() { c.work(ctx) })
+		c.wg.Go(func() { c.work(ctx) })
 	}
-	wg.Go(func() { c.reap(ctx) })
-	wg.Wait()
+	c.wg.Go(func() { c.reap(ctx) })
+	c.wg.Wait()
 	return ctx.Err()
 }
 
 type consumer struct {
+	ctx      context.Context // Consume's
+	wg       sync.WaitGroup  // every goroutine Consume started
 	q        *Queue
 	h        func(context.Context, *Message) error
 	onError  func(error)
@@ -791,6 +792,7 @@ func (c *consumer) work(ctx context.Context) {
 	}
 	if done != nil {
 		c.report(done.Ack(context.WithoutCancel(ctx)))
+		c.q.wd.release(&done.lease) // acked or not, Consume is done with it
 	}
 }
 
@@ -801,33 +803,40 @@ func (c *consumer) handle(ctx context.Context, m *Message) *Message {
 	if err == nil {
 		return m
 	}
-	c.report(fmt.Errorf("redlease: handler failed on %q (attempt %d): %w", m.ID, m.Attempt, err))
-	c.report(m.Nack(context.WithoutCancel(ctx)))
+	c.fail(m, err)
 	return nil
+}
+
+// fail reports a handler's failure and nacks its message. Whatever Redis
+// answers, Consume stops renewing the claim: one the nack did not end
+// expires and is delivered again.
+func (c *consumer) fail(m *Message, err error) {
+	c.report(fmt.Errorf("redlease: handler failed on %q (attempt %d): %w", m.ID, m.Attempt, err))
+	c.report(m.Nack(context.WithoutCancel(c.ctx)))
+	c.q.wd.release(&m.lease)
 }
 
 // errGoexit stands for a handler that ended its goroutine with
 // runtime.Goexit (t.FailNow, for one) instead of returning.
 var errGoexit = errors.New("handler called runtime.Goexit")
 
-// run runs the handler on a goroutine of its own, so that neither a panic
-// nor runtime.Goexit in it ends the worker or strands the claim.
-func (c *consumer) run(ctx context.Context, m *Message) error {
-	out := make(chan error, 1)
-	go func() {
-		returned := false
-		defer func() {
-			if p := recover(); p != nil {
-				out <- fmt.Errorf("panic: %v", p)
-			} else if !returned {
-				out <- errGoexit
-			}
-		}()
-		err := c.h(ctx, m)
-		returned = true
-		out <- err
+// run runs the handler on the worker's goroutine; a panic becomes an
+// error. A handler that calls runtime.Goexit ends the worker's goroutine
+// instead of returning: its message is nacked and a new worker takes the
+// old one's place, so neither the claim nor the pool is lost.
+func (c *consumer) run(ctx context.Context, m *Message) (err error) {
+	returned := false
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("panic: %v", p)
+		} else if !returned {
+			c.fail(m, errGoexit)
+			c.wg.Go(func() { c.work(c.ctx) }) // this worker still counts in wg
+		}
 	}()
-	return <-out
+	err = c.h(ctx, m)
+	returned = true
+	return err
 }
 
 // wait idles a worker that found no work: one worker blocks on Redis, the

@@ -13,17 +13,16 @@ const (
 	keyReady    = iota // list of ids, claimed from the head
 	keyDelayed         // sorted set: id -> due time (ms, Redis clock)
 	keyInflight        // sorted set: id -> claim deadline (ms, Redis clock)
-	keyMessages        // hash: "p"..id -> payload, "s"..id -> state
+	keyMessages        // hash: "p"..id -> payload, "s"..id -> state, "c"..token -> id of a live claim
 	keyDead            // list of dead letters, oldest first (see encodeDead)
 	keyMarker          // sorted set with at most one member: "there may be work"
 	keyReaper          // string: held while one consumer reaps
-	keyClaims          // hash: claim token -> id, while the claim is live
 	keyDone            // sorted set: request token -> when it was done (ms)
 	shardKeyCount
 )
 
 // shardKeyNames are the key suffixes, indexed as above.
-var shardKeyNames = [shardKeyCount]string{"ready", "delayed", "inflight", "messages", "dead", "marker", "reaper", "claims", "done"}
+var shardKeyNames = [shardKeyCount]string{"ready", "delayed", "inflight", "messages", "dead", "marker", "reaper", "done"}
 
 // doneMemory is how long a shard remembers the tokens of the enqueues and
 // settled claims it has done, so that a request go-redis sends again after
@@ -74,20 +73,26 @@ end
 -- done reports whether an earlier run of a request (kind .. token) did
 -- its work: this run is a resend after a lost reply.
 local function done(request)
-  return redis.call('ZSCORE', KEYS[9], request) ~= false
+  return redis.call('ZSCORE', KEYS[8], request) ~= false
 end
 
--- remember records a request as done and forgets old ones.
+-- remember records a request as done.
 local function remember(request, now)
-  redis.call('ZADD', KEYS[9], now, request)
-  redis.call('ZREMRANGEBYSCORE', KEYS[9], '-inf', now - DONE_MEMORY)
-  redis.call('PEXPIRE', KEYS[9], DONE_MEMORY) -- an idle queue leaves no trace
+  redis.call('ZADD', KEYS[8], now, request)
 end
 
--- release ends the claim of token on id.
+-- forget drops requests done longer ago than DONE_MEMORY. It runs on every
+-- enqueue, reclaim and empty claim rather than on every ack, which keeps
+-- the busy path short; polling consumers empty (and so delete) the set of
+-- an idle queue.
+local function forget(now)
+  redis.call('ZREMRANGEBYSCORE', KEYS[8], '-inf', now - DONE_MEMORY)
+end
+
+-- release ends the claim of token on id (the message stays).
 local function release(id, token)
   redis.call('ZREM', KEYS[3], id)
-  redis.call('HDEL', KEYS[8], token)
+  redis.call('HDEL', KEYS[4], 'c' .. token)
 end
 
 -- bury moves a message to the dead-letter list and frees its id.
@@ -136,8 +141,8 @@ local function due(now)
   return d[1]
 end
 
--- more reports whether a claim could find work in the shard right now.
-local function more(now)
+-- workNow reports whether a claim could find ready or due work now.
+local function workNow(now)
   return redis.call('LLEN', KEYS[1]) > 0
     or #redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 1) > 0
 end
@@ -146,22 +151,29 @@ end
 -- message first (due retries are served before the ready backlog), then
 -- the head of ready, then an expired claim; see claimScript for the reply.
 local function claim(now, lease, token, max)
-  local prev = redis.call('HGET', KEYS[8], token)
+  local prev = redis.call('HGET', KEYS[4], 'c' .. token)
   if prev then
     -- A resend: answer with the claim the first run made.
     local attempts, deadline, tok = parse(redis.call('HGET', KEYS[4], 's' .. prev))
     if tok == token then
       return {1, prev, redis.call('HGET', KEYS[4], 'p' .. prev), attempts, deadline, 0}
     end
-    redis.call('HDEL', KEYS[8], token)
+    redis.call('HDEL', KEYS[4], 'c' .. token)
+  elseif done('c' .. token) then
+    -- The first run arriving after its resend's claim was settled: its
+    -- reply reaches nobody, so it must claim nothing.
+    return {0, -1}
   end
   for _ = 1, 100 do
-    local id = due(now) or redis.call('LPOP', KEYS[1])
+    local id = due(now)
+    local tookDue = id ~= nil
+    id = id or redis.call('LPOP', KEYS[1])
     local attempts = nil
     if not id then
       local e, a, tok = expired(now)
       if not e then
         redis.call('DEL', KEYS[6]) -- no work: a stale marker would wake a consumer for nothing
+        forget(now)
         local nxt = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
         if #nxt == 0 then return {0, -1} end
         return {0, math.max(tonumber(nxt[2]) - now, 1)}
@@ -174,12 +186,12 @@ local function claim(now, lease, token, max)
       if m[1] then
         local attempt = (attempts or tonumber(m[2]) or 0) + 1
         local deadline = now + tonumber(lease)
-        redis.call('HSET', KEYS[4], 's' .. id, string.format('%d:%d:', attempt, deadline) .. token)
+        redis.call('HSET', KEYS[4], 's' .. id, string.format('%d:%d:', attempt, deadline) .. token, 'c' .. token, id)
         redis.call('ZADD', KEYS[3], deadline, id)
-        redis.call('HSET', KEYS[8], token, id)
         -- While work remains, wake another blocked consumer; else none.
+        -- (Nothing was due if this claim did not take a due message.)
         local left = 0
-        if more(now) then
+        if tookDue or redis.call('LLEN', KEYS[1]) > 0 then
           redis.call('ZADD', KEYS[6], 0, 'm')
           left = 1
         else
@@ -224,6 +236,7 @@ if #ready > 0 then
   redis.call('RPUSH', KEYS[1], unpack(ready))
   redis.call('ZADD', KEYS[6], 0, 'm')
 end
+forget(now)
 if added > 0 then remember('e' .. ARGV[2], now) end
 return codes
 `)
@@ -245,12 +258,12 @@ const ackLua = `
 local function ack(id, token)
   local code, _, now = holder(id, token)
   if code ~= 1 then
-    if done('a' .. token) then return 1, nowms() end
+    if done('c' .. token) then return 1, nowms() end
     return code, nowms()
   end
-  redis.call('HDEL', KEYS[4], 'p' .. id, 's' .. id)
-  release(id, token)
-  remember('a' .. token, now)
+  redis.call('ZREM', KEYS[3], id)
+  redis.call('HDEL', KEYS[4], 'p' .. id, 's' .. id, 'c' .. token)
+  remember('c' .. token, now)
   return 1, now
 end
 `
@@ -286,11 +299,11 @@ return reply
 var nackScript = redis.NewScript(queueLua + `
 local code, attempts, now = holder(ARGV[1], ARGV[2])
 if code ~= 1 then
-  if done('n' .. ARGV[2]) then return 1 end
+  if done('c' .. ARGV[2]) then return 1 end
   return code
 end
 release(ARGV[1], ARGV[2])
-remember('n' .. ARGV[2], now)
+remember('c' .. ARGV[2], now)
 if attempts >= tonumber(ARGV[4]) then
   bury(ARGV[1], attempts, now)
   return 2
@@ -340,6 +353,7 @@ if guard > 0 and not redis.call('SET', KEYS[7], ARGV[4], 'NX', 'PX', guard) then
   return {-1}
 end
 local now = nowms()
+forget(now)
 local max = tonumber(ARGV[1])
 local back, dead = 0, 0
 for _ = 1, tonumber(ARGV[2]) do
@@ -358,7 +372,7 @@ return {back, dead}
 //	returns {1 if work now else 0, ms until the next delayed message, or -1}
 var peekScript = redis.NewScript(queueLua + `
 local now = nowms()
-if more(now) or #redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, 1) > 0 then
+if workNow(now) or #redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, 1) > 0 then
   return {1, 0}
 end
 local nxt = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
