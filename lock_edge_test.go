@@ -473,3 +473,84 @@ func TestHandoffStreakEndsInARealRelease(t *testing.T) {
 	}
 	lk.Release(ctx)
 }
+
+type deadLinkHook struct {
+	armed, down atomic.Bool
+	acquires    atomic.Int64
+}
+
+func (*deadLinkHook) DialHook(n redis.DialHook) redis.DialHook { return n }
+func (h *deadLinkHook) ProcessHook(n redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		a := cmd.Args()
+		isScript := func(s *redis.Script) bool { return len(a) > 1 && a[1] == s.Hash() }
+		if h.down.Load() && (isScript(acquireScript) || isScript(releaseScript)) {
+			select { // a dead link: the command hangs until go-redis's timeouts
+			case <-ctx.Done():
+			case <-time.After(3 * time.Second):
+			}
+			cmd.SetErr(errReplyLost)
+			return errReplyLost
+		}
+		err := n(ctx, cmd)
+		if isScript(acquireScript) {
+			h.acquires.Add(1)
+		}
+		if err == nil && isScript(handoffScript) && h.armed.CompareAndSwap(true, false) {
+			h.down.Store(true)
+			cmd.SetErr(errReplyLost)
+			return errReplyLost
+		}
+		return err
+	}
+}
+func (*deadLinkHook) ProcessPipelineHook(n redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return n
+}
+
+// A waiter whose hand-off went unanswered and whose ctx then ends while
+// Redis is unreachable returns about when its ctx ends: giving its possible
+// token back does not hold it up.
+func TestUnsureWaiterGivingUpReturnsWithItsContext(t *testing.T) {
+	c := realRedis(t)
+	ctx := context.Background()
+	for _, s := range []*redis.Script{handoffScript, acquireScript, releaseScript} {
+		if err := s.Load(ctx, c).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	hook := &deadLinkHook{}
+	c.AddHook(hook)
+	l := NewLocker(c, WithPrefix(uniq(t)))
+	defer l.Close()
+	h, err := l.TryObtain(ctx, "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	type res struct {
+		d   time.Duration
+		err error
+	}
+	got := make(chan res, 1)
+	go func() {
+		octx, cancel := context.WithTimeout(ctx, 1*time.Second)
+		defer cancel()
+		start := time.Now()
+		_, err := l.Obtain(octx, "k", WithRetry(LinearBackoff(time.Minute)))
+		got <- res{time.Since(start), err}
+	}()
+	eventually(t, 2*time.Second, "waiter queued", func() bool {
+		return hook.acquires.Load() == 3 && waitingHead(l, h.rkey)
+	})
+	hook.armed.Store(true)
+	_ = h.Release(ctx)
+	r := <-got
+	t.Logf("Obtain with a 1s ctx returned after %v: %v", r.d, r.err)
+	if !errors.Is(r.err, context.DeadlineExceeded) && r.err == nil {
+		t.Fatal("obtained?")
+	}
+	if r.d > 2*time.Second {
+		t.Errorf("Obtain returned %v after its 1s ctx: leave's release on a dead link ignores ctx", r.d)
+	}
+	l.hub.cleanups.Wait() // the best-effort release ends once the link answers
+}

@@ -652,3 +652,149 @@ func TestLateClaimCopyClaimsNothing(t *testing.T) {
 		wantStats(t, q, Stats{Ready: 1})
 	})
 }
+
+// A Nack that ran in Redis but whose reply never came (client-side error)
+// leaves the Message unsettled; the caller may then Ack. Meanwhile another
+// consumer has claimed the message. The stale Ack must not report success.
+func TestStaleAckAfterUnansweredNackRefused(t *testing.T) {
+	c := realRedis(t)
+	ctx := context.Background()
+	q := newQueue(t, c, WithRetryBackoff(func(int) time.Duration { return 0 }))
+	if _, err := q.Enqueue(ctx, []byte("job")); err != nil {
+		t.Fatal(err)
+	}
+	a, err := q.Claim(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A's Nack runs; its reply is lost (simulated: the script run directly).
+	if _, err := nackScript.Run(ctx, c, q.shards[a.shard], a.ID, a.token, 0, q.maxAttempts).Int64(); err != nil {
+		t.Fatal(err)
+	}
+	b, err := q.Claim(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = a.Ack(ctx)
+	st, _ := q.Stats(ctx)
+	t.Logf("stale Ack by A while B holds %q: err=%v stats=%+v", b.ID, err, st)
+	if !errors.Is(err, ErrNotHeld) {
+		t.Fatalf("A's Ack reported %v although B holds the claim and the message was not deleted (%+v)", err, st)
+	}
+}
+
+// Same, the message dead-lettered by the unanswered nack: Ack reports success.
+
+// Same, the message dead-lettered by the unanswered nack: Ack reports success.
+func TestAckAfterUnansweredBuryingNackRefused(t *testing.T) {
+	c := realRedis(t)
+	ctx := context.Background()
+	q := newQueue(t, c, WithMaxAttempts(1))
+	if _, err := q.Enqueue(ctx, []byte("job")); err != nil {
+		t.Fatal(err)
+	}
+	a, err := q.Claim(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := nackScript.Run(ctx, c, q.shards[a.shard], a.ID, a.token, 0, q.maxAttempts).Int64(); err != nil {
+		t.Fatal(err)
+	}
+	err = a.Ack(ctx)
+	dead, _ := q.DeadLetters(ctx, 10)
+	t.Logf("Ack after unanswered burying Nack: err=%v dead=%d", err, len(dead))
+	if err == nil {
+		t.Fatalf("Ack succeeded but the message is in the dead-letter list")
+	}
+}
+
+// The memory of done requests of a queue nobody uses any more expires.
+
+// A Nack after an Ack that ran but whose reply was lost does not report a
+// scheduled retry: the message was deleted.
+func TestNackAfterUnansweredAckRefused(t *testing.T) {
+	c := realRedis(t)
+	ctx := context.Background()
+	q := newQueue(t, c)
+	q.Enqueue(ctx, []byte("job"))
+	a, _ := q.Claim(ctx)
+	if _, err := ackScript.Run(ctx, c, q.shards[a.shard], a.ID, a.token).Int64(); err != nil {
+		t.Fatal(err)
+	}
+	err := a.Nack(ctx)
+	st, _ := q.Stats(ctx)
+	t.Logf("Nack after unanswered Ack: %v, stats %+v", err, st)
+	if err == nil {
+		t.Errorf("Nack reported a scheduled retry, but the message was deleted")
+	}
+}
+
+// The memory of done requests of a queue nobody uses any more expires.
+func TestDoneMemoryOfStoppedQueueExpires(t *testing.T) {
+	c := realRedis(t)
+	ctx := context.Background()
+	q := newQueue(t, c)
+	for range 3 {
+		q.Enqueue(ctx, []byte("x"))
+	}
+	for range 3 {
+		m, _ := q.Claim(ctx)
+		m.Ack(ctx)
+	}
+	key := q.shards[0][keyDone]
+	n, _ := c.ZCard(ctx, key).Result()
+	ttl, _ := c.PTTL(ctx, key).Result()
+	t.Logf("done: %d entries, ttl %v", n, ttl)
+	if n == 0 {
+		t.Fatal("nothing remembered: the test proves nothing")
+	}
+	if ttl < 0 || ttl > doneMemory {
+		t.Errorf("done set of a queue nobody uses any more has %d entries and no TTL", n)
+	}
+}
+
+// No path that ends a claim (ack, nack, dead-lettering, reclaim, a claim of
+// an expired claim) leaves the claim's token field behind.
+
+// No path that ends a claim (ack, nack, dead-lettering, reclaim, a claim of
+// an expired claim) leaves the claim's token field behind.
+func TestNoClaimFieldOutlivesItsClaim(t *testing.T) {
+	c := realRedis(t)
+	ctx := context.Background()
+	q := newQueue(t, c, WithLease(50*time.Millisecond), WithMaxAttempts(2), WithRetryBackoff(func(int) time.Duration { return 0 }))
+	for range 10 {
+		q.Enqueue(ctx, []byte("x"))
+	}
+	// expire some, reclaim some, claim-of-expired, nack, bury, ack.
+	var ms []*Message
+	for range 6 {
+		m, _ := q.Claim(ctx)
+		ms = append(ms, m)
+	}
+	ms[0].Nack(ctx)
+	ms[1].Ack(ctx)
+	time.Sleep(80 * time.Millisecond)
+	q.Reclaim(ctx)
+	for {
+		cctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+		m, err := q.Claim(cctx)
+		cancel()
+		if err != nil {
+			break
+		}
+		if m.Attempt%2 == 0 {
+			m.Nack(ctx)
+		} else {
+			time.Sleep(60 * time.Millisecond) // expire: next claim takes it
+		}
+	}
+	q.Reclaim(ctx)
+	fields, _ := c.HKeys(ctx, q.shards[0][keyMessages]).Result()
+	st, _ := q.Stats(ctx)
+	t.Logf("fields %v stats %+v", fields, st)
+	for _, f := range fields {
+		if f[0] == 'c' {
+			t.Errorf("claim field left: %q", f)
+		}
+	}
+}

@@ -70,23 +70,30 @@ local function holder(id, token)
   return 1, attempts, now
 end
 
--- done reports whether an earlier run of a request (kind .. token) did
--- its work: this run is a resend after a lost reply.
-local function done(request)
-  return redis.call('ZSCORE', KEYS[8], request) ~= false
+-- Done requests ("e" .. enqueue token, "c" .. claim token) are scored by
+-- when they were done, in ms, times 2, plus 1 for a nack: one member per
+-- claim tells an ack from a nack.
+local ACKED, NACKED = 0, 1
+
+-- doneAs returns how an earlier run of this request ended (ACKED or
+-- NACKED; ACKED for an enqueue), or nil: this run is not a resend.
+local function doneAs(request)
+  local s = redis.call('ZSCORE', KEYS[8], request)
+  if not s then return nil end
+  return tonumber(s) % 2
 end
 
--- remember records a request as done.
-local function remember(request, now)
-  redis.call('ZADD', KEYS[8], now, request)
+-- remember records a request as done; the set lives while it is fed.
+local function remember(request, now, kind)
+  redis.call('ZADD', KEYS[8], now * 2 + kind, request)
+  redis.call('PEXPIRE', KEYS[8], DONE_MEMORY)
 end
 
 -- forget drops requests done longer ago than DONE_MEMORY. It runs on every
 -- enqueue, reclaim and empty claim rather than on every ack, which keeps
--- the busy path short; polling consumers empty (and so delete) the set of
--- an idle queue.
+-- the busy path short.
 local function forget(now)
-  redis.call('ZREMRANGEBYSCORE', KEYS[8], '-inf', now - DONE_MEMORY)
+  redis.call('ZREMRANGEBYSCORE', KEYS[8], '-inf', (now - DONE_MEMORY) * 2)
 end
 
 -- release ends the claim of token on id (the message stays).
@@ -159,7 +166,7 @@ local function claim(now, lease, token, max)
       return {1, prev, redis.call('HGET', KEYS[4], 'p' .. prev), attempts, deadline, 0}
     end
     redis.call('HDEL', KEYS[4], 'c' .. token)
-  elseif done('c' .. token) then
+  elseif doneAs('c' .. token) then
     -- The first run arriving after its resend's claim was settled: its
     -- reply reaches nobody, so it must claim nothing.
     return {0, -1}
@@ -215,7 +222,7 @@ end
 var enqueueScript = redis.NewScript(queueLua + `
 local n = (#ARGV - 2) / 2
 local codes = {}
-if done('e' .. ARGV[2]) then
+if doneAs('e' .. ARGV[2]) then
   for i = 1, n do codes[i] = 1 end
   return codes
 end
@@ -237,7 +244,7 @@ if #ready > 0 then
   redis.call('ZADD', KEYS[6], 0, 'm')
 end
 forget(now)
-if added > 0 then remember('e' .. ARGV[2], now) end
+if added > 0 then remember('e' .. ARGV[2], now, ACKED) end
 return codes
 `)
 
@@ -258,12 +265,12 @@ const ackLua = `
 local function ack(id, token)
   local code, _, now = holder(id, token)
   if code ~= 1 then
-    if done('c' .. token) then return 1, nowms() end
+    if doneAs('c' .. token) == ACKED then return 1, nowms() end
     return code, nowms()
   end
   redis.call('ZREM', KEYS[3], id)
   redis.call('HDEL', KEYS[4], 'p' .. id, 's' .. id, 'c' .. token)
-  remember('c' .. token, now)
+  remember('c' .. token, now, ACKED)
   return 1, now
 end
 `
@@ -299,11 +306,11 @@ return reply
 var nackScript = redis.NewScript(queueLua + `
 local code, attempts, now = holder(ARGV[1], ARGV[2])
 if code ~= 1 then
-  if done('c' .. ARGV[2]) then return 1 end
+  if doneAs('c' .. ARGV[2]) == NACKED then return 1 end
   return code
 end
 release(ARGV[1], ARGV[2])
-remember('c' .. ARGV[2], now)
+remember('c' .. ARGV[2], now, NACKED)
 if attempts >= tonumber(ARGV[4]) then
   bury(ARGV[1], attempts, now)
   return 2

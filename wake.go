@@ -30,6 +30,9 @@ type wakeHub struct {
 	renewed time.Time            // when suspect last replaced the subscription
 	closed  bool
 	wg      sync.WaitGroup
+	// cleanups counts best-effort releases in flight, for tests to wait
+	// on; like renewal calls, close does not wait for them.
+	cleanups sync.WaitGroup
 }
 
 // subscription is one run of the reader goroutine.
@@ -184,8 +187,9 @@ func (h *wakeHub) leave(w *waiter, acquired bool) {
 	}
 	if unsure {
 		// A hand-off whose reply was lost may have left our token in Redis:
-		// give it back rather than hold the lock for a whole TTL.
-		_, _ = h.l.releaseOn(context.Background(), h.l.client, &w.lk.lease)
+		// give it back rather than hold the lock for a whole TTL, without
+		// holding up the Obtain that gives up (the link may be down).
+		h.cleanups.Go(func() { _, _ = h.l.releaseOn(context.Background(), h.l.client, &w.lk.lease) })
 	}
 }
 
