@@ -708,20 +708,23 @@ func TestAckAfterUnansweredBuryingNackRefused(t *testing.T) {
 	}
 }
 
-// The memory of done requests of a queue nobody uses any more expires.
-
 // A Nack after an Ack that ran but whose reply was lost does not report a
 // scheduled retry: the message was deleted.
 func TestNackAfterUnansweredAckRefused(t *testing.T) {
 	c := realRedis(t)
 	ctx := context.Background()
 	q := newQueue(t, c)
-	q.Enqueue(ctx, []byte("job"))
-	a, _ := q.Claim(ctx)
+	if _, err := q.Enqueue(ctx, []byte("job")); err != nil {
+		t.Fatal(err)
+	}
+	a, err := q.Claim(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if _, err := ackScript.Run(ctx, c, q.shards[a.shard], a.ID, a.token).Int64(); err != nil {
 		t.Fatal(err)
 	}
-	err := a.Nack(ctx)
+	err = a.Nack(ctx)
 	st, _ := q.Stats(ctx)
 	t.Logf("Nack after unanswered Ack: %v, stats %+v", err, st)
 	if err == nil {
@@ -735,11 +738,18 @@ func TestDoneMemoryOfStoppedQueueExpires(t *testing.T) {
 	ctx := context.Background()
 	q := newQueue(t, c)
 	for range 3 {
-		q.Enqueue(ctx, []byte("x"))
+		if _, err := q.Enqueue(ctx, []byte("x")); err != nil {
+			t.Fatal(err)
+		}
 	}
 	for range 3 {
-		m, _ := q.Claim(ctx)
-		m.Ack(ctx)
+		m, err := q.Claim(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := m.Ack(ctx); err != nil {
+			t.Fatal(err)
+		}
 	}
 	key := q.shards[0][keyDone]
 	n, _ := c.ZCard(ctx, key).Result()
@@ -749,7 +759,7 @@ func TestDoneMemoryOfStoppedQueueExpires(t *testing.T) {
 		t.Fatal("nothing remembered: the test proves nothing")
 	}
 	if ttl < 0 || ttl > doneMemory {
-		t.Errorf("done set of a queue nobody uses any more has %d entries and no TTL", n)
+		t.Errorf("done set of a queue nobody uses any more has %d entries and TTL %v", n, ttl)
 	}
 }
 
