@@ -25,9 +25,9 @@ const (
 // any moment until its reply arrives, so sending one lowers the deadline
 // to the end it asks for; once no write is pending and one of them was
 // confirmed, Redis holds the end set by one of them, so the deadline is
-// the earliest of their ends. A write answered with an error is taken as
-// not applied later: one that reaches Redis after a later, longer write
-// (delivered late on a dead connection) would shorten the lease unseen.
+// the earliest of their ends. A write answered with an error may still
+// reach Redis later (delivered late on a dead connection), after a longer
+// write: from then on the client counts on the shorter of the two ttls.
 type lease struct {
 	name   string // for errors: the lock's key or the message's id
 	rkey   string // the lease's key in Redis (a message's id for claims)
@@ -38,6 +38,7 @@ type lease struct {
 
 	// Guarded by the watchdog's mu.
 	ttl       time.Duration // what the next renewal asks for: the last Refresh's
+	failedTTL time.Duration // the shortest ttl of a write answered with an error; 0: none
 	renew     bool
 	deadline  time.Time // the lease has surely ended by the client's clock
 	next      time.Time // next renewal
@@ -57,10 +58,20 @@ func newLease(name, rkey, token string, ttl time.Duration, renew bool, onLost co
 	return lease{name: name, rkey: rkey, token: token, lost: make(chan struct{}), onLost: onLost, ttl: ttl, renew: renew}
 }
 
+// span is how long after a write asking for ttl the client counts on the
+// lease: ttl, or less if a write that failed asked for less (see lease).
+func (lk *lease) span(ttl time.Duration) time.Duration {
+	if lk.failedTTL > 0 && lk.failedTTL < ttl {
+		return lk.failedTTL
+	}
+	return ttl
+}
+
 // sending notes a write, sent at sent, that asks for the lease to end ttl
 // later. Called with the watchdog's mu held.
 func (lk *lease) sending(sent time.Time, ttl time.Duration) {
-	end := sent.Add(ttl - drift(ttl))
+	d := lk.span(ttl)
+	end := sent.Add(d - drift(d))
 	if lk.pending == 0 {
 		lk.earliest, lk.confirmed, lk.crossed = end, false, false
 	} else {
@@ -70,13 +81,17 @@ func (lk *lease) sending(sent time.Time, ttl time.Duration) {
 	lk.deadline = earlier(lk.deadline, end)
 }
 
-// answered notes a write's reply; applied when Redis confirmed it. Called
-// with the watchdog's mu held.
-func (lk *lease) answered(applied bool) {
+// answered notes the reply to a write that asked for ttl: applied when
+// Redis confirmed it, failed when an error came instead. Called with the
+// watchdog's mu held.
+func (lk *lease) answered(ttl time.Duration, applied, failed bool) {
 	lk.pending--
 	lk.confirmed = lk.confirmed || applied
+	if failed && (lk.failedTTL == 0 || ttl < lk.failedTTL) {
+		lk.failedTTL = ttl
+	}
 	if applied {
-		lk.next = time.Now().Add(lk.ttl / 3)
+		lk.next = time.Now().Add(lk.span(lk.ttl) / 3)
 	}
 	if lk.pending > 0 || !lk.confirmed {
 		return
@@ -218,7 +233,7 @@ func (w *watchdog) extend(ls *lease, verb, released string, ttl time.Duration, s
 	code, err := send()
 
 	w.mu.Lock()
-	ls.answered(err == nil && code == 1)
+	ls.answered(ttl, err == nil && code == 1, err != nil)
 	if ls.tracked && ls.due().Before(w.wakeAt) {
 		w.signal()
 	}
@@ -284,7 +299,7 @@ func (w *watchdog) loop() {
 				continue
 			}
 			// Renew a little early to share a script call with other leases.
-			if lk.renew && !lk.inflight && !lk.next.After(now.Add(lk.ttl/20)) {
+			if lk.renew && !lk.inflight && !lk.next.After(now.Add(lk.span(lk.ttl)/20)) {
 				lk.inflight = true
 				lk.sending(now, lk.ttl)
 				batch = append(batch, renewal{lk, lk.ttl})
@@ -334,13 +349,13 @@ func (w *watchdog) renew(batch []renewal) {
 	for i, r := range batch {
 		lk := r.lk
 		lk.inflight = false
-		lk.answered(errs[i] == nil && codes[i] == 1)
+		lk.answered(r.ttl, errs[i] == nil && codes[i] == 1, errs[i] != nil)
 		switch {
 		case !lk.tracked:
 		case errs[i] != nil:
 			// Transient: retry soon; the deadline check ends the lease if
 			// nothing gets through in time.
-			lk.next = now.Add(min(max(lk.ttl/10, 5*time.Millisecond), time.Second))
+			lk.next = now.Add(min(max(lk.span(lk.ttl)/10, 5*time.Millisecond), time.Second))
 		case codes[i] != 1:
 			w.endLocked(lk, leaseGone(lk.name, codes[i]))
 		}

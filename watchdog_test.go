@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -172,4 +173,65 @@ func TestCloseReturnsWithRenewalInFlight(t *testing.T) {
 	if took > 500*time.Millisecond {
 		t.Errorf("Close blocked %v (README: Close stops background work at once)", took)
 	}
+}
+
+// lateHook fails the first Refresh it sees, armed, without a reply, and has
+// Redis apply it lateApply later through base: a write delivered late on a
+// dead connection.
+type lateHook struct {
+	base      *redis.Client
+	armed     atomic.Bool
+	lateApply time.Duration
+	wg        sync.WaitGroup
+}
+
+func (*lateHook) DialHook(n redis.DialHook) redis.DialHook { return n }
+func (h *lateHook) ProcessHook(n redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if !isRenewCmd(cmd) || !h.armed.CompareAndSwap(true, false) {
+			return n(ctx, cmd)
+		}
+		args := cmd.Args()
+		h.wg.Go(func() {
+			time.Sleep(h.lateApply)
+			h.base.Do(context.Background(), args...)
+		})
+		err := errors.New("injected: no reply")
+		cmd.SetErr(err)
+		return err
+	}
+}
+func (*lateHook) ProcessPipelineHook(n redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return n
+}
+
+// A Refresh that failed without a reply may still reach Redis after a
+// later, longer Refresh succeeded: the client then counts on the shorter
+// ttl, so its deadline stays within the key's real expiry.
+func TestFailedShortRefreshAppliedLateKeepsDeadlineSafe(t *testing.T) {
+	base := realRedis(t)
+	c := redis.NewClient(&redis.Options{Addr: base.Options().Addr})
+	defer c.Close()
+	ctx := context.Background()
+	if err := renewScript.Load(ctx, c).Err(); err != nil { // the late copy runs EVALSHA
+		t.Fatal(err)
+	}
+	h := &lateHook{base: base, lateApply: 200 * time.Millisecond}
+	c.AddHook(h)
+	l := NewLocker(c, WithPrefix(uniq(t)))
+	defer l.Close()
+	lk, err := l.TryObtain(ctx, "k", WithTTL(10*time.Second), WithoutWatchdog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lk.Release(ctx)
+	h.armed.Store(true)
+	if err := lk.Refresh(ctx, time.Second); err == nil {
+		t.Fatal("the injected failure did not happen")
+	}
+	if err := lk.Refresh(ctx, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	h.wg.Wait() // the failed 1s Refresh has now reached Redis
+	checkDeadlineRule(t, base, l, lk)
 }
