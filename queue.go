@@ -532,12 +532,14 @@ func (m *Message) Extend(ctx context.Context, d time.Duration) error {
 // claimGone turns a script's claim code into an error (nil for success).
 func claimGone(id string, code int64) error {
 	switch code {
+	case codeOK, codeBuried:
+		return nil
 	case codeGone:
 		return notHeld(id, "claim lease expired")
 	case codeTaken:
 		return notHeld(id, "claimed by another consumer")
 	}
-	return nil
+	return errUnexpected(code)
 }
 
 // extendMany renews a batch of claims for the watchdog: one script call per
