@@ -47,7 +47,7 @@ func FuzzParseClaim(f *testing.F) {
 	f.Add(int64(1), "x", "", int64(-1), int64(0), uint8(3))
 	q := NewQueue(nil, "q")
 	f.Fuzz(func(t *testing.T, ok int64, id, payload string, attempt, deadline int64, n uint8) {
-		full := []any{ok, id, payload, attempt, deadline, int64(n % 2), "extra"}
+		full := []any{ok, id, payload, attempt, deadline, "extra"}
 		res := full[:min(int(n), len(full))]
 		if n%7 == 6 {
 			res = []any{id, ok} // wrong types

@@ -120,7 +120,6 @@ type Message struct {
 
 	lease
 	q      *Queue
-	more   bool  // the claim saw more work in its shard
 	ackErr error // the outcome of an ack folded into the next claim
 }
 
@@ -275,7 +274,7 @@ func (q *Queue) Claim(ctx context.Context) (*Message, error) {
 		}
 		m, next, err := q.claimAfter(ctx, nil, false, nil)
 		if m != nil && waited {
-			q.passWake(ctx, m)
+			q.passWake(ctx)
 		}
 		if m != nil || err != nil {
 			return m, err
@@ -290,7 +289,7 @@ func (q *Queue) Claim(ctx context.Context) (*Message, error) {
 // passWake wakes another idle consumer when a consumer that was idle finds
 // work: so a burst wakes consumers one after another, not all at once. One
 // shard's claim script does this itself, and only while work remains.
-func (q *Queue) passWake(ctx context.Context, m *Message) {
+func (q *Queue) passWake(ctx context.Context) {
 	if len(q.shards) > 1 { // its own shard's "more" says nothing of the others
 		_ = q.client.ZAdd(context.WithoutCancel(ctx), q.wakeKey, redis.Z{Member: "m"}).Err() // best effort: idle consumers also poll
 	}
@@ -402,18 +401,17 @@ func (q *Queue) parseClaim(res []any, token string, renew bool, onLost context.C
 		}
 		return nil, time.Duration(next) * time.Millisecond, nil
 	}
-	if len(res) != 6 {
+	if len(res) != 5 {
 		return nil, 0, errUnexpected(res)
 	}
 	id, ok1 := res[1].(string)
 	payload, ok2 := res[2].(string)
 	attempt, ok3 := res[3].(int64)
-	more, ok4 := res[5].(int64)
-	if !ok1 || !ok2 || !ok3 || !ok4 {
+	if !ok1 || !ok2 || !ok3 {
 		return nil, 0, errUnexpected(res)
 	}
 	return &Message{
-		ID: id, Payload: []byte(payload), Attempt: int(attempt), q: q, more: more == 1,
+		ID: id, Payload: []byte(payload), Attempt: int(attempt), q: q,
 		lease: newLease(id, id, token, q.lease, renew, onLost),
 	}, 0, nil
 }
@@ -784,7 +782,7 @@ func (c *consumer) work(ctx context.Context) {
 			if waited {
 				// Work arrived: wake an idle worker too, in case there is more.
 				signal(c.idle)
-				c.q.passWake(ctx, m)
+				c.q.passWake(ctx)
 				waited = false
 			}
 			pause = 10 * time.Millisecond

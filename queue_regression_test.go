@@ -501,7 +501,7 @@ func TestOddIDsAndPayloadsRoundTrip(t *testing.T) {
 func TestParseClaimCopiesPayloadOnce(t *testing.T) {
 	q := NewQueue(nil, "q") // parseClaim needs no client
 	payload := strings.Repeat("x", MaxPayload)
-	res := []any{int64(1), "id", payload, int64(1), int64(0), int64(0)}
+	res := []any{int64(1), "id", payload, int64(1), int64(0)}
 	var before, after runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&before)

@@ -163,7 +163,7 @@ local function claim(now, lease, token, max)
     -- A resend: answer with the claim the first run made.
     local attempts, deadline, tok = parse(redis.call('HGET', KEYS[4], 's' .. prev))
     if tok == token then
-      return {1, prev, redis.call('HGET', KEYS[4], 'p' .. prev), attempts, deadline, 0}
+      return {1, prev, redis.call('HGET', KEYS[4], 'p' .. prev), attempts, deadline}
     end
     redis.call('HDEL', KEYS[4], 'c' .. token)
   elseif doneAs('c' .. token) then
@@ -197,14 +197,12 @@ local function claim(now, lease, token, max)
         redis.call('ZADD', KEYS[3], deadline, id)
         -- While work remains, wake another blocked consumer; else none.
         -- (Nothing was due if this claim did not take a due message.)
-        local left = 0
         if tookDue or redis.call('LLEN', KEYS[1]) > 0 then
           redis.call('ZADD', KEYS[6], 0, 'm')
-          left = 1
         else
           redis.call('DEL', KEYS[6])
         end
-        return {1, id, m[1], attempt, deadline, left}
+        return {1, id, m[1], attempt, deadline}
       end
       redis.call('HDEL', KEYS[4], 's' .. id) -- an id without a payload: drop it
     end
@@ -252,7 +250,7 @@ return codes
 // message, else the head of ready, else a claim whose lease has ended.
 //
 //	ARGV[1] lease in ms, ARGV[2] claim token, ARGV[3] max attempts
-//	returns {1, id, payload, attempt, lease deadline in ms, more work 0/1};
+//	returns {1, id, payload, attempt, lease deadline in ms};
 //	        a resend returns the first run's claim.
 //	        {0, ms until the next delayed message is due, or -1} when empty
 var claimScript = redis.NewScript(queueLua + `
