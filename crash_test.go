@@ -21,7 +21,7 @@ const crashChildEnv = "REDLEASE_CRASH_CHILD" // "addr prefix": run as a consumer
 
 // recordedAck acks a claim and, in the same script, counts the ack in a
 // hash: a process killed right after its ack cannot lose the record.
-var recordedAck = redis.NewScript(queueLua + ackLua + `
+var recordedAck = redis.NewScript(queuePrelude + `
 local r = ack(ARGV[1], ARGV[2])
 if r == 1 then redis.call('HINCRBY', KEYS[#KEYS], ARGV[1], 1) end
 return r
@@ -29,7 +29,7 @@ return r
 
 func crashQueue(c *redis.Client, prefix string) (*Queue, []string) {
 	q := NewQueue(c, "q", WithPrefix(prefix), WithLease(300*time.Millisecond), WithMaxAttempts(1000))
-	return q, append(append([]string(nil), q.shards[0]...), prefix+":queue:{q}:acks")
+	return q, append(append([]string(nil), q.shards[0].keys...), prefix+":queue:{q}:acks")
 }
 
 // crashChild is a consumer process: it claims, "works" a few ms, acks, and

@@ -1,9 +1,13 @@
 package redlease
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+	"time"
+)
 
 var (
-	// ErrNotObtained reports that a lock was not obtained: TryObtain found it
+	// ErrNotObtained reports that a lock was not obtained: [Locker.TryObtain] found it
 	// held by another, or Obtain gave up (its retry strategy ran out or its
 	// context ended; in the latter case the context's error is wrapped too).
 	ErrNotObtained = errors.New("redlease: lock not obtained")
@@ -23,6 +27,27 @@ var (
 	ErrClosed = errors.New("redlease: locker closed")
 )
 
-// ErrDuplicate reports that Enqueue with WithID found a live message with
+// ErrDuplicate reports that Enqueue with [WithID] found a live message with
 // that id: nothing was added.
 var ErrDuplicate = errors.New("redlease: duplicate message id")
+
+func notHeld(key, why string) error { return fmt.Errorf("%w: %q: %s", ErrNotHeld, key, why) }
+
+// leaseGone turns a lock script's "not ours" code into an error.
+func leaseGone(key string, code int64) error {
+	if code == codeGone {
+		return notHeld(key, "lease expired")
+	}
+	return notHeld(key, "held by another")
+}
+
+func notObtained(key string, pttl time.Duration) error {
+	if pttl < 0 {
+		return fmt.Errorf("%w: %q is held by another, with no expiry", ErrNotObtained, key)
+	}
+	return fmt.Errorf("%w: %q is held by another for up to %v", ErrNotObtained, key, pttl)
+}
+
+func gaveUp(key string, cause error) error {
+	return fmt.Errorf("%w: obtain %q: %w", ErrNotObtained, key, cause)
+}

@@ -302,7 +302,7 @@ func runFailover(t *testing.T, fc failoverCase) failoverResult {
 	producer.Wait()
 	var vanished []string // acknowledged, yet not on the new master
 	for _, id := range produced {
-		if ok, err := fol.HExists(ctx, pq.shards[0][3], "p"+id).Result(); err != nil {
+		if ok, err := fol.HExists(ctx, pq.shards[0].messages, "p"+id).Result(); err != nil {
 			t.Fatal(err)
 		} else if !ok {
 			vanished = append(vanished, id)

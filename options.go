@@ -14,10 +14,6 @@ const (
 	DefaultTTL = 30 * time.Second
 )
 
-// defaultRetry is Obtain's fallback schedule: a waiter is normally woken by
-// the holder's release, so these retries only matter when a wake-up is lost.
-var defaultRetry = ExponentialBackoff(16*time.Millisecond, time.Second)
-
 // Option configures a Locker, or a Queue: every Option is also a
 // QueueOption. An invalid option does not panic: its error is returned by
 // every call on the Locker or Queue.
@@ -61,8 +57,8 @@ func validPrefix(prefix string) error {
 	return nil
 }
 
-// LockOption configures one TryObtain, Obtain or Do call. An invalid option
-// makes that call return an error wrapping ErrInvalidArgument.
+// LockOption configures one [Locker.TryObtain], Obtain or Do call. An invalid option
+// makes that call return an error wrapping [ErrInvalidArgument].
 type LockOption func(*lockConfig)
 
 type lockConfig struct {
@@ -114,7 +110,7 @@ func WithoutWatchdog() LockOption {
 // WithReplicaAck makes an acquisition wait, with WAIT on the same
 // connection, until at least replicas replicas have the lease, for at most
 // timeout; if too few acknowledge, the lease is released and the call fails
-// with an error that errors.Is ErrNotObtained. It narrows, but does not
+// with an error that errors.Is [ErrNotObtained]. It narrows, but does not
 // close, the window in which a failover loses a lock: WAIT does not make
 // Redis strongly consistent. The timeout must stay below the client's read
 // timeout. Not available on a quorum Locker.
@@ -147,87 +143,6 @@ func WithRetry(s RetryStrategy) LockOption {
 	}
 }
 
-// RetryStrategy tells Obtain how long it may wait for a wake-up before it
-// tries again, and when to give up. Obtain never waits longer than the
-// holder's remaining lease, whatever the strategy says.
-type RetryStrategy interface {
-	// NextBackoff returns the longest wait before retry number n (n starts
-	// at 1), or ok == false to give up.
-	NextBackoff(n int) (wait time.Duration, ok bool)
-}
-
-type noRetry struct{}
-
-func (noRetry) NextBackoff(int) (time.Duration, bool) { return 0, false }
-
-// NoRetry makes Obtain a single attempt, like TryObtain.
-func NoRetry() RetryStrategy { return noRetry{} }
-
-type linearBackoff time.Duration
-
-func (d linearBackoff) NextBackoff(int) (time.Duration, bool) { return time.Duration(d), true }
-
-func (d linearBackoff) validate() error {
-	if d <= 0 {
-		return fmt.Errorf("%w: linear backoff %v must be positive", ErrInvalidArgument, time.Duration(d))
-	}
-	return nil
-}
-
-// LinearBackoff retries at most every d until the context ends.
-func LinearBackoff(d time.Duration) RetryStrategy { return linearBackoff(d) }
-
-type exponentialBackoff struct{ min, max time.Duration }
-
-func (e exponentialBackoff) NextBackoff(n int) (time.Duration, bool) {
-	d := e.min
-	for i := 1; i < n && d < e.max; i++ {
-		if d > e.max/2 {
-			return e.max, true
-		}
-		d *= 2
-	}
-	return min(d, e.max), true
-}
-
-func (e exponentialBackoff) validate() error {
-	if e.min <= 0 || e.max < e.min {
-		return fmt.Errorf("%w: exponential backoff needs 0 < min <= max, got %v and %v", ErrInvalidArgument, e.min, e.max)
-	}
-	return nil
-}
-
-// ExponentialBackoff waits min before the first retry, doubling up to max,
-// until the context ends.
-func ExponentialBackoff(min, max time.Duration) RetryStrategy {
-	return exponentialBackoff{min, max}
-}
-
-type limitRetry struct {
-	s RetryStrategy
-	n int
-}
-
-func (l limitRetry) NextBackoff(n int) (time.Duration, bool) {
-	if n > l.n {
-		return 0, false
-	}
-	return l.s.NextBackoff(n)
-}
-
-func (l limitRetry) validate() error {
-	if l.s == nil || l.n < 0 {
-		return fmt.Errorf("%w: limit retry needs a strategy and n >= 0, got n=%d", ErrInvalidArgument, l.n)
-	}
-	if v, ok := l.s.(interface{ validate() error }); ok {
-		return v.validate()
-	}
-	return nil
-}
-
-// LimitRetry follows s for at most n retries, then gives up.
-func LimitRetry(s RetryStrategy, n int) RetryStrategy { return limitRetry{s, n} }
-
 // Queue defaults.
 const (
 	// DefaultLease is how long a claim lasts unless renewed.
@@ -237,7 +152,7 @@ const (
 	DefaultMaxAttempts = 5
 	// MaxPayload is the largest payload Enqueue accepts.
 	MaxPayload = 1 << 20
-	// MaxIDLength is the longest message id WithID accepts.
+	// MaxIDLength is the longest message id [WithID] accepts.
 	MaxIDLength = 1024
 )
 
@@ -268,7 +183,7 @@ func (o queueOption) applyQueue(c *queueConfig) { o(c) }
 
 // WithShards splits the queue into n shards (default 1, at most 1024),
 // each under its own hash tag, so that Redis Cluster spreads them over its
-// masters. Producers spread messages over the shards (by id with WithID,
+// masters. Producers spread messages over the shards (by id with [WithID],
 // so duplicates are still caught); consumers claim from the shards in
 // turn. Every guarantee holds per message; order across shards is not
 // kept. All producers and consumers of a queue must use the same n.
@@ -309,7 +224,7 @@ func WithMaxAttempts(n int) QueueOption {
 
 // WithRetryBackoff sets how long a failed message waits before its next
 // delivery, given the attempt that failed (1 for the first). A negative
-// result counts as zero. The default is DefaultRetryBackoff.
+// result counts as zero. The default is [DefaultRetryBackoff].
 func WithRetryBackoff(f func(attempt int) time.Duration) QueueOption {
 	return queueOption(func(c *queueConfig) {
 		if f == nil {
@@ -343,8 +258,8 @@ func WithDelay(d time.Duration) EnqueueOption {
 
 // WithID gives the message its id instead of a random one. While a message
 // with that id is ready, delayed or in flight, enqueueing it again adds
-// nothing and returns ErrDuplicate; once it is acked or dead-lettered the id
-// is free again. An id is 1 to MaxIDLength bytes of anything.
+// nothing and returns [ErrDuplicate]; once it is acked or dead-lettered the id
+// is free again. An id is 1 to [MaxIDLength] bytes of anything.
 func WithID(id string) EnqueueOption {
 	return func(c *enqueueConfig) {
 		if id == "" || len(id) > MaxIDLength {
@@ -376,7 +291,7 @@ func WithConcurrency(n int) ConsumeOption {
 }
 
 // WithErrorHandler receives the errors Consume recovers from by itself:
-// Redis errors while claiming, acking or reaping, and handler errors and
+// Redis errors while claiming, acking or reclaiming, and handler errors and
 // panics (each message is nacked all the same). It must not block.
 func WithErrorHandler(f func(error)) ConsumeOption {
 	return func(c *consumeConfig) { c.onError = f }

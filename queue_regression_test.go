@@ -192,7 +192,7 @@ func TestShardedClaimsRotateDespiteEnqueues(t *testing.T) {
 	<-done
 	var lens []int64
 	for s := range 3 {
-		lens = append(lens, c.LLen(context.Background(), q.shards[s][0]).Val())
+		lens = append(lens, c.LLen(context.Background(), q.shards[s].ready).Val())
 	}
 	t.Logf("handled %d; victim handled as #%d; ready per shard %v", handled.Load(), victimAt.Load(), lens)
 	if victimAt.Load() == 0 {
@@ -408,7 +408,7 @@ func TestDueDelayedMessagesComeBeforeLaterOnes(t *testing.T) {
 	c := realRedis(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	q := newQueue(t, c) // default lease 30s: the reaper runs every second
+	q := newQueue(t, c) // default lease 30s: Consume reclaims every second
 	for i := range 300 {
 		if _, err := q.Enqueue(ctx, []byte(fmt.Sprint("due-", i)), WithDelay(time.Millisecond)); err != nil {
 			t.Fatal(err)
@@ -642,7 +642,7 @@ func TestLateClaimCopyClaimsNothing(t *testing.T) {
 		if err := m.Ack(ctx); err != nil {
 			t.Fatal(err)
 		}
-		res, err := claimScript.Run(ctx, c, q.shards[0], q.lease.Milliseconds(), m.token, q.maxAttempts).Slice()
+		res, err := claimScript.Run(ctx, c, q.shards[0].keys, q.lease.Milliseconds(), m.token, q.maxAttempts).Slice()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -668,7 +668,7 @@ func TestStaleAckAfterUnansweredNackRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A's Nack runs; its reply is lost (simulated: the script run directly).
-	if _, err := nackScript.Run(ctx, c, q.shards[a.shard], a.ID, a.token, 0, q.maxAttempts).Int64(); err != nil {
+	if _, err := nackScript.Run(ctx, c, q.shards[a.shard].keys, a.ID, a.token, 0, q.maxAttempts).Int64(); err != nil {
 		t.Fatal(err)
 	}
 	b, err := q.Claim(ctx)
@@ -697,7 +697,7 @@ func TestAckAfterUnansweredBuryingNackRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := nackScript.Run(ctx, c, q.shards[a.shard], a.ID, a.token, 0, q.maxAttempts).Int64(); err != nil {
+	if _, err := nackScript.Run(ctx, c, q.shards[a.shard].keys, a.ID, a.token, 0, q.maxAttempts).Int64(); err != nil {
 		t.Fatal(err)
 	}
 	err = a.Ack(ctx)
@@ -721,7 +721,7 @@ func TestNackAfterUnansweredAckRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ackScript.Run(ctx, c, q.shards[a.shard], a.ID, a.token).Int64(); err != nil {
+	if _, err := ackScript.Run(ctx, c, q.shards[a.shard].keys, a.ID, a.token).Int64(); err != nil {
 		t.Fatal(err)
 	}
 	err = a.Nack(ctx)
@@ -751,7 +751,7 @@ func TestDoneMemoryOfStoppedQueueExpires(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	key := q.shards[0][keyDone]
+	key := q.shards[0].done
 	n, _ := c.ZCard(ctx, key).Result()
 	ttl, _ := c.PTTL(ctx, key).Result()
 	t.Logf("done: %d entries, ttl %v", n, ttl)
@@ -799,7 +799,7 @@ func TestNoClaimFieldOutlivesItsClaim(t *testing.T) {
 		}
 	}
 	q.Reclaim(ctx)
-	fields, _ := c.HKeys(ctx, q.shards[0][keyMessages]).Result()
+	fields, _ := c.HKeys(ctx, q.shards[0].messages).Result()
 	st, _ := q.Stats(ctx)
 	t.Logf("fields %v stats %+v", fields, st)
 	for _, f := range fields {

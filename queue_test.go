@@ -62,7 +62,7 @@ func TestEnqueueClaimAck(t *testing.T) {
 		}
 		wantStats(t, q, Stats{})
 		// Only the memory of recent requests stays (polls trim it).
-		if keys := c.Keys(ctx, uniq(t)+":*").Val(); len(keys) != 1 || keys[0] != q.shards[0][keyDone] {
+		if keys := c.Keys(ctx, uniq(t)+":*").Val(); len(keys) != 1 || keys[0] != q.shards[0].done {
 			t.Fatalf("keys left after every message was acked: %v", keys)
 		}
 	})
@@ -584,7 +584,7 @@ func TestShardedQueue(t *testing.T) {
 			t.Fatal(err)
 		}
 		for s := range 4 {
-			if n := c.LLen(ctx, q.shards[s][keyReady]).Val(); n != 50 {
+			if n := c.LLen(ctx, q.shards[s].ready).Val(); n != 50 {
 				t.Fatalf("shard %d holds %d of 200", s, n)
 			}
 		}
@@ -602,7 +602,7 @@ func TestShardedQueue(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			perShard[q.shards[m.shard][keyReady]]++
+			perShard[q.shards[m.shard].ready]++
 			if string(m.Payload) == "dup" {
 				m.Nack(ctx) // one attempt: dead-lettered
 			} else {
@@ -610,8 +610,8 @@ func TestShardedQueue(t *testing.T) {
 			}
 		}
 		for s := range 4 {
-			if perShard[q.shards[s][0]] < 5 {
-				t.Fatalf("shard %d got %d of 40 claims: %v", s, perShard[q.shards[s][0]], perShard)
+			if perShard[q.shards[s].ready] < 5 {
+				t.Fatalf("shard %d got %d of 40 claims: %v", s, perShard[q.shards[s].ready], perShard)
 			}
 		}
 		var handled atomic.Int32

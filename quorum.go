@@ -29,29 +29,29 @@ import (
 // Each client must reach a different node: the same client twice, or two
 // *redis.Client with the same address and DB, is an error that errors.Is
 // ErrInvalidArgument (one node would count twice towards a majority).
+// WithReplicaAck does not apply.
 //
 // Waiters are woken through a subscription on the first node, and fall
-// back to timed retries while it is down. Quorum locking costs a round
-// trip to every node per operation, and it does not make Redis a
-// consensus system: pauses and clock jumps still call for fencing at the
-// resource (see the README).
+// back to timed retries while it is down; a release never hands the lease
+// straight to a waiter. Quorum locking costs a round trip to every node per
+// operation, and it does not make Redis a consensus system: pauses and
+// clock jumps still call for fencing at the resource (see the README).
 func NewQuorumLocker(clients []redis.UniversalClient, opts ...Option) *Locker {
 	var first redis.UniversalClient
 	if len(clients) > 0 {
 		first = clients[0]
 	}
 	l := NewLocker(first, opts...)
+	l.handsOff = false
 	if len(clients) == 0 {
 		l.err = fmt.Errorf("%w: a quorum locker needs at least one client", ErrInvalidArgument)
 		return l
 	}
+	q := &quorum{}
 	for i, c := range clients {
 		if err := checkClient(c); err != nil {
 			l.err = fmt.Errorf("client %d: %w", i, err)
 			return l
-		}
-		if _, ok := c.(*redis.Client); !ok {
-			l.slots = hashTag
 		}
 		for j := range i {
 			if sameNode(clients[j], c) {
@@ -59,8 +59,9 @@ func NewQuorumLocker(clients []redis.UniversalClient, opts ...Option) *Locker {
 				return l
 			}
 		}
+		q.nodes = append(q.nodes, newNode(c, l.channel))
 	}
-	l.nodes = slices.Clone(clients)
+	l.store = q
 	return l
 }
 
@@ -81,8 +82,20 @@ func sameNode(a, b redis.UniversalClient) bool {
 	return ta == tb && ta.Comparable() && a == b
 }
 
-// quorum is how many nodes make a majority.
-func (l *Locker) quorum() int { return len(l.nodes)/2 + 1 }
+// quorum keeps each lease on a majority of independent nodes.
+type quorum struct {
+	nodes []*node
+}
+
+// majority is how many nodes make a quorum.
+func (q *quorum) majority() int { return len(q.nodes)/2 + 1 }
+
+func (q *quorum) check(cfg *lockConfig) error {
+	if cfg.replicas > 0 {
+		return fmt.Errorf("%w: WithReplicaAck does not apply to a quorum Locker", ErrInvalidArgument)
+	}
+	return nil
+}
 
 // nodeLimit is how long one node may take to answer: a small fraction of
 // the lease, so that a slow node cannot eat the validity of a round.
@@ -104,30 +117,30 @@ type answer struct {
 //
 // It does not wait for late nodes, so Close returns at once even with a
 // call in flight on a dead link. Every goroutine it starts still ends by
-// itself: it sends once on a buffered channel, after one script call
-// (EVALSHA, and EVAL on NOSCRIPT), which go-redis ends within the client's
-// pool, dial, read and write timeouts and retries, or sooner if ctx ends.
-// A late call is let run rather than cancelled, so that a late release
-// still frees its node.
-func (l *Locker) fanOut(ctx context.Context, limit time.Duration, f func(ctx context.Context, c redis.UniversalClient) answer) []answer {
-	out := make([]answer, len(l.nodes))
+// itself: it sends once on a buffered channel, after one pipeline of
+// script calls (EVALSHA, and EVAL on NOSCRIPT), which go-redis ends within
+// the client's pool, dial, read and write timeouts and retries, or sooner
+// if ctx ends. A late call is let run rather than cancelled, so that a
+// late release still frees its node.
+func fanOut[T any](ctx context.Context, q *quorum, limit time.Duration, f func(ctx context.Context, n *node) T, late T) []T {
+	out := make([]T, len(q.nodes))
 	for i := range out {
-		out[i].err = errNodeTimeout
+		out[i] = late
 	}
 	type reply struct {
 		i int
-		a answer
+		v T
 	}
-	replies := make(chan reply, len(l.nodes)) // late repliers never block
-	for i, c := range l.nodes {
-		go func() { replies <- reply{i, f(ctx, c)} }()
+	replies := make(chan reply, len(q.nodes)) // late repliers never block
+	for i, n := range q.nodes {
+		go func() { replies <- reply{i, f(ctx, n)} }()
 	}
 	timer := time.NewTimer(limit)
 	defer timer.Stop()
-	for range l.nodes {
+	for range q.nodes {
 		select {
 		case r := <-replies:
-			out[r.i] = r.a
+			out[r.i] = r.v
 		case <-timer.C:
 			return out
 		}
@@ -135,10 +148,15 @@ func (l *Locker) fanOut(ctx context.Context, limit time.Duration, f func(ctx con
 	return out
 }
 
-func (l *Locker) acquireQuorum(ctx context.Context, lk *Lock, start time.Time) (bool, int64, error) {
-	answers := l.fanOut(ctx, nodeLimit(lk.ttl), func(ctx context.Context, c redis.UniversalClient) answer {
-		ok, n, err := acquireOn(ctx, c, lk)
-		return answer{ok, n, err}
+// each runs f on every node as fanOut does, with the lease's node limit.
+func (q *quorum) each(ctx context.Context, ttl time.Duration, f func(ctx context.Context, n *node) answer) []answer {
+	return fanOut(ctx, q, nodeLimit(ttl), f, answer{err: errNodeTimeout})
+}
+
+func (q *quorum) acquire(ctx context.Context, lk *Lock, start time.Time) (bool, int64, error) {
+	answers := q.each(ctx, lk.ttl, func(ctx context.Context, n *node) answer {
+		ok, v, err := n.acquire(ctx, lk, start)
+		return answer{ok, v, err}
 	})
 	var won []int
 	var fence int64
@@ -147,7 +165,7 @@ func (l *Locker) acquireQuorum(ctx context.Context, lk *Lock, start time.Time) (
 	for i, a := range answers {
 		switch {
 		case a.err != nil:
-			firstErr = cmpErr(firstErr, a.err)
+			firstErr = firstOf(firstErr, a.err)
 		case a.ok:
 			won = append(won, i)
 			fence = max(fence, a.n)
@@ -156,20 +174,20 @@ func (l *Locker) acquireQuorum(ctx context.Context, lk *Lock, start time.Time) (
 		}
 	}
 	validity := lk.ttl - time.Since(start) - drift(lk.ttl)
-	if len(won) >= l.quorum() && validity > 0 && l.raiseFences(ctx, lk, won, answers, fence) {
+	if len(won) >= q.majority() && validity > 0 && q.raiseFences(ctx, lk, won, answers, fence) {
 		return true, fence, nil
 	}
 	// Give back what this round took, on every node: a reply may have been lost.
-	l.fanOut(context.WithoutCancel(ctx), nodeLimit(lk.ttl), func(ctx context.Context, c redis.UniversalClient) answer {
-		code, err := l.releaseOn(ctx, c, &lk.lease)
-		return answer{code == 1, code, err}
+	q.each(context.WithoutCancel(ctx), lk.ttl, func(ctx context.Context, n *node) answer {
+		code, err := n.release(ctx, &lk.lease)
+		return answer{code == codeOK, code, err}
 	})
-	if len(won)+len(waits) < l.quorum() && firstErr != nil {
-		return false, 0, fmt.Errorf("a majority of %d nodes did not answer: %w", len(l.nodes), firstErr)
+	if len(won)+len(waits) < q.majority() && firstErr != nil {
+		return false, 0, fmt.Errorf("a majority of %d nodes did not answer: %w", len(q.nodes), firstErr)
 	}
 	// The lock can be free once enough holders' leases have ended.
 	slices.Sort(waits)
-	need := l.quorum() - len(won)
+	need := q.majority() - len(won)
 	if need >= 1 && need <= len(waits) {
 		return false, waits[need-1], nil
 	}
@@ -181,7 +199,7 @@ func (l *Locker) acquireQuorum(ctx context.Context, lk *Lock, start time.Time) (
 // above it. The counters are per slot, shared with other names: raising
 // one only makes it larger, which keeps their fences increasing too. It
 // reports whether a majority of counters now stand at fence.
-func (l *Locker) raiseFences(ctx context.Context, lk *Lock, won []int, answers []answer, fence int64) bool {
+func (q *quorum) raiseFences(ctx context.Context, lk *Lock, won []int, answers []answer, fence int64) bool {
 	behind := 0
 	for _, i := range won {
 		if answers[i].n < fence {
@@ -191,9 +209,9 @@ func (l *Locker) raiseFences(ctx context.Context, lk *Lock, won []int, answers [
 	if behind == 0 {
 		return true
 	}
-	raised := l.fanOut(ctx, nodeLimit(lk.ttl), func(ctx context.Context, c redis.UniversalClient) answer {
-		n, err := fenceScript.Run(ctx, c, []string{lk.fkey}, fence).Int64()
-		return answer{n >= fence, n, err}
+	raised := q.each(ctx, lk.ttl, func(ctx context.Context, n *node) answer {
+		v, err := run(ctx, n.client, fenceScript, []string{lk.fkey}, fence).Int64()
+		return answer{v >= fence, v, err}
 	})
 	high := 0
 	for _, i := range won {
@@ -201,182 +219,108 @@ func (l *Locker) raiseFences(ctx context.Context, lk *Lock, won []int, answers [
 			high++
 		}
 	}
-	return high >= l.quorum()
+	return high >= q.majority()
 }
 
-func cmpErr(first, err error) error {
+// firstOf keeps the first error.
+func firstOf(first, err error) error {
 	if first != nil {
 		return first
 	}
 	return err
 }
 
-// tally turns per-node codes (1 ours, 0 gone, -1 another's) into one: 1 if
-// a majority is ours, 0 or -1 if a majority can no longer be, and an error
-// if the nodes that failed to answer leave it open.
-func (l *Locker) tally(answers []answer) (int64, error) {
+// tally turns per-node codes into one: codeOK if a majority is ours,
+// codeGone or codeTaken if a majority can no longer be, and an error if
+// the nodes that failed to answer leave it open.
+func (q *quorum) tally(answers []answer) (int64, error) {
 	ours, gone, taken := 0, 0, 0
 	var firstErr error
 	for _, a := range answers {
 		switch {
 		case a.err != nil:
-			firstErr = cmpErr(firstErr, a.err)
-		case a.n == 1:
+			firstErr = firstOf(firstErr, a.err)
+		case a.n == codeOK:
 			ours++
-		case a.n == -1:
+		case a.n == codeTaken:
 			taken++
 		default:
 			gone++
 		}
 	}
 	switch {
-	case ours >= l.quorum():
-		return 1, nil
-	case gone+taken > len(l.nodes)-l.quorum():
+	case ours >= q.majority():
+		return codeOK, nil
+	case gone+taken > len(q.nodes)-q.majority():
 		if taken > 0 {
-			return -1, nil
+			return codeTaken, nil
 		}
-		return 0, nil
+		return codeGone, nil
 	}
-	return 0, fmt.Errorf("%d of %d nodes agree, %d needed: %w", ours, len(l.nodes), l.quorum(), firstErr)
+	return 0, fmt.Errorf("%d of %d nodes agree, %d needed: %w", ours, len(q.nodes), q.majority(), firstErr)
 }
 
-func (l *Locker) releaseQuorum(ctx context.Context, ls *lease) (int64, error) {
-	return l.tally(l.fanOut(ctx, nodeLimit(ls.ttl), func(ctx context.Context, c redis.UniversalClient) answer {
-		code, err := l.releaseOn(ctx, c, ls)
-		return answer{err == nil, code, err}
+// codeAnswer wraps one node's code for tally.
+func codeAnswer(code int64, err error) answer { return answer{err == nil, code, err} }
+
+func (q *quorum) release(ctx context.Context, ls *lease) (int64, error) {
+	return q.tally(q.each(ctx, ls.ttl, func(ctx context.Context, n *node) answer {
+		return codeAnswer(n.release(ctx, ls))
 	}))
 }
 
-func (l *Locker) renewQuorum(ctx context.Context, ls *lease, ttl time.Duration) (int64, error) {
-	return l.tally(l.fanOut(ctx, nodeLimit(ttl), func(ctx context.Context, c redis.UniversalClient) answer {
-		code, err := renewOn(ctx, c, ls, ttl)
-		return answer{err == nil, code, err}
+func (q *quorum) renew(ctx context.Context, ls *lease, ttl time.Duration) (int64, error) {
+	return q.tally(q.each(ctx, ttl, func(ctx context.Context, n *node) answer {
+		return codeAnswer(n.renew(ctx, ls, ttl))
 	}))
 }
 
-// pttlQuorum is the time for which a majority still holds the lease.
-func (l *Locker) pttlQuorum(ctx context.Context, ls *lease) (int64, error) {
-	answers := l.fanOut(ctx, nodeLimit(ls.ttl), func(ctx context.Context, c redis.UniversalClient) answer {
-		ms, err := pttlOn(ctx, c, ls)
-		return answer{err == nil, ms, err}
+// pttl is the time for which a majority still holds the lease.
+func (q *quorum) pttl(ctx context.Context, ls *lease) (int64, error) {
+	answers := q.each(ctx, ls.ttl, func(ctx context.Context, n *node) answer {
+		return codeAnswer(n.pttl(ctx, ls))
 	})
 	var ms []int64
 	var firstErr error
 	for _, a := range answers {
 		if a.err != nil {
-			firstErr = cmpErr(firstErr, a.err)
-			a.n = -3
+			firstErr = firstOf(firstErr, a.err)
+			a.n = codeNotOurs
 		}
 		ms = append(ms, a.n)
 	}
 	slices.Sort(ms)
 	slices.Reverse(ms)
-	if v := ms[l.quorum()-1]; v >= 0 || firstErr == nil {
+	if v := ms[q.majority()-1]; v >= 0 || firstErr == nil {
 		return v, nil
 	}
 	return 0, firstErr
 }
 
-// renewLocksQuorum renews a batch on every node and tallies each lease; a
-// node that has not answered within the limit counts as failed. Its
-// goroutines end by themselves, as fanOut's do.
-func (l *Locker) renewLocksQuorum(ctx context.Context, batch []renewal) ([]int64, []error) {
-	type reply struct {
-		i       int
-		answers []answer
-	}
-	replies := make(chan reply, len(l.nodes))
-	for i, c := range l.nodes {
-		go func() {
-			codes, errs := l.renewLocksOn(ctx, c, batch)
-			out := make([]answer, len(batch))
-			for j := range batch {
-				out[j] = answer{errs[j] == nil, codes[j], errs[j]}
-			}
-			replies <- reply{i, out}
-		}()
-	}
-	perNode := make([][]answer, len(l.nodes))
-	timer := time.NewTimer(nodeLimit(batch[0].ttl))
-	defer timer.Stop()
-collect:
-	for range l.nodes {
-		select {
-		case r := <-replies:
-			perNode[r.i] = r.answers
-		case <-timer.C:
-			break collect
+// renewAll renews a batch on every node and tallies each lease; a node
+// that has not answered within the limit counts as failed. Its goroutines
+// end by themselves, as fanOut's do.
+func (q *quorum) renewAll(ctx context.Context, batch []renewal) ([]int64, []error) {
+	perNode := fanOut(ctx, q, nodeLimit(batch[0].ttl), func(ctx context.Context, n *node) []answer {
+		codes, errs := n.renewAll(ctx, batch)
+		out := make([]answer, len(batch))
+		for j := range batch {
+			out[j] = codeAnswer(codes[j], errs[j])
 		}
-	}
+		return out
+	}, nil)
 	codes := make([]int64, len(batch))
 	errs := make([]error, len(batch))
 	for j := range batch {
-		answers := make([]answer, len(l.nodes))
-		for i := range l.nodes {
+		answers := make([]answer, len(q.nodes))
+		for i := range q.nodes {
 			if perNode[i] == nil {
 				answers[i] = answer{err: errNodeTimeout}
 			} else {
 				answers[i] = perNode[i][j]
 			}
 		}
-		codes[j], errs[j] = l.tally(answers)
+		codes[j], errs[j] = q.tally(answers)
 	}
 	return codes, errs
-}
-
-// acquireAcked acquires and then runs WAIT on the same connection, in one
-// round trip; too few acknowledgements give the lease back.
-func (l *Locker) acquireAcked(ctx context.Context, lk *Lock) (bool, int64, error) {
-	c, err := l.connFor(ctx, lk.rkey)
-	if err != nil {
-		return false, 0, err
-	}
-	keys := []string{lk.rkey, lk.fkey}
-	send := func() (*redis.Cmd, *redis.Cmd) {
-		var acq, wait *redis.Cmd
-		_, _ = c.Pipelined(ctx, func(p redis.Pipeliner) error {
-			acq = acquireScript.EvalSha(ctx, p, keys, lk.token, lk.ttl.Milliseconds())
-			wait = p.Do(ctx, "WAIT", lk.replicas, lk.wait.Milliseconds())
-			return nil
-		})
-		return acq, wait
-	}
-	acq, wait := send()
-	if redis.HasErrorPrefix(acq.Err(), "NOSCRIPT") {
-		if err := acquireScript.Load(ctx, c).Err(); err != nil {
-			return false, 0, err
-		}
-		acq, wait = send()
-	}
-	res, err := acq.Int64Slice()
-	if err == nil && len(res) != 2 {
-		err = fmt.Errorf("unexpected reply %v", res)
-	}
-	if err != nil {
-		return false, 0, err
-	}
-	if res[0] != 1 {
-		return false, res[1], nil
-	}
-	if acked, err := wait.Int64(); err != nil || acked < int64(lk.replicas) {
-		_, _ = l.releaseOn(context.WithoutCancel(ctx), c, &lk.lease)
-		if err == nil {
-			err = fmt.Errorf("%d of %d replicas acknowledged within %v", acked, lk.replicas, lk.wait)
-		}
-		return false, 0, fmt.Errorf("%w: %w", ErrNotObtained, err)
-	}
-	return true, res[1], nil
-}
-
-// connFor returns a client whose pipelines reach the master holding key on
-// one connection, as WAIT needs.
-func (l *Locker) connFor(ctx context.Context, key string) (redis.UniversalClient, error) {
-	switch c := l.client.(type) {
-	case *redis.Client:
-		return c, nil
-	case *redis.ClusterClient:
-		return c.MasterForKey(ctx, key)
-	}
-	return nil, fmt.Errorf("%w: WithReplicaAck needs a *redis.Client or *redis.ClusterClient", ErrInvalidArgument)
 }

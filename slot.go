@@ -4,6 +4,8 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // clusterSlots is the number of Redis Cluster hash slots.
@@ -62,3 +64,14 @@ var slotTags = sync.OnceValue(func() *[clusterSlots]string {
 
 // slotTag is the hash tag of slot s (s < clusterSlots).
 func slotTag(s uint16) string { return slotTags()[s] }
+
+// slotsOf tells which keys one script call may touch together on c.
+func slotsOf(c redis.UniversalClient) func(key string) string {
+	switch c.(type) {
+	case *redis.Client:
+		return func(string) string { return "" }
+	case *redis.ClusterClient:
+		return func(key string) string { return strconv.Itoa(int(slot(key))) }
+	}
+	return hashTag // a wrapper: only keys with the same hash tag surely live together
+}

@@ -1,0 +1,205 @@
+package redlease
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+)
+
+const (
+	// claimPause is how long a worker waits after a failed claim, doubling
+	// up to maxClaimPause while claims keep failing.
+	claimPause    = 10 * time.Millisecond
+	maxClaimPause = time.Second
+	// blockPause is how long a worker waits after a failed blocking wait.
+	blockPause = 50 * time.Millisecond
+)
+
+// Consume runs h on claimed messages, up to [WithConcurrency] at once, until
+// ctx ends. Each claim is renewed while its handler runs; the handler's
+// context is cancelled if the claim is lost anyway. A nil return acks the
+// message; an error or a panic (recovered) nacks it. Consume also reclaims
+// expired claims periodically (one consumer at a time does).
+//
+// When ctx ends, Consume stops claiming, waits for running handlers (their
+// contexts are not cancelled by ctx: they finish their work), acks or nacks
+// what they return, and returns ctx's error.
+func (q *Queue) Consume(ctx context.Context, h func(context.Context, *Message) error, opts ...ConsumeOption) error {
+	if err := q.check(); err != nil {
+		return err
+	}
+	if h == nil {
+		return fmt.Errorf("%w: nil handler", ErrInvalidArgument)
+	}
+	cfg := consumeConfig{concurrency: 1}
+	for _, o := range opts {
+		if o != nil {
+			o(&cfg)
+		}
+	}
+	if cfg.err != nil {
+		return cfg.err
+	}
+	c := &consumer{q: q, h: h, onError: cfg.onError, idle: make(chan struct{}, 1), ctx: ctx}
+	for range cfg.concurrency {
+		c.wg.Go(func() { c.work(ctx) })
+	}
+	c.wg.Go(func() { c.reclaimEvery(ctx) })
+	c.wg.Wait()
+	return ctx.Err()
+}
+
+type consumer struct {
+	ctx      context.Context // Consume's
+	wg       sync.WaitGroup  // every goroutine Consume started
+	q        *Queue
+	h        func(context.Context, *Message) error
+	onError  func(error)
+	blocking atomic.Bool   // one worker at a time waits on Redis
+	idle     chan struct{} // passes the waiting role to an idle worker
+}
+
+func (c *consumer) report(err error) {
+	if c.onError != nil && err != nil {
+		c.onError(err)
+	}
+}
+
+// work claims and handles messages until ctx ends. A message whose
+// handler succeeded is acked in the same round trip as the next claim.
+func (c *consumer) work(ctx context.Context) {
+	pause := claimPause
+	var done *Message // handled, to ack with the next claim
+	waited := false
+	for ctx.Err() == nil {
+		hctx, cancel := context.WithCancelCause(context.WithoutCancel(ctx))
+		if done != nil {
+			c.q.wd.release(&done.lease) // renewal stops; the script acks
+		}
+		m, next, err := c.q.claimAfter(ctx, done, true, cancel)
+		if done != nil {
+			c.report(done.ackErr)
+			done = nil
+		}
+		switch {
+		case err != nil:
+			c.report(err)
+			sleep(ctx, pause)
+			pause = min(2*pause, maxClaimPause)
+		case m == nil:
+			c.wait(ctx, next)
+			waited = true
+		default:
+			if waited {
+				// Work arrived: wake an idle worker too, in case there is more.
+				signal(c.idle)
+				c.q.passWake(ctx)
+				waited = false
+			}
+			pause = claimPause
+			done = c.handle(hctx, m)
+		}
+		cancel(nil)
+	}
+	if done != nil {
+		c.report(done.Ack(context.WithoutCancel(ctx)))
+		c.q.wd.release(&done.lease) // acked or not, Consume is done with it
+	}
+}
+
+// handle runs the handler and nacks a failure; it returns m to ack when the
+// handler succeeded.
+func (c *consumer) handle(ctx context.Context, m *Message) *Message {
+	err := c.run(ctx, m)
+	if err == nil {
+		return m
+	}
+	c.fail(m, err)
+	return nil
+}
+
+// fail reports a handler's failure and nacks its message. Whatever Redis
+// answers, Consume stops renewing the claim: one the nack did not end
+// expires and is delivered again.
+func (c *consumer) fail(m *Message, err error) {
+	c.report(fmt.Errorf("redlease: handler failed on %q (attempt %d): %w", m.ID, m.Attempt, err))
+	c.report(m.Nack(context.WithoutCancel(c.ctx)))
+	c.q.wd.release(&m.lease)
+}
+
+// errGoexit stands for a handler that ended its goroutine with
+// runtime.Goexit (t.FailNow, for one) instead of returning.
+var errGoexit = errors.New("handler called runtime.Goexit")
+
+// run runs the handler on the worker's goroutine; a panic becomes an
+// error. A handler that calls runtime.Goexit ends the worker's goroutine
+// instead of returning: its message is nacked and a new worker takes the
+// old one's place, so neither the claim nor the pool is lost.
+func (c *consumer) run(ctx context.Context, m *Message) (err error) {
+	returned := false
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("panic: %v", p)
+		} else if !returned {
+			c.fail(m, errGoexit)
+			c.wg.Go(func() { c.work(c.ctx) }) // this worker still counts in wg
+		}
+	}()
+	err = c.h(ctx, m)
+	returned = true
+	return err
+}
+
+// wait idles a worker that found no work: one worker blocks on Redis, the
+// others wait for it to pass the role on.
+func (c *consumer) wait(ctx context.Context, next time.Duration) {
+	if c.blocking.CompareAndSwap(false, true) {
+		err := c.q.block(ctx, next)
+		c.blocking.Store(false)
+		signal(c.idle)
+		if err != nil {
+			c.report(err)
+			sleep(ctx, blockPause)
+		}
+		return
+	}
+	t := time.NewTimer(maxBlock)
+	defer t.Stop()
+	select {
+	case <-c.idle:
+	case <-t.C:
+	case <-ctx.Done():
+	}
+}
+
+// reclaimInterval is how often Consume reclaims: about ten times per lease,
+// so an expired claim waits at most a tenth of a lease to be given back.
+func reclaimInterval(lease time.Duration) time.Duration {
+	return min(max(lease/10, 10*time.Millisecond), time.Second)
+}
+
+// reclaimEvery reclaims expired claims about ten times per lease; a guard
+// in Redis lets one consumer of the queue at a time do it.
+func (c *consumer) reclaimEvery(ctx context.Context) {
+	every := reclaimInterval(c.q.lease)
+	token := uuid.NewString()
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for _, s := range c.q.shards {
+			if _, err := c.q.reclaim(ctx, s, every, token); err != nil {
+				c.report(err)
+			}
+		}
+	}
+}

@@ -1,0 +1,102 @@
+package redlease
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/google/uuid"
+)
+
+// enqueueChunk caps the messages, and enqueueChunkBytes their payload
+// bytes, in one enqueue script call.
+const (
+	enqueueChunk      = 1000
+	enqueueChunkBytes = 4 << 20
+)
+
+// Enqueue adds a message and returns its id (random unless [WithID] is
+// given). It is one round trip, and safe to retry: go-redis resending it
+// after a lost reply adds the message once and reports success. Payloads
+// are opaque bytes, empty allowed, up to [MaxPayload]. With [WithID], a live
+// message with the same id makes Enqueue add nothing and return the id
+// with an error that errors.Is [ErrDuplicate].
+func (q *Queue) Enqueue(ctx context.Context, payload []byte, opts ...EnqueueOption) (string, error) {
+	if err := q.check(); err != nil {
+		return "", err
+	}
+	var cfg enqueueConfig
+	for _, o := range opts {
+		if o != nil {
+			o(&cfg)
+		}
+	}
+	if cfg.err != nil {
+		return "", cfg.err
+	}
+	if err := checkPayload(payload); err != nil {
+		return "", err
+	}
+	id := cfg.id
+	if id == "" {
+		id = uuid.NewString()
+	}
+	call := scriptCall{keys: q.shardOf(cfg.id).keys, args: []any{cfg.delay.Milliseconds(), uuid.NewString(), id, payload}}
+	codes, err := ints(runAll(ctx, q.client, enqueueScript, []scriptCall{call}, q.wake(ctx)...)[0], 1)
+	if err != nil {
+		return "", fmt.Errorf("redlease: enqueue on %q: %w", q.name, err)
+	}
+	if codes[0] != codeOK {
+		return id, fmt.Errorf("%w: %q is live in queue %q", ErrDuplicate, id, q.name)
+	}
+	return id, nil
+}
+
+func checkPayload(p []byte) error {
+	if len(p) > MaxPayload {
+		return fmt.Errorf("%w: payload of %d bytes exceeds %d", ErrInvalidArgument, len(p), MaxPayload)
+	}
+	return nil
+}
+
+// EnqueueBatch adds ready messages with random ids in one round trip and
+// returns their ids in order. Each script call within the batch is atomic
+// and safe to resend; on an error some messages may have been added.
+// Nothing is sent if any payload is too large.
+func (q *Queue) EnqueueBatch(ctx context.Context, payloads [][]byte) ([]string, error) {
+	if err := q.check(); err != nil {
+		return nil, err
+	}
+	for _, p := range payloads {
+		if err := checkPayload(p); err != nil {
+			return nil, err
+		}
+	}
+	ids := make([]string, len(payloads))
+	var calls []scriptCall
+	// Consecutive runs of messages go to the shards in turn.
+	per := max((len(payloads)+len(q.shards)-1)/len(q.shards), 1)
+	var call scriptCall
+	size := 0
+	for i, p := range payloads {
+		if len(call.args) == 0 {
+			call = scriptCall{keys: q.shardOf("").keys, args: make([]any, 2, 2+2*min(enqueueChunk, per, len(payloads)-i))}
+			call.args[0], call.args[1] = 0, uuid.NewString()
+		}
+		ids[i] = uuid.NewString()
+		call.args = append(call.args, ids[i], p)
+		size += len(p)
+		if n := (len(call.args) - 2) / 2; n >= min(enqueueChunk, per) || size >= enqueueChunkBytes || i == len(payloads)-1 {
+			calls = append(calls, call)
+			call, size = scriptCall{}, 0
+		}
+	}
+	if len(calls) == 0 {
+		return ids, nil
+	}
+	for _, cmd := range runAll(ctx, q.client, enqueueScript, calls, q.wake(ctx)...) {
+		if err := cmd.Err(); err != nil {
+			return nil, fmt.Errorf("redlease: enqueue batch on %q: %w", q.name, err)
+		}
+	}
+	return ids, nil
+}

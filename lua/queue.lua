@@ -1,0 +1,193 @@
+-- The prelude of every queue script: the shard's keys by name, and the
+-- steps the scripts share. scripts.go puts `local DONE_MEMORY = <ms>`
+-- before it and a script's own body after it.
+--
+-- KEYS are one shard's keys, in the order of shard.keys (shard.go); they
+-- share one {hash tag}. A message's state is "attempts" while it waits and
+-- "attempts:deadline:token" while it is claimed; the deadline is also its
+-- score in INFLIGHT. Times come from Redis TIME, never the client's clock.
+local READY, DELAYED, INFLIGHT, MESSAGES = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local DEAD, MARKER, RECLAIMER, DONE = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+
+-- Claim codes, as in scripts.go.
+local OK, GONE, TAKEN, BURIED = 1, 0, -1, 2
+
+local function nowms()
+  local t = redis.call('TIME')
+  return t[1] * 1000 + math.floor(t[2] / 1000)
+end
+
+-- parse splits a claimed state into attempts, deadline, token.
+local function parse(s)
+  local attempts, deadline, tok = string.match(s or '', '^(%d+):(%d+):(.+)$')
+  if not tok then return nil end
+  return tonumber(attempts), tonumber(deadline), tok
+end
+
+-- holder checks a claim: OK, attempts, now when token holds a live claim
+-- on id; GONE when the claim expired (or the message is gone); TAKEN when
+-- another consumer holds it.
+local function holder(id, token)
+  local attempts, deadline, tok = parse(redis.call('HGET', MESSAGES, 's' .. id))
+  if not tok then return GONE end
+  if tok ~= token then return TAKEN end
+  local now = nowms()
+  if deadline <= now then return GONE end
+  return OK, attempts, now
+end
+
+-- Done requests ("e" .. enqueue token, "c" .. claim token) are scored by
+-- when they were done, in ms, times 2, plus 1 for a nack: one member per
+-- claim tells an ack from a nack.
+local ACKED, NACKED = 0, 1
+
+-- doneAs returns how an earlier run of this request ended (ACKED or
+-- NACKED; ACKED for an enqueue), or nil: this run is not a resend.
+local function doneAs(request)
+  local s = redis.call('ZSCORE', DONE, request)
+  if not s then return nil end
+  return tonumber(s) % 2
+end
+
+-- remember records a request as done; the set lives while it is fed.
+local function remember(request, now, kind)
+  redis.call('ZADD', DONE, now * 2 + kind, request)
+  redis.call('PEXPIRE', DONE, DONE_MEMORY)
+end
+
+-- forget drops requests done longer ago than DONE_MEMORY. It runs on every
+-- enqueue, reclaim and empty claim rather than on every ack, which keeps
+-- the busy path short.
+local function forget(now)
+  redis.call('ZREMRANGEBYSCORE', DONE, '-inf', (now - DONE_MEMORY) * 2)
+end
+
+-- release ends the claim of token on id (the message stays).
+local function release(id, token)
+  redis.call('ZREM', INFLIGHT, id)
+  redis.call('HDEL', MESSAGES, 'c' .. token)
+end
+
+-- bury moves a message to the dead-letter list and frees its id. The
+-- entry is "attempts:died-at-ms:len(id):" id payload (decodeDeadLetter).
+local function bury(id, attempts, now)
+  local p = redis.call('HGET', MESSAGES, 'p' .. id) or ''
+  redis.call('RPUSH', DEAD, string.format('%d:%d:%d:', attempts, now, #id) .. id .. p)
+  redis.call('HDEL', MESSAGES, 'p' .. id, 's' .. id)
+end
+
+-- expired returns the id of a claim whose lease has ended, if any, and
+-- drops INFLIGHT entries that no longer match a claim.
+local function expired(now)
+  for _ = 1, 10 do
+    local e = redis.call('ZRANGEBYSCORE', INFLIGHT, '-inf', now, 'LIMIT', 0, 1)
+    if #e == 0 then return nil end
+    local attempts, deadline, tok = parse(redis.call('HGET', MESSAGES, 's' .. e[1]))
+    if not tok then
+      redis.call('ZREM', INFLIGHT, e[1])
+    elseif deadline <= now then
+      return e[1], attempts, tok
+    else
+      redis.call('ZADD', INFLIGHT, deadline, e[1]) -- renewed: resync its score
+    end
+  end
+  return nil
+end
+
+-- reclaimOne gives an expired claim back: to READY, or dead when its
+-- attempts are used up. Returns OK given back, BURIED dead-lettered.
+local function reclaimOne(id, attempts, tok, now, max)
+  release(id, tok)
+  if attempts >= max then
+    bury(id, attempts, now)
+    return BURIED
+  end
+  redis.call('HSET', MESSAGES, 's' .. id, attempts)
+  redis.call('RPUSH', READY, id)
+  return OK
+end
+
+-- due returns the id of a delayed message that is due, if any.
+local function due(now)
+  local d = redis.call('ZRANGEBYSCORE', DELAYED, '-inf', now, 'LIMIT', 0, 1)
+  if #d == 0 then return nil end
+  redis.call('ZREM', DELAYED, d[1])
+  return d[1]
+end
+
+-- nextDue is {0, ms until the next delayed message is due, or -1}: the
+-- reply of a claim or peek that found no work now.
+local function nextDue(now)
+  local nxt = redis.call('ZRANGE', DELAYED, 0, 0, 'WITHSCORES')
+  if #nxt == 0 then return {0, -1} end
+  return {0, math.max(tonumber(nxt[2]) - now, 1)}
+end
+
+-- claim claims the next message for lease ms with token: a due delayed
+-- message first (due retries are served before the ready backlog), then
+-- the head of READY, then an expired claim; see queue_claim.lua for the
+-- reply.
+local function claim(now, lease, token, max)
+  local prev = redis.call('HGET', MESSAGES, 'c' .. token)
+  if prev then
+    -- A resend: answer with the claim the first run made.
+    local attempts, deadline, tok = parse(redis.call('HGET', MESSAGES, 's' .. prev))
+    if tok == token then
+      return {1, prev, redis.call('HGET', MESSAGES, 'p' .. prev), attempts, deadline}
+    end
+    redis.call('HDEL', MESSAGES, 'c' .. token)
+  elseif doneAs('c' .. token) then
+    -- The first run arriving after its resend's claim was settled: its
+    -- reply reaches nobody, so it must claim nothing.
+    return {0, -1}
+  end
+  for _ = 1, 100 do
+    local id = due(now)
+    local tookDue = id ~= nil
+    id = id or redis.call('LPOP', READY)
+    local attempts = nil
+    if not id then
+      local e, a, tok = expired(now)
+      if not e then
+        redis.call('DEL', MARKER) -- no work: a stale marker would wake a consumer for nothing
+        forget(now)
+        return nextDue(now)
+      end
+      release(e, tok)
+      if a >= max then bury(e, a, now) else id, attempts = e, a end
+    end
+    if id then
+      local m = redis.call('HMGET', MESSAGES, 'p' .. id, 's' .. id)
+      if m[1] then
+        local attempt = (attempts or tonumber(m[2]) or 0) + 1
+        local deadline = now + tonumber(lease)
+        redis.call('HSET', MESSAGES, 's' .. id, string.format('%d:%d:', attempt, deadline) .. token, 'c' .. token, id)
+        redis.call('ZADD', INFLIGHT, deadline, id)
+        -- While work remains, wake another blocked consumer; else none.
+        -- (Nothing was due if this claim did not take a due message.)
+        if tookDue or redis.call('LLEN', READY) > 0 then
+          redis.call('ZADD', MARKER, 0, 'm')
+        else
+          redis.call('DEL', MARKER)
+        end
+        return {1, id, m[1], attempt, deadline}
+      end
+      redis.call('HDEL', MESSAGES, 's' .. id) -- an id without a payload: drop it
+    end
+  end
+  return {0, 1}
+end
+
+-- ack deletes id claimed with token: OK (also when a resend finds it
+-- acked), GONE or TAKEN; and the time it used.
+local function ack(id, token)
+  local code, _, now = holder(id, token)
+  if code ~= OK then
+    if doneAs('c' .. token) == ACKED then return OK, nowms() end
+    return code, nowms()
+  end
+  redis.call('ZREM', INFLIGHT, id)
+  redis.call('HDEL', MESSAGES, 'p' .. id, 's' .. id, 'c' .. token)
+  remember('c' .. token, now, ACKED)
+  return OK, now
+end

@@ -1,0 +1,29 @@
+-- Ends a claim by scheduling a retry, or dead-letters the message when its
+-- attempts are used up.
+--
+-- ARGV[1] id
+-- ARGV[2] claim token
+-- ARGV[3] retry delay in ms
+-- ARGV[4] max attempts
+-- returns 1 retried (also when a resend finds it done), 2 dead-lettered,
+--         0 lease expired, -1 claimed by another
+local code, attempts, now = holder(ARGV[1], ARGV[2])
+if code ~= OK then
+  if doneAs('c' .. ARGV[2]) == NACKED then return OK end
+  return code
+end
+release(ARGV[1], ARGV[2])
+remember('c' .. ARGV[2], now, NACKED)
+if attempts >= tonumber(ARGV[4]) then
+  bury(ARGV[1], attempts, now)
+  return BURIED
+end
+redis.call('HSET', MESSAGES, 's' .. ARGV[1], attempts)
+local delay = tonumber(ARGV[3])
+if delay > 0 then
+  redis.call('ZADD', DELAYED, now + delay, ARGV[1])
+else
+  redis.call('RPUSH', READY, ARGV[1])
+  redis.call('ZADD', MARKER, 0, 'm')
+end
+return OK

@@ -1,0 +1,121 @@
+package redlease
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Message is one delivery of a message, claimed under a lease by
+// [Queue.Claim] or [Queue.Consume]. Its methods are safe for concurrent use.
+type Message struct {
+	// ID is the message's id: random, or the one given with [WithID].
+	ID string
+	// Payload is the message's body, as enqueued.
+	Payload []byte
+	// Attempt counts deliveries of this message, 1 on the first, and grows
+	// by one with each delivery while the id stays live. So (ID, Attempt)
+	// orders the deliveries of one message: a store that refuses writes
+	// for an ID with a lower Attempt than it has seen is safe from a
+	// consumer whose claim expired. An id enqueued again after its message
+	// was acked or dead-lettered starts over at 1; where ids are reused,
+	// fence on a version of your own as well.
+	Attempt int
+
+	lease
+	q      *Queue
+	ackErr error // the outcome of an ack folded into the next claim
+}
+
+// Ack ends the claim by deleting the message. If the claim was lost (its
+// lease expired, or another consumer claimed the message since), Ack
+// changes nothing and returns an error that errors.Is [ErrNotHeld]. After a
+// Redis error the claim is unchanged, still renewed if it was, and Ack
+// may be called again; a resent Ack that finds its work done succeeds.
+func (m *Message) Ack(ctx context.Context) error {
+	if m.q.wd.isReleased(&m.lease) {
+		return notHeld(m.ID, "already acked or nacked")
+	}
+	return m.settle(m.ack(ctx))
+}
+
+func (m *Message) ack(ctx context.Context) error {
+	code, err := run(ctx, m.q.client, ackScript, m.q.shards[m.shard].keys, m.ID, m.token).Int64()
+	if err != nil {
+		return fmt.Errorf("redlease: ack %q: %w", m.ID, err)
+	}
+	return claimGone(m.ID, code)
+}
+
+// settle ends the claim on the client's side once Redis has answered for
+// it: a Redis error leaves it as it was, so the call can be retried.
+func (m *Message) settle(err error) error {
+	if err == nil || errors.Is(err, ErrNotHeld) {
+		m.q.wd.release(&m.lease)
+	}
+	return err
+}
+
+// Nack ends the claim and schedules another delivery after the queue's
+// retry backoff, or moves the message to the dead-letter list if this was
+// its last attempt. A lost claim gives an error that errors.Is
+// [ErrNotHeld]. After a Redis error the claim is unchanged and Nack may be
+// called again.
+func (m *Message) Nack(ctx context.Context) error {
+	if m.q.wd.isReleased(&m.lease) {
+		return notHeld(m.ID, "already acked or nacked")
+	}
+	return m.settle(m.nack(ctx))
+}
+
+func (m *Message) nack(ctx context.Context) error {
+	delay := max(m.q.backoff(m.Attempt), 0)
+	call := scriptCall{keys: m.q.shards[m.shard].keys, args: []any{m.ID, m.token, delay.Milliseconds(), m.q.maxAttempts}}
+	code, err := runAll(ctx, m.q.client, nackScript, []scriptCall{call}, m.q.wake(ctx)...)[0].Int64()
+	if err != nil {
+		return fmt.Errorf("redlease: nack %q: %w", m.ID, err)
+	}
+	return claimGone(m.ID, code)
+}
+
+// Extend sets the claim to end d from now (by the Redis clock). A d under a
+// millisecond is an error that changes nothing; a lost claim gives an error
+// that errors.Is [ErrNotHeld].
+func (m *Message) Extend(ctx context.Context, d time.Duration) error {
+	return m.q.wd.extend(&m.lease, "extend", "already acked or nacked", d, func() (int64, error) {
+		codes, err := ints(run(ctx, m.q.client, extendScript, m.q.shards[m.shard].keys, m.ID, m.token, d.Milliseconds()), 1)
+		if err != nil {
+			return 0, err
+		}
+		return codes[0], nil
+	}, claimGone)
+}
+
+// claimGone turns a script's claim code into an error (nil for success).
+func claimGone(id string, code int64) error {
+	switch code {
+	case codeOK, codeBuried:
+		return nil
+	case codeGone:
+		return notHeld(id, "claim lease expired")
+	case codeTaken:
+		return notHeld(id, "claimed by another consumer")
+	}
+	return errUnexpected(code)
+}
+
+// extendAll renews a batch of claims for the watchdog: one script call per
+// shard and scriptBatch claims, all in one round trip.
+func (q *Queue) extendAll(ctx context.Context, batch []renewal) ([]int64, []error) {
+	groups := groupBatch(batch, func(ls *lease) int { return ls.shard }, scriptBatch)
+	calls := make([]scriptCall, len(groups))
+	for g, idx := range groups {
+		args := make([]any, 0, 3*len(idx))
+		for _, i := range idx {
+			args = append(args, batch[i].ls.rkey, batch[i].ls.token, batch[i].ttl.Milliseconds())
+		}
+		calls[g] = scriptCall{keys: q.shards[batch[idx[0]].ls.shard].keys, args: args}
+	}
+	return spreadReplies(runAll(ctx, q.client, extendScript, calls), groups, len(batch))
+}

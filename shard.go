@@ -1,0 +1,45 @@
+package redlease
+
+import (
+	"strconv"
+	"time"
+)
+
+// shard is one part of a queue, under its own {hash tag}: the keys every
+// queue script takes, by name.
+type shard struct {
+	index     int
+	ready     string // list of ids, claimed from the head
+	delayed   string // sorted set: id -> due time (ms, Redis clock)
+	inflight  string // sorted set: id -> claim deadline (ms, Redis clock)
+	messages  string // hash: "p"..id -> payload, "s"..id -> state, "c"..token -> id of a live claim
+	dead      string // list of dead letters, oldest first (see decodeDeadLetter)
+	marker    string // sorted set with at most one member: "there may be work"
+	reclaimer string // string: held while one consumer reclaims the shard
+	done      string // sorted set: request token -> when it was done (ms)
+	keys      []string
+}
+
+// doneMemory is how long a shard remembers the tokens of the enqueues and
+// settled claims it has done, so that a request go-redis sends again after
+// a lost reply finds its work done instead of doing it twice or reporting
+// a false error. It outlasts go-redis's retries with default timeouts.
+const doneMemory = 30 * time.Second
+
+// newShard lays out shard i of n of queue name. One shard lives under the
+// tag {name}; shard i of several under {name:i} with a ":shard:" part, so
+// that no shard shares a key with a one-shard queue named "name:i".
+func newShard(prefix, name string, i, n int) *shard {
+	base := prefix + ":queue:{" + name + "}:"
+	if n > 1 {
+		base = prefix + ":queue:{" + name + ":" + strconv.Itoa(i) + "}:shard:"
+	}
+	s := &shard{
+		index: i, ready: base + "ready", delayed: base + "delayed", inflight: base + "inflight",
+		messages: base + "messages", dead: base + "dead", marker: base + "marker",
+		reclaimer: base + "reclaimer", done: base + "done",
+	}
+	// The order of lua/queue.lua's KEYS.
+	s.keys = []string{s.ready, s.delayed, s.inflight, s.messages, s.dead, s.marker, s.reclaimer, s.done}
+	return s
+}

@@ -1,0 +1,48 @@
+package redlease
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Stats counts a queue's messages by state, summed over its shards.
+type Stats struct {
+	// Ready counts messages waiting to be claimed.
+	Ready int64
+	// Delayed counts messages waiting for their delay or retry backoff,
+	// including due ones until they are claimed.
+	Delayed int64
+	// InFlight counts claimed messages, including claims whose lease has
+	// ended but that nobody has reclaimed yet.
+	InFlight int64
+	// Dead counts messages in the dead-letter list.
+	Dead int64
+}
+
+// Stats counts the queue's messages by state, in one round trip. The
+// counts of different shards are read in one pipeline, not atomically.
+func (q *Queue) Stats(ctx context.Context) (Stats, error) {
+	if err := q.check(); err != nil {
+		return Stats{}, err
+	}
+	cmds := make([][4]*redis.IntCmd, len(q.shards))
+	_, err := q.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, s := range q.shards {
+			cmds[i] = [4]*redis.IntCmd{p.LLen(ctx, s.ready), p.ZCard(ctx, s.delayed), p.ZCard(ctx, s.inflight), p.LLen(ctx, s.dead)}
+		}
+		return nil
+	})
+	if err != nil {
+		return Stats{}, fmt.Errorf("redlease: stats of %q: %w", q.name, err)
+	}
+	var st Stats
+	for _, c := range cmds {
+		st.Ready += c[0].Val()
+		st.Delayed += c[1].Val()
+		st.InFlight += c[2].Val()
+		st.Dead += c[3].Val()
+	}
+	return st, nil
+}

@@ -1,0 +1,88 @@
+package redlease
+
+import (
+	"context"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// store is where a Locker keeps its leases: one Redis (a node) or a
+// majority of independent masters (a quorum). Codes are the scripts'
+// codeOK, codeGone and codeTaken.
+type store interface {
+	// check refuses, before anything is sent, lock options the store
+	// cannot honour.
+	check(cfg *lockConfig) error
+	// acquire makes one attempt to take lk's lease, sent at start: ok and
+	// the fence, or the holder's remaining ms (negative: no TTL).
+	acquire(ctx context.Context, lk *Lock, start time.Time) (ok bool, n int64, err error)
+	// release deletes the lease if it is ours and wakes waiters.
+	release(ctx context.Context, ls *lease) (int64, error)
+	// renew sets the lease to end ttl from now if it is ours.
+	renew(ctx context.Context, ls *lease, ttl time.Duration) (int64, error)
+	// renewAll renews a watchdog batch: a code or an error per lease.
+	renewAll(ctx context.Context, batch []renewal) ([]int64, []error)
+	// pttl is the lease's remaining ms, or negative when it is not ours.
+	pttl(ctx context.Context, ls *lease) (int64, error)
+}
+
+// renewBatchSize caps the leases one renewal script call extends.
+const renewBatchSize = 100
+
+// node is one Redis that holds leases.
+type node struct {
+	client  redis.UniversalClient
+	channel string                  // release notifications; the message is the lock key
+	slots   func(key string) string // groups keys that one script call may touch together
+}
+
+func newNode(c redis.UniversalClient, channel string) *node {
+	return &node{client: c, channel: channel, slots: slotsOf(c)}
+}
+
+func (n *node) check(*lockConfig) error { return nil }
+
+func (n *node) acquire(ctx context.Context, lk *Lock, _ time.Time) (bool, int64, error) {
+	if lk.replicas > 0 {
+		return n.acquireAcked(ctx, lk)
+	}
+	res, err := ints(run(ctx, n.client, acquireScript, []string{lk.rkey, lk.fkey}, lk.token, lk.ttl.Milliseconds()), 2)
+	if err != nil {
+		return false, 0, err
+	}
+	return res[0] == codeOK, res[1], nil
+}
+
+func (n *node) release(ctx context.Context, ls *lease) (int64, error) {
+	return run(ctx, n.client, releaseScript, []string{ls.rkey}, ls.token, n.channel).Int64()
+}
+
+func (n *node) renew(ctx context.Context, ls *lease, ttl time.Duration) (int64, error) {
+	codes, err := ints(run(ctx, n.client, renewScript, []string{ls.rkey}, ls.token, ttl.Milliseconds()), 1)
+	if err != nil {
+		return 0, err
+	}
+	return codes[0], nil
+}
+
+// renewAll renews a batch in as few script calls as the keys' cluster
+// slots allow, sent together in one pipeline.
+func (n *node) renewAll(ctx context.Context, batch []renewal) ([]int64, []error) {
+	groups := groupBatch(batch, func(ls *lease) string { return n.slots(ls.rkey) }, renewBatchSize)
+	calls := make([]scriptCall, len(groups))
+	for g, idx := range groups {
+		keys := make([]string, len(idx))
+		args := make([]any, 0, 2*len(idx))
+		for j, i := range idx {
+			keys[j] = batch[i].ls.rkey
+			args = append(args, batch[i].ls.token, batch[i].ttl.Milliseconds())
+		}
+		calls[g] = scriptCall{keys, args}
+	}
+	return spreadReplies(runAll(ctx, n.client, renewScript, calls), groups, len(batch))
+}
+
+func (n *node) pttl(ctx context.Context, ls *lease) (int64, error) {
+	return run(ctx, n.client, pttlScript, []string{ls.rkey}, ls.token).Int64()
+}
