@@ -1,0 +1,130 @@
+// Package redlease provides distributed locks and a reliable work queue on
+// Redis, both built on one primitive: the lease, a key in Redis that says
+// who holds something and until when.
+//
+// # Locks
+//
+// A [Locker] hands out leases on named locks; share one per process and
+// Redis, and [Locker.Close] it when done. [Locker.TryObtain] makes one
+// attempt, [Locker.Obtain] waits for the lock, and [Locker.Do] obtains it,
+// runs a function and releases it. The first two return a [Lock], which the
+// holder gives back with [Lock.Release].
+//
+//	err := locker.Do(ctx, "nightly-report", func(ctx context.Context) error {
+//		return buildReport(ctx) // ctx is cancelled if the lease is lost
+//	})
+//
+// # Leases
+//
+// A lease lasts its TTL ([WithTTL], default [DefaultTTL]) unless it is
+// renewed, and Redis expires it on its own clock: a holder that crashes
+// keeps others waiting until its lease's TTL runs out, no longer. Each lease has a random token
+// ([Lock.Token]), and every release, renewal and refresh compares it first,
+// in the same Lua script: a holder never touches a lease that is no longer
+// its own, and learns that it lost it from an error that errors.Is
+// [ErrNotHeld].
+//
+// # Fences
+//
+// Each lease carries a fencing token, [Lock.Fence]. For one lock name,
+// fences only grow: a lease's fence is greater than that of every earlier
+// lease on the name, whoever held it (not always by one). A lease is a
+// promise with a deadline: a holder whose process pauses (GC, swap, a
+// stopped VM) past its lease can act on a lock it no longer holds, and no
+// lock service can prevent that. A resource that remembers the highest
+// fence it accepted and refuses lower ones, atomically with the write, is
+// safe from such a holder; see the package example.
+//
+// # Watchdog and Lost
+//
+// A Locker's watchdog renews each lease it holds about every TTL/3, until
+// Release; one loop serves all the Locker's leases, in batched script
+// calls. [WithoutWatchdog] turns renewal off: the holder then calls
+// [Lock.Refresh] itself.
+//
+// [Lock.Lost] returns a channel that is closed when the lease is no longer
+// held: at once when a renewal or a Refresh finds it expired or taken, and,
+// if renewals cannot get through, when the lease must have ended by the
+// client's own clock (counted from when the request was sent, with a
+// margin for clock drift). It also closes on Release and on Close, and
+// [Lock.Err] says why. Do cancels its function's context when the lease is
+// lost. A paused process cannot notice in time: that is what fences are for.
+//
+// # Waiting and hand-off
+//
+// Obtain's waiters do not poll: they are woken by the holder's release,
+// through one Redis subscription per Locker. Within a Locker, the waiters
+// on a key are served first come, first served, and a release wakes only
+// the first, so it costs one attempt per Locker with waiters, not one per
+// waiter. When the releasing Locker has a waiter on the key, Release
+// normally hands the lease straight to it in one script (new token, fresh
+// TTL, next fence): the waiter holds the lock when Release returns. After 8
+// hand-offs in a row a real release follows, so that waiters in other
+// Lockers (other processes) get their turn. A quorum Locker does not hand
+// off. A waiter that hears nothing tries again when the holder's lease must
+// have ended, or as its [RetryStrategy] says ([WithRetry]); it gives up
+// when its context ends or the strategy says so.
+//
+// # Quorum locks
+//
+// [NewQuorumLocker] returns a Locker with the same API whose leases live on
+// a majority of independent Redis masters (the Redlock scheme), so its
+// locks survive the loss of a minority of them. Its fences still only
+// grow. It makes Redis no more a consensus system than before: fence at
+// the resource where correctness matters.
+//
+// # Queue
+//
+// A [Queue] is a work queue in which every message is claimed under a
+// lease. Producers add messages with [Queue.Enqueue] or
+// [Queue.EnqueueBatch]; consumers take them one at a time with
+// [Queue.Claim] and settle each [Message] with [Message.Ack],
+// [Message.Nack] or [Message.Extend], or run a pool of handlers with
+// [Queue.Consume], which renews claims every lease/3 while handlers run,
+// acks on a nil return, and nacks on an error or a panic.
+//
+// A message is in one of four states, which [Queue.Stats] counts:
+//
+//   - ready: waiting to be claimed, in the order it became ready.
+//   - delayed: waiting for its [WithDelay], or for the retry backoff
+//     ([WithRetryBackoff]) after a Nack; once due, it is claimed before the
+//     ready ones.
+//   - in flight: claimed under a lease that lasts [WithLease] (default
+//     [DefaultLease]) unless extended. Ack deletes the message; Nack makes
+//     it delayed (ready at once if the backoff is zero). A message whose
+//     lease ends is delivered again: [Queue.Reclaim] (which Consume runs)
+//     makes it ready, and a Claim that finds no other work takes it.
+//   - dead: its last attempt ([WithMaxAttempts], default
+//     [DefaultMaxAttempts]) was nacked or expired. [Queue.DeadLetters]
+//     reads the dead-letter list.
+//
+// At any instant at most one consumer holds a valid claim on a message; a
+// consumer whose claim was lost cannot ack, nack or extend it (the call
+// returns an error that errors.Is [ErrNotHeld]); and no message is lost:
+// each one ends acked or dead. Delivery is at least once, though: a claim
+// whose lease ends is delivered again, and a handler whose ack did not
+// arrive sees its message again. Make handlers idempotent, or fence their
+// writes with (ID, Attempt): [Message.Attempt] grows by one with each
+// delivery while the id is live, so it orders the deliveries of a message
+// as a fence orders the leases of a lock. [WithID] gives a message an id of
+// your own and refuses a duplicate with [ErrDuplicate]; [WithShards]
+// splits a queue into shards that Redis Cluster can spread over its
+// masters.
+//
+// # Redis
+//
+// redlease needs Redis 7.0 or later and works with go-redis's Client,
+// ClusterClient and failover (Sentinel) client; a Ring serves queues but
+// not Lockers. Every guarantee holds only while Redis keeps its data: a
+// restart without persistence, eviction (use maxmemory-policy noeviction)
+// or a failover to a replica that missed a write can give a lock to two
+// holders, or a message to two consumers, or lose it. The README says more.
+//
+// # Errors
+//
+// Errors are matched with errors.Is against [ErrNotObtained], [ErrNotHeld],
+// [ErrInvalidArgument], [ErrClosed] and [ErrDuplicate]. Nothing panics on
+// bad input: an invalid argument or option makes the call, or every call on
+// the Locker or Queue it configures, return an error that errors.Is
+// [ErrInvalidArgument].
+package redlease
