@@ -22,8 +22,8 @@ var (
 	// was sent to Redis.
 	ErrInvalidArgument = errors.New("redlease: invalid argument")
 
-	// ErrClosed reports a call on a Locker after Close, or an Obtain that
-	// was waiting when Close was called.
+	// ErrClosed reports a call on a Locker after Close, or a TryObtain or
+	// Obtain that Close overtook (a lease it got meanwhile is given back).
 	ErrClosed = errors.New("redlease: locker closed")
 )
 

@@ -10,7 +10,7 @@ import (
 // Fuzz targets for every parser of data that comes back from Redis or from
 // a user. CI runs each for a few seconds; seeds are in testdata/fuzz.
 
-// encodeDeadLetter mirrors the bury function in queueLua.
+// encodeDeadLetter mirrors bury in lua/queue.lua.
 func encodeDeadLetter(d DeadLetter) string {
 	return strconv.Itoa(d.Attempts) + ":" + strconv.FormatInt(d.DiedAt.UnixMilli(), 10) + ":" + strconv.Itoa(len(d.ID)) + ":" + d.ID + string(d.Payload)
 }

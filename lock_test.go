@@ -696,3 +696,35 @@ func TestHandoffLatency(t *testing.T) {
 		t.Fatalf("hand-off p50 %v", p50)
 	}
 }
+
+// closeOnAcquire closes the Locker just before its first script call
+// reaches Redis, so Close overtakes a TryObtain in flight.
+type closeOnAcquire struct {
+	l    *Locker
+	once sync.Once
+}
+
+func (*closeOnAcquire) DialHook(n redis.DialHook) redis.DialHook { return n }
+func (h *closeOnAcquire) ProcessHook(n redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		h.once.Do(func() { _ = h.l.Close() })
+		return n(ctx, cmd)
+	}
+}
+func (*closeOnAcquire) ProcessPipelineHook(n redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return n
+}
+
+// A TryObtain that Close overtakes gives its lease back and says so.
+func TestTryObtainOvertakenByCloseGivesTheLeaseBack(t *testing.T) {
+	_, c := newMini(t)
+	l := NewLocker(c)
+	c.AddHook(&closeOnAcquire{l: l})
+	lk, err := l.TryObtain(context.Background(), "k")
+	if lk != nil || !errors.Is(err, ErrClosed) || !errors.Is(err, ErrNotObtained) {
+		t.Fatalf("TryObtain after Close = %v, %v; want no lock and ErrNotObtained with ErrClosed", lk, err)
+	}
+	if n, err := c.Exists(context.Background(), l.lockKey("k")).Result(); err != nil || n != 0 {
+		t.Fatalf("lease left in Redis: exists = %d, %v", n, err)
+	}
+}

@@ -18,10 +18,10 @@ import (
 // Mutual exclusion holds only while the Redis instance holding the keys
 // keeps them: a failover to a replica that had not received a write, a
 // restart without persistence, or eviction can hand the same lock to two
-// holders. Check Fence at the resource where that matters.
+// holders. Check [Lock.Fence] at the resource where that matters.
 //
 // A Locker runs background goroutines only while it holds leases or has
-// waiters, and they stop shortly after; Close stops them at once.
+// waiters, and they stop shortly after; [Locker.Close] stops them at once.
 type Locker struct {
 	client   redis.UniversalClient // carries wake-ups and hand-offs: the only node, or a quorum's first
 	store    store
@@ -83,8 +83,9 @@ func isNil(c redis.UniversalClient) bool {
 // Close stops the Locker's background work at once and waits for its
 // loops to end. A Redis call already in flight (a renewal on a dead link,
 // say) is not waited for: go-redis cannot interrupt it, it ends by the
-// client's own timeouts, and its answer is ignored. Obtain calls still
-// waiting return [ErrClosed]. Held leases are no longer
+// client's own timeouts, and its answer is ignored. TryObtain and Obtain
+// calls that Close overtakes give back any lease they got and return an
+// error that errors.Is [ErrClosed]. Held leases are no longer
 // renewed: their Lost channels close, but they stay in Redis until
 // released (Release still works after Close) or expired. Close is
 // idempotent.
@@ -165,8 +166,9 @@ func (l *Locker) lockConfig(opts []LockOption) (lockConfig, error) {
 	return cfg, err
 }
 
-// TryObtain makes one attempt to take the lock. If another holds it, the
-// error errors.Is [ErrNotObtained]. The lease lasts [WithTTL] (default 30s) and
+// TryObtain makes one attempt to take the lock. If another holds it, or
+// Close overtook the call, the error errors.Is [ErrNotObtained] (and
+// [ErrClosed] in the latter case). The lease lasts [WithTTL] (default 30s) and
 // is renewed by the watchdog until Release unless [WithoutWatchdog] is given.
 func (l *Locker) TryObtain(ctx context.Context, key string, opts ...LockOption) (*Lock, error) {
 	if err := l.check(key); err != nil {
@@ -178,10 +180,12 @@ func (l *Locker) TryObtain(ctx context.Context, key string, opts ...LockOption) 
 	}
 	lk := l.newLock(key, cfg, nil)
 	ok, pttl, err := l.acquire(ctx, lk)
-	if err != nil {
+	switch {
+	case errors.Is(err, ErrClosed):
+		return nil, gaveUp(key, err)
+	case err != nil:
 		return nil, err
-	}
-	if !ok {
+	case !ok:
 		return nil, notObtained(key, pttl)
 	}
 	return lk, nil
@@ -265,14 +269,14 @@ func (l *Locker) obtain(ctx context.Context, key string, cfg lockConfig, onLost 
 		if l.closed.Load() {
 			return nil, gaveUp(key, ErrClosed)
 		}
-		if !l.hub.beginAttempt(w) {
+		if !l.hub.beginAcquire(w) {
 			continue
 		}
 		ok, p, err := l.acquire(ctx, lk)
 		// An attempt that decides Obtain leaves the queue at once, so no
 		// releaser can take this waiter for a hand-off after it got the
 		// lock (or an error) by itself.
-		l.hub.endAttempt(w, ok || err != nil, ok)
+		l.hub.endAcquire(w, ok || err != nil, ok)
 		if ok && retry > 1 && !woken {
 			l.hub.suspect() // freed, yet no wake-up came
 		}

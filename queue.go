@@ -97,8 +97,7 @@ func (q *Queue) wake(ctx context.Context) []func(redis.Pipeliner) {
 }
 
 // passWake wakes another idle consumer when a consumer that was idle finds
-// work, or reclaiming made work ready: so a burst wakes consumers one after
-// another, not all at once. One shard's scripts do this themselves, and
+// work: so a burst wakes consumers one after another, not all at once. One shard's scripts do this themselves, and
 // only while work remains.
 func (q *Queue) passWake(ctx context.Context) {
 	if len(q.shards) > 1 { // one shard's marker says nothing of the others

@@ -117,8 +117,9 @@ type answer struct {
 //
 // It does not wait for late nodes, so Close returns at once even with a
 // call in flight on a dead link. Every goroutine it starts still ends by
-// itself: it sends once on a buffered channel, after one pipeline of
-// script calls (EVALSHA, and EVAL on NOSCRIPT), which go-redis ends within
+// itself: it sends once on a buffered channel, after one script call or
+// pipeline (plus SCRIPT LOAD and one resend on NOSCRIPT), which go-redis
+// ends within
 // the client's pool, dial, read and write timeouts and retries, or sooner
 // if ctx ends. A late call is let run rather than cancelled, so that a
 // late release still frees its node.

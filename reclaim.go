@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // maxReclaimCalls bounds Reclaim's script calls per shard.
@@ -49,8 +51,9 @@ func (q *Queue) reclaim(ctx context.Context, s *shard, guard time.Duration, toke
 	if len(res) == 1 {
 		return 0, nil
 	}
-	if res[0] > 0 {
-		q.passWake(ctx)
+	if res[0] > 0 && len(q.shards) > 1 {
+		// Best effort, and only while ctx lasts: idle consumers also poll.
+		_ = q.client.ZAdd(ctx, q.wakeKey, redis.Z{Member: "m"}).Err()
 	}
 	return int(res[0] + res[1]), nil
 }

@@ -77,7 +77,7 @@ type scriptCall struct {
 func isNoScript(err error) bool { return redis.HasErrorPrefix(err, "NOSCRIPT") }
 
 // runAll sends calls of one script, and any extra commands after them, in
-// one round trip (a pipeline when there are several). Calls refused with
+// one round trip (a pipeline unless it is one call alone). Calls refused with
 // NOSCRIPT did not run: after loading the script, only those are sent
 // again, with the extras (a wake-up must follow the work it announces; a
 // WAIT, the write it waits for), so no call runs twice.
@@ -108,9 +108,16 @@ func runAll(ctx context.Context, c redis.UniversalClient, s *redis.Script, calls
 			refused = append(refused, i)
 		}
 	}
-	if len(refused) > 0 && s.Load(ctx, c).Err() == nil {
-		send(refused)
+	if len(refused) == 0 {
+		return cmds
 	}
+	if err := s.Load(ctx, c).Err(); err != nil {
+		for _, i := range refused {
+			cmds[i].SetErr(fmt.Errorf("load script after NOSCRIPT: %w", err))
+		}
+		return cmds
+	}
+	send(refused)
 	return cmds
 }
 

@@ -22,7 +22,7 @@ type Stats struct {
 }
 
 // Stats counts the queue's messages by state, in one round trip. The
-// counts of different shards are read in one pipeline, not atomically.
+// counts are read in one pipeline, not atomically.
 func (q *Queue) Stats(ctx context.Context) (Stats, error) {
 	if err := q.check(); err != nil {
 		return Stats{}, err

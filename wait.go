@@ -53,10 +53,10 @@ func (h *wakeHub) waiting(key string) bool {
 	return len(h.queues[key]) > 0
 }
 
-// beginAttempt reports whether w, at the head of its queue, may try for
-// the lock itself; until endAttempt no releaser hands the lock to it, so
+// beginAcquire reports whether w, at the head of its queue, may try for
+// the lock itself; until endAcquire no releaser hands the lock to it, so
 // the two never race for one lease.
-func (h *wakeHub) beginAttempt(w *waiter) bool {
+func (h *wakeHub) beginAcquire(w *waiter) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	q := h.queues[w.key]
@@ -64,11 +64,11 @@ func (h *wakeHub) beginAttempt(w *waiter) bool {
 	return w.trying
 }
 
-// endAttempt ends w's own attempt. If the attempt decided w's Obtain (done:
+// endAcquire ends w's own attempt. If the attempt decided w's Obtain (done:
 // it got the lock, or an error), w leaves its queue in this same critical
 // section: a waiter whose token may be in Redis is never at the head with
 // trying unset, so no releaser can hand it the lease it already holds.
-func (h *wakeHub) endAttempt(w *waiter, done, acquired bool) {
+func (h *wakeHub) endAcquire(w *waiter, done, acquired bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	w.trying = false

@@ -12,6 +12,10 @@ local DEAD, MARKER, RECLAIMER, DONE = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 -- Claim codes, as in scripts.go.
 local OK, GONE, TAKEN, BURIED = 1, 0, -1, 2
 
+-- Bounds on one call's work: stale INFLIGHT entries dropped while looking
+-- for an expired claim, and ids without a payload skipped by a claim.
+local MAX_STALE, MAX_SKIPPED = 10, 100
+
 local function nowms()
   local t = redis.call('TIME')
   return t[1] * 1000 + math.floor(t[2] / 1000)
@@ -79,7 +83,7 @@ end
 -- expired returns the id of a claim whose lease has ended, if any, and
 -- drops INFLIGHT entries that no longer match a claim.
 local function expired(now)
-  for _ = 1, 10 do
+  for _ = 1, MAX_STALE do
     local e = redis.call('ZRANGEBYSCORE', INFLIGHT, '-inf', now, 'LIMIT', 0, 1)
     if #e == 0 then return nil end
     local attempts, deadline, tok = parse(redis.call('HGET', MESSAGES, 's' .. e[1]))
@@ -141,7 +145,7 @@ local function claim(now, lease, token, max)
     -- reply reaches nobody, so it must claim nothing.
     return {0, -1}
   end
-  for _ = 1, 100 do
+  for _ = 1, MAX_SKIPPED do
     local id = due(now)
     local tookDue = id ~= nil
     id = id or redis.call('LPOP', READY)

@@ -4,8 +4,8 @@
 --
 -- ARGV[1] max attempts
 -- ARGV[2] batch size
--- ARGV[3] guard in ms (0: none): with one, do nothing if another consumer
---         reclaimed the shard within that time
+-- ARGV[3] guard in ms (0: none): with one, do nothing if any consumer
+--         (this one included) reclaimed the shard within that time
 -- ARGV[4] guard token
 -- returns {given back to READY, dead-lettered},
 --         or {-1} when another consumer holds the guard
