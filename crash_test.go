@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/redlease/redlease/internal/redistest"
 )
 
 // Consumers in separate processes, killed with SIGKILL at random moments
@@ -102,7 +104,7 @@ func TestCrashingConsumerProcesses(t *testing.T) {
 		kills++
 	}
 	acks := keys[len(keys)-1]
-	eventually(t, 40*time.Second, "every message acked", func() bool { return c.HLen(ctx, acks).Val() == n })
+	redistest.Eventually(t, 40*time.Second, "every message acked", func() bool { return c.HLen(ctx, acks).Val() == n })
 	counts, err := c.HGetAll(ctx, acks).Result()
 	if err != nil {
 		t.Fatal(err)

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/redlease/redlease/internal/redistest"
 )
 
 // failoverCase is a deployment whose master fail takes down or over. The
@@ -171,7 +173,7 @@ func runFailover(t *testing.T, fc failoverCase) failoverResult {
 	}()
 	stopConsumer := sync.OnceFunc(func() { stopConsume(); <-consumed })
 	defer stopConsumer()
-	eventually(t, 5*time.Second, "the consumer at work", func() bool {
+	redistest.Eventually(t, 5*time.Second, "the consumer at work", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return len(handled) >= 2
@@ -279,11 +281,11 @@ func runFailover(t *testing.T, fc failoverCase) failoverResult {
 
 	failAt := time.Now()
 	fc.fail()
-	if err := waitUntil(15*time.Second, fc.promoted); err != nil {
+	if err := redistest.Poll(15*time.Second, fc.promoted); err != nil {
 		t.Fatalf("replica not promoted: %v", err)
 	}
 	res.promoted = time.Since(failAt)
-	if err := waitUntil(15*time.Second, func() error {
+	if err := redistest.Poll(15*time.Second, func() error {
 		for _, c := range following {
 			wctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
 			err := fc.switched(wctx, c)
@@ -319,7 +321,7 @@ func runFailover(t *testing.T, fc failoverCase) failoverResult {
 
 	// Every lease not renewed has ended by foLongTTL after the failure,
 	// and every message must be handled.
-	waitErr := waitUntil(30*time.Second, func() error {
+	waitErr := redistest.Poll(30*time.Second, func() error {
 		if time.Since(failAt) < foLongTTL+time.Second {
 			return errors.New("leases may still run")
 		}
@@ -356,7 +358,7 @@ func runFailover(t *testing.T, fc failoverCase) failoverResult {
 		_ = h.lk.Release(rctx)
 		cancel()
 	}
-	eventually(t, 5*time.Second, "contenders holding every lock", func() bool {
+	redistest.Eventually(t, 5*time.Second, "contenders holding every lock", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		for _, key := range fc.keys {

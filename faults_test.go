@@ -11,14 +11,16 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/redlease/redlease/internal/redistest"
 )
 
 // Fault injection on a real redis-server: every test here is bounded in
 // time and talks to loopback only.
 
 // proxied returns a client that reaches Redis through a fault proxy.
-func proxied(t *testing.T, target string) (*redis.Client, *faultProxy) {
-	p := newFaultProxy(t, target)
+func proxied(t *testing.T, target string) (*redis.Client, *redistest.FaultProxy) {
+	p := redistest.NewFaultProxy(t, target)
 	c := redis.NewClient(&redis.Options{Addr: p.Addr(), ReadTimeout: 500 * time.Millisecond, WriteTimeout: 500 * time.Millisecond})
 	t.Cleanup(func() { c.Close() })
 	return c, p
@@ -113,7 +115,7 @@ func TestFaultDroppedConnections(t *testing.T) {
 	stop := make(chan struct{})
 	var drops atomic.Int64
 	var wg sync.WaitGroup
-	var proxies []*faultProxy
+	var proxies []*redistest.FaultProxy
 	for client := range 4 {
 		pc, proxy := proxied(t, direct.Options().Addr)
 		proxies = append(proxies, proxy)
@@ -317,8 +319,8 @@ func TestFaultConsumerCutOff(t *testing.T) {
 // restart on the same port without persistence: holders learn the loss,
 // clients reconnect and reload the scripts, and the queue is empty.
 func TestFaultRestartWithoutPersistence(t *testing.T) {
-	srv := ownRedis(t)
-	c := redis.NewClient(&redis.Options{Addr: srv.addr})
+	srv := redistest.Own(t)
+	c := redis.NewClient(&redis.Options{Addr: srv.Addr})
 	defer c.Close()
 	ctx := context.Background()
 	l := NewLocker(c)
@@ -333,8 +335,8 @@ func TestFaultRestartWithoutPersistence(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = c.Do(ctx, "SHUTDOWN", "NOSAVE").Err() // the connection closes
-	srv.kill()
-	if err := srv.restart(); err != nil {
+	srv.Kill()
+	if err := srv.Restart(); err != nil {
 		t.Fatal(err)
 	}
 	select {
@@ -358,8 +360,8 @@ func TestFaultRestartWithoutPersistence(t *testing.T) {
 // With appendonly yes and appendfsync always, a crash (SIGKILL) and restart
 // loses nothing: nothing acked comes back, nothing unacked is lost.
 func TestFaultCrashWithAOF(t *testing.T) {
-	srv := ownRedis(t, "--appendonly", "yes", "--appendfsync", "always")
-	c := redis.NewClient(&redis.Options{Addr: srv.addr})
+	srv := redistest.Own(t, "--appendonly", "yes", "--appendfsync", "always")
+	c := redis.NewClient(&redis.Options{Addr: srv.Addr})
 	defer c.Close()
 	ctx := context.Background()
 	q := NewQueue(c, "q", WithLease(200*time.Millisecond))
@@ -387,8 +389,8 @@ func TestFaultCrashWithAOF(t *testing.T) {
 		m, _ := q.Claim(ctx) // claimed, never acked: the consumer dies too
 		inflight = append(inflight, m)
 	}
-	srv.kill()
-	if err := srv.restart(); err != nil {
+	srv.Kill()
+	if err := srv.Restart(); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(250 * time.Millisecond) // the in-flight leases end
@@ -443,7 +445,7 @@ func TestFaultClientKill(t *testing.T) {
 		}
 		got <- err
 	}()
-	eventually(t, 2*time.Second, "waiter queued", func() bool { return l.hub.waiting(holder.rkey) })
+	redistest.Eventually(t, 2*time.Second, "waiter queued", func() bool { return l.hub.waiting(holder.rkey) })
 	for _, typ := range []string{"normal", "pubsub"} {
 		admin.Do(ctx, "CLIENT", "KILL", "TYPE", typ)
 	}

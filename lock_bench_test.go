@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/redlease/redlease/internal/redistest"
 )
 
 // rawRelease is the least a compare-and-delete can cost: the floor that
@@ -138,11 +140,11 @@ func handoffs(tb testing.TB, ctx context.Context, lockers [2]*Locker, n int) []f
 // The *-ratio metrics are each variant's cycle time over the single
 // instance's (the cost factor), medians over blocks.
 func BenchmarkLockVariants(b *testing.B) {
-	master := ownRedis(b, "--repl-diskless-sync-delay", "0")
-	replica := ownRedis(b, "--replicaof", "127.0.0.1", strconv.Itoa(master.port))
-	mc := redis.NewClient(&redis.Options{Addr: master.addr})
+	master := redistest.Own(b, "--repl-diskless-sync-delay", "0")
+	replica := redistest.Own(b, "--replicaof", "127.0.0.1", strconv.Itoa(master.Port))
+	mc := redis.NewClient(&redis.Options{Addr: master.Addr})
 	defer mc.Close()
-	rc := redis.NewClient(&redis.Options{Addr: replica.addr})
+	rc := redis.NewClient(&redis.Options{Addr: replica.Addr})
 	defer rc.Close()
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		if strings.Contains(rc.Info(context.Background(), "replication").Val(), "master_link_status:up") {
@@ -154,8 +156,8 @@ func BenchmarkLockVariants(b *testing.B) {
 	}
 	var qnodes []redis.UniversalClient
 	for range 3 {
-		n := ownRedis(b)
-		c := redis.NewClient(&redis.Options{Addr: n.addr})
+		n := redistest.Own(b)
+		c := redis.NewClient(&redis.Options{Addr: n.Addr})
 		defer c.Close()
 		qnodes = append(qnodes, c)
 	}

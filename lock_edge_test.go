@@ -13,6 +13,8 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/redlease/redlease/internal/redistest"
 )
 
 // Edge cases found in review.
@@ -39,7 +41,7 @@ func TestLimitRetryBehindHead(t *testing.T) {
 	hctx, hcancel := context.WithCancel(ctx)
 	defer hcancel()
 	go l.Obtain(hctx, "k") // head, waits until cancelled
-	eventually(t, time.Second, "head queued", func() bool { return l.hub.waiting(h.rkey) })
+	redistest.Eventually(t, time.Second, "head queued", func() bool { return l.hub.waiting(h.rkey) })
 	done := make(chan error, 1)
 	go func() {
 		_, err := l.Obtain(ctx, "k", WithRetry(LimitRetry(LinearBackoff(10*time.Millisecond), 3)))
@@ -68,7 +70,7 @@ func TestRefreshCrossingRenewal(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer lk.Release(ctx)
-	eventually(t, time.Second, "renewal in flight", func() bool {
+	redistest.Eventually(t, time.Second, "renewal in flight", func() bool {
 		l.wd.mu.Lock()
 		defer l.wd.mu.Unlock()
 		return lk.inflight
@@ -188,7 +190,7 @@ func staleReleaseAfterOwnAttempt(t *testing.T, l *Locker, base *redis.Client, de
 	delay.Store(int64(400 * time.Millisecond))
 	go obtain()
 	return func() error {
-		eventually(t, 2*time.Second, "waiter took the expired lock", func() bool {
+		redistest.Eventually(t, 2*time.Second, "waiter took the expired lock", func() bool {
 			v, err := base.Get(ctx, r.rkey).Result()
 			return err == nil && v != r.Token()
 		})
@@ -336,7 +338,7 @@ func TestHandoffWithLostReplyStillGrantsTheWaiter(t *testing.T) {
 		}()
 		// The holder's acquire, then the waiter's first attempt and its
 		// retry right after subscribing: then it waits, not trying.
-		eventually(t, 2*time.Second, "waiter queued and waiting", func() bool {
+		redistest.Eventually(t, 2*time.Second, "waiter queued and waiting", func() bool {
 			return hook.acquires.Load() == 3 && waitingHead(l, h.rkey)
 		})
 		hook.armed.Store(true)
@@ -401,7 +403,7 @@ func TestHubKeepsNoStateForKeysNobodyWaitsOn(t *testing.T) {
 		}
 		got := make(chan *Lock, 1)
 		go func() { lk, _ := l.Obtain(ctx, key); got <- lk }()
-		eventually(t, 2*time.Second, "waiter queued", func() bool { return l.hub.waiting(h.rkey) })
+		redistest.Eventually(t, 2*time.Second, "waiter queued", func() bool { return l.hub.waiting(h.rkey) })
 		if err := h.Release(ctx); err != nil {
 			t.Fatal(err)
 		}
@@ -449,7 +451,7 @@ func TestHandoffStreakEndsInARealRelease(t *testing.T) {
 			got <- w
 		}()
 		// Its first attempt and its retry right after subscribing: then it waits.
-		eventually(t, 2*time.Second, "waiter waiting", func() bool {
+		redistest.Eventually(t, 2*time.Second, "waiter waiting", func() bool {
 			return hook.acquires.Load() == before+2 && waitingHead(l, lk.rkey)
 		})
 		if err := lk.Release(ctx); err != nil {
@@ -539,7 +541,7 @@ func TestUnsureWaiterGivingUpReturnsWithItsContext(t *testing.T) {
 		_, err := l.Obtain(octx, "k", WithRetry(LinearBackoff(time.Minute)))
 		got <- res{time.Since(start), err}
 	}()
-	eventually(t, 2*time.Second, "waiter queued", func() bool {
+	redistest.Eventually(t, 2*time.Second, "waiter queued", func() bool {
 		return hook.acquires.Load() == 3 && waitingHead(l, h.rkey)
 	})
 	hook.armed.Store(true)

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/redlease/redlease/internal/redistest"
 	"go.uber.org/goleak"
 )
 
@@ -236,7 +238,7 @@ func TestIdleLockerLeavesNoGoroutine(t *testing.T) {
 				lk.Release(ctx)
 			}
 		}()
-		eventually(t, 2*time.Second, "waiter queued", func() bool { return l.hub.waiting(holder.rkey) })
+		redistest.Eventually(t, 2*time.Second, "waiter queued", func() bool { return l.hub.waiting(holder.rkey) })
 		holder.Release(ctx)
 		<-done
 		cl.Close()
@@ -288,7 +290,7 @@ func TestObtainWaitsForRelease(t *testing.T) {
 			}
 			got <- lk
 		}()
-		eventually(t, 2*time.Second, "waiter queued", func() bool { return l.hub.waiting(holder.rkey) })
+		redistest.Eventually(t, 2*time.Second, "waiter queued", func() bool { return l.hub.waiting(holder.rkey) })
 		start := time.Now()
 		if err := holder.Release(ctx); err != nil {
 			t.Fatal(err)
@@ -340,7 +342,7 @@ func TestCloseWakesWaiters(t *testing.T) {
 	holder, _ := l.TryObtain(ctx, "k")
 	done := make(chan error)
 	go func() { _, err := l.Obtain(ctx, "k"); done <- err }()
-	eventually(t, 2*time.Second, "waiter queued", func() bool { return l.hub.waiting(holder.rkey) })
+	redistest.Eventually(t, 2*time.Second, "waiter queued", func() bool { return l.hub.waiting(holder.rkey) })
 	l.Close()
 	select {
 	case err := <-done:
@@ -484,7 +486,7 @@ func TestLostWithoutWatchdogAtExpiry(t *testing.T) {
 	case <-time.After(time.Second):
 		t.Fatal("Lost not closed at lease end")
 	}
-	eventually(t, time.Second, "key expired", func() bool { return c.Exists(ctx, lk.rkey).Val() == 0 })
+	redistest.Eventually(t, time.Second, "key expired", func() bool { return c.Exists(ctx, lk.rkey).Val() == 0 })
 	if err := lk.Release(ctx); !errors.Is(err, ErrNotHeld) {
 		t.Fatalf("release after expiry: %v", err)
 	}

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/redlease/redlease/internal/redistest"
 )
 
 // idForShard returns an id that WithID routes to shard s of n.
@@ -66,7 +68,7 @@ func TestAckRetryableAfterRedisError(t *testing.T) {
 // delayed 100ms; once executed() sees the command's effect in Redis (the
 // reply is then held in the proxy), every proxied connection is dropped, so
 // go-redis gets EOF and resends the command on a new connection.
-func lostReply(t *testing.T, p *faultProxy, send func(), executed func() bool) {
+func lostReply(t *testing.T, p *redistest.FaultProxy, send func(), executed func() bool) {
 	t.Helper()
 	p.SetLatency(100 * time.Millisecond)
 	go send()
@@ -81,9 +83,9 @@ func lostReply(t *testing.T, p *faultProxy, send func(), executed func() bool) {
 	p.SetLatency(0)
 }
 
-func lostReplyClient(t *testing.T) (*redis.Client, *faultProxy, *redis.Client) {
+func lostReplyClient(t *testing.T) (*redis.Client, *redistest.FaultProxy, *redis.Client) {
 	direct := realRedis(t)
-	p := newFaultProxy(t, direct.Options().Addr)
+	p := redistest.NewFaultProxy(t, direct.Options().Addr)
 	c := redis.NewClient(&redis.Options{Addr: p.Addr(), PoolSize: 1})
 	t.Cleanup(func() { c.Close() })
 	return c, p, direct
@@ -187,7 +189,7 @@ func TestShardedClaimsRotateDespiteEnqueues(t *testing.T) {
 			return nil
 		})
 	}()
-	eventually(t, 20*time.Second, "300 messages handled", func() bool { return handled.Load() >= 300 || victimAt.Load() > 0 })
+	redistest.Eventually(t, 20*time.Second, "300 messages handled", func() bool { return handled.Load() >= 300 || victimAt.Load() > 0 })
 	cancel()
 	<-done
 	var lens []int64
@@ -319,7 +321,7 @@ func TestAttemptGrowsWhileLiveAndRestartsOnReuse(t *testing.T) {
 // nacked at once and delivered again.
 func TestGoexitHandlerNacksItsMessage(t *testing.T) {
 	c := realRedis(t)
-	defer noLeaks(t)()
+	defer redistest.NoLeaks(t, 0)()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	q := newQueue(t, c, WithLease(300*time.Millisecond), WithRetryBackoff(func(int) time.Duration { return 0 }))
@@ -341,7 +343,7 @@ func TestGoexitHandlerNacksItsMessage(t *testing.T) {
 			}
 		}))
 	}()
-	eventually(t, 5*time.Second, "the message delivered again and acked", func() bool {
+	redistest.Eventually(t, 5*time.Second, "the message delivered again and acked", func() bool {
 		st, _ := q.Stats(ctx)
 		return calls.Load() == 2 && st == Stats{}
 	})
@@ -438,7 +440,7 @@ func TestDueDelayedMessagesComeBeforeLaterOnes(t *testing.T) {
 			return nil
 		})
 	}()
-	eventually(t, 30*time.Second, "1000 later messages handled", func() bool { mu.Lock(); defer mu.Unlock(); return laterSeen >= 1000 })
+	redistest.Eventually(t, 30*time.Second, "1000 later messages handled", func() bool { mu.Lock(); defer mu.Unlock(); return laterSeen >= 1000 })
 	st, _ := q.Stats(ctx)
 	cancel()
 	<-done

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/redlease/redlease/internal/redistest"
 )
 
 func newQueue(t *testing.T, c *redis.Client, opts ...QueueOption) *Queue {
@@ -186,7 +188,7 @@ func TestExtendKeepsClaim(t *testing.T) {
 
 func TestPoisonMessageDeadLettered(t *testing.T) {
 	backends(t, func(t *testing.T, c *redis.Client) {
-		defer noLeaks(t)()
+		defer redistest.NoLeaks(t, 0)()
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
 		q := newQueue(t, c, WithMaxAttempts(3), WithRetryBackoff(func(int) time.Duration { return 0 }))
@@ -206,7 +208,7 @@ func TestPoisonMessageDeadLettered(t *testing.T) {
 				return errors.New("cannot handle")
 			}, WithConcurrency(2))
 		}()
-		eventually(t, 5*time.Second, "dead letter", func() bool { s, _ := q.Stats(ctx); return s.Dead == 1 })
+		redistest.Eventually(t, 5*time.Second, "dead letter", func() bool { s, _ := q.Stats(ctx); return s.Dead == 1 })
 		cancel()
 		if err := <-done; !errors.Is(err, context.Canceled) {
 			t.Fatal(err)
@@ -345,7 +347,7 @@ func TestSlowHandlerKeptAlive(t *testing.T) {
 			}
 		}, WithConcurrency(2), WithErrorHandler(func(err error) { mu.Lock(); errs = append(errs, err); mu.Unlock() }))
 	}()
-	eventually(t, 5*time.Second, "message acked", func() bool { s, _ := q.Stats(ctx); return s == Stats{} && runs.Load() == 1 })
+	redistest.Eventually(t, 5*time.Second, "message acked", func() bool { s, _ := q.Stats(ctx); return s == Stats{} && runs.Load() == 1 })
 	time.Sleep(400 * time.Millisecond) // a redelivery would show by now
 	cancel()
 	<-done
@@ -406,7 +408,7 @@ func TestCrashingConsumers(t *testing.T) {
 			}, WithConcurrency(4), WithErrorHandler(func(error) {}))
 		})
 	}
-	eventually(t, 30*time.Second, "every message acked", func() bool {
+	redistest.Eventually(t, 30*time.Second, "every message acked", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return len(acked) == n
@@ -454,8 +456,8 @@ func TestNoDuplicateDelivery(t *testing.T) {
 				return nil
 			}, WithConcurrency(16))
 		}()
-		eventually(t, 20*time.Second, "all handled", func() bool { return handled.Load() >= n })
-		eventually(t, 5*time.Second, "all acked", func() bool { s, _ := q.Stats(ctx); return s == Stats{} })
+		redistest.Eventually(t, 20*time.Second, "all handled", func() bool { return handled.Load() >= n })
+		redistest.Eventually(t, 5*time.Second, "all acked", func() bool { s, _ := q.Stats(ctx); return s == Stats{} })
 		cancel()
 		<-done
 		if len(seen) != n || handled.Load() != n {
@@ -468,7 +470,7 @@ func TestNoDuplicateDelivery(t *testing.T) {
 // the rest stay ready.
 func TestGracefulShutdown(t *testing.T) {
 	backends(t, func(t *testing.T, c *redis.Client) {
-		defer noLeaks(t)()
+		defer redistest.NoLeaks(t, 0)()
 		ctx, cancel := context.WithCancel(context.Background())
 		q := newQueue(t, c)
 		const n = 50
@@ -488,7 +490,7 @@ func TestGracefulShutdown(t *testing.T) {
 				return nil
 			}, WithConcurrency(4))
 		}()
-		eventually(t, 5*time.Second, "handlers running", func() bool { return started.Load() >= 4 })
+		redistest.Eventually(t, 5*time.Second, "handlers running", func() bool { return started.Load() >= 4 })
 		cancel()
 		select {
 		case err := <-done:
@@ -625,7 +627,7 @@ func TestShardedQueue(t *testing.T) {
 				return nil
 			}, WithConcurrency(8))
 		}()
-		eventually(t, 10*time.Second, "all handled", func() bool { s, _ := q.Stats(ctx); return s.Ready == 0 && s.InFlight == 0 })
+		redistest.Eventually(t, 10*time.Second, "all handled", func() bool { s, _ := q.Stats(ctx); return s.Ready == 0 && s.InFlight == 0 })
 		cancel()
 		<-done
 		st, _ := q.Stats(context.Background())

@@ -14,16 +14,18 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/redlease/redlease/internal/redistest"
 )
 
 // nodes starts n independent redis-servers and returns a client on each.
-func nodes(t *testing.T, n int) ([]*redisProc, []redis.UniversalClient) {
+func nodes(t *testing.T, n int) ([]*redistest.Server, []redis.UniversalClient) {
 	t.Helper()
-	var procs []*redisProc
+	var procs []*redistest.Server
 	var clients []redis.UniversalClient
 	for range n {
-		p := ownRedis(t)
-		c := redis.NewClient(&redis.Options{Addr: p.addr, MaxRetries: -1, DialTimeout: 100 * time.Millisecond})
+		p := redistest.Own(t)
+		c := redis.NewClient(&redis.Options{Addr: p.Addr, MaxRetries: -1, DialTimeout: 100 * time.Millisecond})
 		t.Cleanup(func() { c.Close() })
 		procs, clients = append(procs, p), append(clients, c)
 	}
@@ -61,7 +63,7 @@ func TestQuorumLocker(t *testing.T) {
 		}
 		got <- w
 	}()
-	eventually(t, 2*time.Second, "waiter queued", func() bool { return l.hub.waiting(lk.rkey) })
+	redistest.Eventually(t, 2*time.Second, "waiter queued", func() bool { return l.hub.waiting(lk.rkey) })
 	if err := lk.Release(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -110,7 +112,7 @@ func TestQuorumNodeLoss(t *testing.T) {
 			}
 			minority := (n - 1) / 2
 			for i := range minority {
-				procs[i].kill() // the first node, with the high counter, goes
+				procs[i].Kill() // the first node, with the high counter, goes
 			}
 			select {
 			case <-lk.Lost():
@@ -130,7 +132,7 @@ func TestQuorumNodeLoss(t *testing.T) {
 			if lk2.Fence() <= lk.Fence() {
 				t.Fatalf("fence %d after %d on another majority", lk2.Fence(), lk.Fence())
 			}
-			procs[minority].kill() // now a majority is gone
+			procs[minority].Kill() // now a majority is gone
 			select {
 			case <-lk2.Lost():
 				t.Logf("with %d of %d nodes down: %v", minority+1, n, lk2.Err())
@@ -186,14 +188,14 @@ func TestQuorumMutualExclusion(t *testing.T) {
 // WithReplicaAck waits for replicas, and gives the lease back when too few
 // acknowledge.
 func TestReplicaAck(t *testing.T) {
-	master := ownRedis(t, "--repl-diskless-sync-delay", "0")
-	replica := ownRedis(t, "--replicaof", "127.0.0.1", strconv.Itoa(master.port))
-	c := redis.NewClient(&redis.Options{Addr: master.addr})
+	master := redistest.Own(t, "--repl-diskless-sync-delay", "0")
+	replica := redistest.Own(t, "--replicaof", "127.0.0.1", strconv.Itoa(master.Port))
+	c := redis.NewClient(&redis.Options{Addr: master.Addr})
 	defer c.Close()
-	rc := redis.NewClient(&redis.Options{Addr: replica.addr})
+	rc := redis.NewClient(&redis.Options{Addr: replica.Addr})
 	defer rc.Close()
 	ctx := context.Background()
-	eventually(t, 10*time.Second, "replica in sync", func() bool {
+	redistest.Eventually(t, 10*time.Second, "replica in sync", func() bool {
 		info := rc.Info(ctx, "replication").Val()
 		return strings.Contains(info, "master_link_status:up")
 	})
@@ -305,20 +307,20 @@ func (c *dropAfterWaitConn) Read(b []byte) (int, error) {
 // a write after the first SET, on every server version, and a lock whose
 // lease no replica has is never returned.
 func TestReplicaAckHoldsWhenAcquireIsResent(t *testing.T) {
-	master := ownRedis(t, "--repl-diskless-sync-delay", "0")
-	proxy := newFaultProxy(t, master.addr) // the replication link
+	master := redistest.Own(t, "--repl-diskless-sync-delay", "0")
+	proxy := redistest.NewFaultProxy(t, master.Addr) // the replication link
 	_, pport, _ := net.SplitHostPort(proxy.Addr())
-	replica := ownRedis(t, "--replicaof", "127.0.0.1", pport)
+	replica := redistest.Own(t, "--replicaof", "127.0.0.1", pport)
 	ctx := context.Background()
-	mc := redis.NewClient(&redis.Options{Addr: master.addr})
+	mc := redis.NewClient(&redis.Options{Addr: master.Addr})
 	defer mc.Close()
-	rc := redis.NewClient(&redis.Options{Addr: replica.addr})
+	rc := redis.NewClient(&redis.Options{Addr: replica.Addr})
 	defer rc.Close()
-	eventually(t, 10*time.Second, "replica in sync", func() bool {
+	redistest.Eventually(t, 10*time.Second, "replica in sync", func() bool {
 		return strings.Contains(rc.Info(ctx, "replication").Val(), "master_link_status:up") &&
 			strings.Contains(mc.Info(ctx, "replication").Val(), "state=online")
 	})
-	if err := replicated(ctx, mc, "probe"); err != nil { // replica's ack is up to date
+	if err := redistest.Replicated(ctx, mc, "probe"); err != nil { // replica's ack is up to date
 		t.Fatal(err)
 	}
 	if err := acquireScript.Load(ctx, mc).Err(); err != nil {
@@ -337,7 +339,7 @@ func TestReplicaAckHoldsWhenAcquireIsResent(t *testing.T) {
 
 	// Same, but the reply of the first send is lost and go-redis resends.
 	var armed atomic.Bool
-	c := redis.NewClient(&redis.Options{Addr: master.addr, Dialer: func(ctx context.Context, network, addr string) (net.Conn, error) {
+	c := redis.NewClient(&redis.Options{Addr: master.Addr, Dialer: func(ctx context.Context, network, addr string) (net.Conn, error) {
 		var d net.Dialer
 		cn, err := d.DialContext(ctx, network, addr)
 		if err != nil {

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/redlease/redlease/internal/redistest"
 )
 
 // Suites of basic lock and queue operations that run on any deployment
@@ -116,7 +118,7 @@ func lockOps(ctx context.Context, c redis.UniversalClient, l, l2 *Locker, key st
 		}
 		got <- err
 	}()
-	if err := waitUntil(5*time.Second, func() error {
+	if err := redistest.Poll(5*time.Second, func() error {
 		if !l2.hub.waiting(l2.lockKey(key)) {
 			return errors.New("no waiter queued")
 		}
@@ -256,7 +258,7 @@ func queueOps(ctx context.Context, c redis.UniversalClient, prefix, name string)
 			return nil
 		}, WithConcurrency(4), WithErrorHandler(func(err error) { mu.Lock(); errs = append(errs, err); mu.Unlock() }))
 	}()
-	err = waitUntil(20*time.Second, func() error { return stats(Stats{Dead: 1}) })
+	err = redistest.Poll(20*time.Second, func() error { return stats(Stats{Dead: 1}) })
 	stop()
 	if cerr := <-done; !errors.Is(cerr, context.Canceled) {
 		return fmt.Errorf("Consume returned %v", cerr)
@@ -326,7 +328,7 @@ func pinnedLockers(t *testing.T, clients [2]redis.UniversalClient, pinner redis.
 		pl.Close()
 	})
 	for _, l := range lockers {
-		eventually(t, 5*time.Second, "a waiter on the pinned lock", func() bool { return l.hub.waiting(pin.rkey) })
+		redistest.Eventually(t, 5*time.Second, "a waiter on the pinned lock", func() bool { return l.hub.waiting(pin.rkey) })
 	}
 	return lockers
 }

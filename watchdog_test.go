@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/redlease/redlease/internal/redistest"
 )
 
 // crossHook lets a renewal script run in Redis at once and holds its reply
@@ -116,7 +118,7 @@ func TestRefreshCrossingRenewalKeepsDeadlineSafe(t *testing.T) {
 				t.Fatal(err)
 			}
 			h.watchdogDelay.Store(0)
-			eventually(t, 2*time.Second, "no write in flight", func() bool {
+			redistest.Eventually(t, 2*time.Second, "no write in flight", func() bool {
 				l.wd.mu.Lock()
 				defer l.wd.mu.Unlock()
 				return lk.pending == 0
@@ -148,7 +150,7 @@ func TestRefreshAfterLostReturnsTheLoss(t *testing.T) {
 
 func TestCloseReturnsWithRenewalInFlight(t *testing.T) {
 	base := realRedis(t)
-	p := newFaultProxy(t, base.Options().Addr)
+	p := redistest.NewFaultProxy(t, base.Options().Addr)
 	c := redis.NewClient(&redis.Options{Addr: p.Addr()})
 	defer c.Close()
 	ctx := context.Background()
@@ -158,7 +160,7 @@ func TestCloseReturnsWithRenewalInFlight(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.Pause()
-	eventually(t, 2*time.Second, "renewal in flight", func() bool {
+	redistest.Eventually(t, 2*time.Second, "renewal in flight", func() bool {
 		l.wd.mu.Lock()
 		defer l.wd.mu.Unlock()
 		return lk.inflight
