@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
 
 	"github.com/redlease/redlease/internal/redistest"
 )
@@ -107,9 +108,7 @@ func TestClusterWatchdog(t *testing.T) {
 	for _, names := range byMaster {
 		for _, name := range names {
 			lk, err := l.TryObtain(ctx, name, WithTTL(300*time.Millisecond))
-			if err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, err)
 			locks = append(locks, lk)
 		}
 	}
@@ -137,9 +136,7 @@ func TestClusterWatchdog(t *testing.T) {
 		t.Logf("master %s: %d renewals of %d leases", addr, delta["pexpire"], len(names))
 	}
 	for _, lk := range locks {
-		if err := lk.Release(ctx); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, lk.Release(ctx))
 	}
 }
 
@@ -250,9 +247,7 @@ func TestKnownIssueClusterWakeupUnderLoad(t *testing.T) {
 	lat, err := settledHandoffs(ctx, lockers, 50, 3*time.Millisecond, 0)
 	stop()
 	wg.Wait()
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	p90 := quantileDur(lat, 0.9)
 	t.Logf("lock on %s, waiters subscribed on %s, under load: hand-off p50 %v p90 %v p99 %v", keyMaster, sub, quantileDur(lat, 0.5), p90, quantileDur(lat, 0.99))
 	if p90 > 5*time.Millisecond {
@@ -470,9 +465,7 @@ func TestClusterFailover(t *testing.T) {
 		return survivor.PubSubNumSub(ctx, channel).Val()[channel] == 2
 	})
 	lat, err := settledHandoffs(ctx, subscribed, 20, 3*time.Millisecond, 50*time.Millisecond)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	p50 := quantileDur(lat, 0.5)
 	t.Logf("hand-offs between Lockers whose subscription's master was killed: p50 %v p99 %v", p50, quantileDur(lat, 0.99))
 	if p50 > 5*time.Millisecond {
@@ -501,9 +494,7 @@ func TestClusterScript(t *testing.T) {
 			t.Fatal("no 6 free port pairs")
 		}
 		p, err := redistest.FreePort()
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		bus, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p+10000))
 		if err != nil || slices.Contains(ports, strconv.Itoa(p)) {
 			continue
@@ -544,9 +535,7 @@ func TestClusterScript(t *testing.T) {
 		t.Fatalf("CLUSTER SLOTS after cluster.sh start: %v\n%s", err, redistest.RenderSlots(slots))
 	}
 	for _, k := range []string{"a", "b", "c", "d"} {
-		if err := cc.Set(ctx, k, k, 0).Err(); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, cc.Set(ctx, k, k, 0).Err())
 	}
 	cc.Close()
 	stopped = true
@@ -655,9 +644,7 @@ func TestEveryLockNameWorks(t *testing.T) {
 		ctx := context.Background()
 		nc := redis.NewClient(&redis.Options{Addr: p.Addr})
 		defer nc.Close()
-		if err := nc.ClusterAddSlotsRange(ctx, 0, clusterSlots-1).Err(); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, nc.ClusterAddSlotsRange(ctx, 0, clusterSlots-1).Err())
 		redistest.Eventually(t, 10*time.Second, "cluster ok", func() bool {
 			return strings.Contains(nc.ClusterInfo(ctx).Val(), "cluster_state:ok")
 		})
@@ -683,9 +670,7 @@ func TestRunAllResendsOnlyRefusedCalls(t *testing.T) {
 	ctx := context.Background()
 	count := redis.NewScript(`return redis.call('INCR', KEYS[1])`)
 	byMaster := redistest.NamesPerMaster(t, cc, 1, func(i int) string { return uniq(t) + "-{" + strconv.Itoa(i) + "}" })
-	if err := cc.ScriptFlush(ctx).Err(); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, cc.ScriptFlush(ctx).Err())
 	var calls []scriptCall
 	for addr, names := range byMaster {
 		calls = append(calls, scriptCall{keys: names})
@@ -693,9 +678,7 @@ func TestRunAllResendsOnlyRefusedCalls(t *testing.T) {
 			one := redis.NewClient(&redis.Options{Addr: addr})
 			err := count.Load(ctx, one).Err()
 			one.Close()
-			if err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, err)
 		}
 	}
 	for _, cmd := range runAll(ctx, cc, count, calls) {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
 
 	"github.com/redlease/redlease/internal/redistest"
 )
@@ -41,18 +42,14 @@ func TestFaultPausedLink(t *testing.T) {
 
 	call := time.Now()
 	la, err := a.TryObtain(ctx, "k", WithTTL(300*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	h.add(lockInput{kind: opAcquire, client: 0}, la.Fence(), call, time.Now())
 	proxy.Pause()
 	call = time.Now()
 	octx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
 	lb, err := b.Obtain(octx, "k")
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	got := time.Now()
 	h.add(lockInput{kind: opAcquire, client: 1}, lb.Fence(), call, got)
 	select {
@@ -89,9 +86,7 @@ func TestFaultLatency(t *testing.T) {
 	l := NewLocker(pc, WithPrefix(uniq(t)))
 	defer l.Close()
 	lk, err := l.TryObtain(ctx, "k", WithTTL(300*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	proxy.SetLatency(20 * time.Millisecond)
 	select {
 	case <-lk.Lost():
@@ -99,9 +94,7 @@ func TestFaultLatency(t *testing.T) {
 	case <-time.After(1500 * time.Millisecond):
 	}
 	proxy.SetLatency(0)
-	if err := lk.Release(ctx); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, lk.Release(ctx))
 }
 
 // Contention through connections that keep being dropped mid-command:
@@ -224,18 +217,14 @@ func TestFaultClientPause(t *testing.T) {
 	var res fencedResource
 	call := time.Now()
 	a, err := l.TryObtain(ctx, "k", WithTTL(200*time.Millisecond), WithoutWatchdog())
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	h.add(lockInput{kind: opAcquire, client: 0}, a.Fence(), call, time.Now())
 	time.Sleep(300 * time.Millisecond) // paused: the lease ends meanwhile
 	call = time.Now()
 	octx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	b, err := l.Obtain(octx, "k", WithTTL(5*time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	h.add(lockInput{kind: opAcquire, client: 1}, b.Fence(), call, time.Now())
 	h.lost(0, a)
 	if b.Fence() <= a.Fence() {
@@ -290,9 +279,7 @@ func TestFaultConsumerCutOff(t *testing.T) {
 			if m.Attempt != 2 {
 				t.Fatalf("attempt %d", m.Attempt)
 			}
-			if err := m.Ack(ctx); err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, m.Ack(ctx))
 			acks.Add(1)
 			break
 		}
@@ -326,9 +313,7 @@ func TestFaultRestartWithoutPersistence(t *testing.T) {
 	l := NewLocker(c)
 	defer l.Close()
 	lk, err := l.TryObtain(ctx, "k", WithTTL(300*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	q := NewQueue(c, "q")
 	q.EnqueueBatch(ctx, [][]byte{[]byte("a"), []byte("b")})
 	if _, err := q.Claim(ctx); err != nil {
@@ -336,9 +321,7 @@ func TestFaultRestartWithoutPersistence(t *testing.T) {
 	}
 	_ = c.Do(ctx, "SHUTDOWN", "NOSAVE").Err() // the connection closes
 	srv.Kill()
-	if err := srv.Restart(); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, srv.Restart())
 	select {
 	case <-lk.Lost():
 	case <-time.After(2 * time.Second):
@@ -347,9 +330,7 @@ func TestFaultRestartWithoutPersistence(t *testing.T) {
 	t.Logf("after restart: Lost with %v", lk.Err())
 	// Scripts are gone from the new server: NOSCRIPT is handled.
 	lk2, err := l.TryObtain(ctx, "k")
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	if lk2.Fence() != 1 {
 		t.Logf("fence restarted at %d: without persistence fences start over", lk2.Fence())
 	}
@@ -376,12 +357,8 @@ func TestFaultCrashWithAOF(t *testing.T) {
 	acked := map[string]bool{}
 	for range n / 2 {
 		m, err := q.Claim(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := m.Ack(ctx); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
+		require.NoError(t, m.Ack(ctx))
 		acked[string(m.Payload)] = true
 	}
 	var inflight []*Message
@@ -390,9 +367,7 @@ func TestFaultCrashWithAOF(t *testing.T) {
 		inflight = append(inflight, m)
 	}
 	srv.Kill()
-	if err := srv.Restart(); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, srv.Restart())
 	time.Sleep(250 * time.Millisecond) // the in-flight leases end
 	if _, err := q.Reclaim(ctx); err != nil {
 		t.Fatal(err)
@@ -432,9 +407,7 @@ func TestFaultClientKill(t *testing.T) {
 	l := NewLocker(c, WithPrefix(uniq(t)))
 	defer l.Close()
 	holder, err := l.TryObtain(ctx, "k", WithTTL(300*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	got := make(chan error, 1)
 	go func() {
 		octx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -455,12 +428,8 @@ func TestFaultClientKill(t *testing.T) {
 		t.Fatalf("lease lost after CLIENT KILL: %v", holder.Err())
 	default:
 	}
-	if err := holder.Release(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := <-got; err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, holder.Release(ctx))
+	require.NoError(t, <-got)
 }
 
 // DEBUG SLEEP shorter than the TTL costs nothing; longer, the holder's Lost
@@ -475,9 +444,7 @@ func TestFaultDebugSleep(t *testing.T) {
 	defer l.Close()
 
 	short, err := l.TryObtain(ctx, "short", WithTTL(time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	admin.Do(ctx, "DEBUG", "SLEEP", "0.1")
 	time.Sleep(400 * time.Millisecond)
 	select {
@@ -488,9 +455,7 @@ func TestFaultDebugSleep(t *testing.T) {
 	short.Release(ctx)
 
 	long, err := l.TryObtain(ctx, "long", WithTTL(300*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	start := time.Now()
 	admin.Do(ctx, "DEBUG", "SLEEP", "0.8") // returns when the server wakes
 	select {

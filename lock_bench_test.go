@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
 
 	"github.com/redlease/redlease/internal/redistest"
 )
@@ -36,12 +37,8 @@ func BenchmarkCycle(b *testing.B) {
 		start := time.Now()
 		for range n {
 			lk, err := l.TryObtain(ctx, "k")
-			if err != nil {
-				b.Fatal(err)
-			}
-			if err := lk.Release(ctx); err != nil {
-				b.Fatal(err)
-			}
+			require.NoError(b, err)
+			require.NoError(b, lk.Release(ctx))
 		}
 		mid := time.Now()
 		for range n {
@@ -49,9 +46,7 @@ func BenchmarkCycle(b *testing.B) {
 			if ok, err := c.SetNX(ctx, "bench-cycle:raw", tok, 30*time.Second).Result(); err != nil || !ok {
 				b.Fatal(ok, err)
 			}
-			if err := rawRelease.Run(ctx, c, []string{"bench-cycle:raw"}, tok).Err(); err != nil {
-				b.Fatal(err)
-			}
+			require.NoError(b, rawRelease.Run(ctx, c, []string{"bench-cycle:raw"}, tok).Err())
 		}
 		redleaseNs = append(redleaseNs, float64(mid.Sub(start))/float64(n))
 		rawNs = append(rawNs, float64(time.Since(mid))/float64(n))
@@ -99,9 +94,7 @@ func BenchmarkHandoff(b *testing.B) {
 // returns each hand-off's latency in ns.
 func handoffs(tb testing.TB, ctx context.Context, lockers [2]*Locker, n int) []float64 {
 	held, err := lockers[0].TryObtain(ctx, "k")
-	if err != nil {
-		tb.Fatal(err)
-	}
+	require.NoError(tb, err)
 	lat := make([]float64, 0, n)
 	for i := range n {
 		waiter := lockers[(i+1)%2]
@@ -120,9 +113,7 @@ func handoffs(tb testing.TB, ctx context.Context, lockers [2]*Locker, n int) []f
 			time.Sleep(20 * time.Microsecond)
 		}
 		start := time.Now()
-		if err := held.Release(ctx); err != nil {
-			tb.Fatal(err)
-		}
+		require.NoError(tb, held.Release(ctx))
 		held = <-got
 		lat = append(lat, float64(time.Since(start)))
 		wg.Wait()

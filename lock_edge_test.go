@@ -13,6 +13,7 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
 
 	"github.com/redlease/redlease/internal/redistest"
 )
@@ -66,18 +67,14 @@ func TestRefreshCrossingRenewal(t *testing.T) {
 	defer l.Close()
 	c.AddHook(delayHook{l: l})
 	lk, err := l.TryObtain(ctx, "k", WithTTL(300*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer lk.Release(ctx)
 	redistest.Eventually(t, time.Second, "renewal in flight", func() bool {
 		l.wd.mu.Lock()
 		defer l.wd.mu.Unlock()
 		return lk.inflight
 	})
-	if err := lk.Refresh(ctx, 10*time.Second); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, lk.Refresh(ctx, 10*time.Second))
 	// Either the watchdog renews again with the new TTL at once (the key
 	// stays), or Lost closes no later than the key expires.
 	deadline := time.Now().Add(time.Second)
@@ -184,9 +181,7 @@ func slowCloseClient(t *testing.T, addr string, delay *atomic.Int64) *redis.Clie
 func staleReleaseAfterOwnAttempt(t *testing.T, l *Locker, base *redis.Client, delay *atomic.Int64, obtain func()) (release func() error) {
 	ctx := context.Background()
 	r, err := l.TryObtain(ctx, "k", WithTTL(300*time.Millisecond), WithoutWatchdog())
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	delay.Store(int64(400 * time.Millisecond))
 	go obtain()
 	return func() error {
@@ -314,9 +309,7 @@ func TestHandoffWithLostReplyStillGrantsTheWaiter(t *testing.T) {
 	backends(t, func(t *testing.T, c *redis.Client) {
 		ctx := context.Background()
 		for _, s := range []*redis.Script{handoffScript, acquireScript} { // EVALSHA succeeds at once
-			if err := s.Load(ctx, c).Err(); err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, s.Load(ctx, c).Err())
 		}
 		hook := &dropHandoffReply{}
 		c.AddHook(hook)
@@ -325,9 +318,7 @@ func TestHandoffWithLostReplyStillGrantsTheWaiter(t *testing.T) {
 		other := NewLocker(c, WithPrefix(uniq(t)))
 		defer other.Close()
 		h, err := l.TryObtain(ctx, "k")
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		got := make(chan *Lock, 1)
 		go func() {
 			lk, err := l.Obtain(ctx, "k", WithRetry(LinearBackoff(time.Minute)))
@@ -398,15 +389,11 @@ func TestHubKeepsNoStateForKeysNobodyWaitsOn(t *testing.T) {
 	for i := range keys {
 		key := "order:" + strconv.Itoa(i)
 		h, err := l.TryObtain(ctx, key)
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		got := make(chan *Lock, 1)
 		go func() { lk, _ := l.Obtain(ctx, key); got <- lk }()
 		redistest.Eventually(t, 2*time.Second, "waiter queued", func() bool { return l.hub.waiting(h.rkey) })
-		if err := h.Release(ctx); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, h.Release(ctx))
 		if lk := <-got; lk != nil {
 			lk.Release(ctx)
 		}
@@ -437,9 +424,7 @@ func TestHandoffStreakEndsInARealRelease(t *testing.T) {
 	l := NewLocker(c, WithPrefix(uniq(t)))
 	defer l.Close()
 	lk, err := l.TryObtain(ctx, "k")
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	for round := 1; round <= maxHandoffStreak+1; round++ {
 		before := hook.acquires.Load()
 		got := make(chan *Lock, 1)
@@ -454,9 +439,7 @@ func TestHandoffStreakEndsInARealRelease(t *testing.T) {
 		redistest.Eventually(t, 2*time.Second, "waiter waiting", func() bool {
 			return hook.acquires.Load() == before+2 && waitingHead(l, lk.rkey)
 		})
-		if err := lk.Release(ctx); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, lk.Release(ctx))
 		select {
 		case lk = <-got:
 		case <-time.After(5 * time.Second):
@@ -517,18 +500,14 @@ func TestUnsureWaiterGivingUpReturnsWithItsContext(t *testing.T) {
 	c := realRedis(t)
 	ctx := context.Background()
 	for _, s := range []*redis.Script{handoffScript, acquireScript, releaseScript} {
-		if err := s.Load(ctx, c).Err(); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, s.Load(ctx, c).Err())
 	}
 	hook := &deadLinkHook{}
 	c.AddHook(hook)
 	l := NewLocker(c, WithPrefix(uniq(t)))
 	defer l.Close()
 	h, err := l.TryObtain(ctx, "k")
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	type res struct {
 		d   time.Duration
 		err error

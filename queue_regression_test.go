@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
 
 	"github.com/redlease/redlease/internal/redistest"
 )
@@ -43,9 +44,7 @@ func TestAckRetryableAfterRedisError(t *testing.T) {
 		t.Fatal(err)
 	}
 	m, err := q.Claim(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	cctx, cancel := context.WithCancel(ctx)
 	cancel() // e.g. the request that did the work timed out
 	if err := m.Ack(cctx); err == nil {
@@ -130,9 +129,7 @@ func TestClaimResentAfterLostReplyGetsSameClaim(t *testing.T) {
 	qd := NewQueue(direct, "q", opts...)
 	q.Enqueue(ctx, []byte("warm-up"))
 	m, err := q.Claim(ctx) // warms the claim script and the connection
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	m.Ack(ctx)
 	qd.Enqueue(ctx, []byte("first"))
 	qd.Enqueue(ctx, []byte("second"))
@@ -252,9 +249,7 @@ func TestNackWakesBlockedConsumerAtOnce(t *testing.T) {
 			qb := NewQueue(c, "q", opts...) // another
 			qa.Enqueue(ctx, []byte("job"))
 			m, err := qa.Claim(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, err)
 			got := make(chan time.Time, 1)
 			go func() {
 				m, err := qb.Claim(ctx)
@@ -265,9 +260,7 @@ func TestNackWakesBlockedConsumerAtOnce(t *testing.T) {
 			}()
 			time.Sleep(100 * time.Millisecond) // qb is blocked by now
 			start := time.Now()
-			if err := m.Nack(ctx); err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, m.Nack(ctx))
 			lat := (<-got).Sub(start)
 			t.Logf("%d shard(s): nacked message picked up by the blocked consumer after %v", shards, lat.Round(time.Millisecond))
 			// Woken by its block timeout, it would come about 400ms after.
@@ -290,23 +283,17 @@ func TestAttemptGrowsWhileLiveAndRestartsOnReuse(t *testing.T) {
 		t.Fatal(err)
 	}
 	a, err := q.Claim(ctx) // attempt 1, the consumer stalls
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	mr.SetTime(now.Add(2 * time.Second))
 	b, err := q.Claim(ctx) // the expired claim comes back: attempt 2
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	if a.Attempt != 1 || b.Attempt != 2 || b.ID != a.ID {
 		t.Fatalf("deliveries of one live id: attempts %d then %d", a.Attempt, b.Attempt)
 	}
 	if err := a.Ack(ctx); !errors.Is(err, ErrNotHeld) {
 		t.Fatalf("ack of the expired delivery: %v, want ErrNotHeld", err)
 	}
-	if err := b.Ack(ctx); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, b.Ack(ctx))
 	if _, err := q.Enqueue(ctx, []byte("v2"), WithID("order-42")); err != nil {
 		t.Fatal(err)
 	}
@@ -366,9 +353,7 @@ func TestShardedDeadLettersOldestFirst(t *testing.T) {
 		q.Enqueue(ctx, []byte(id), WithID(id))
 		for {
 			m, err := q.Claim(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, err)
 			m.Nack(ctx)
 			if m.ID == id {
 				break
@@ -465,12 +450,8 @@ func TestOddIDsAndPayloadsRoundTrip(t *testing.T) {
 	}
 	for range ids {
 		m, err := q.Claim(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := m.Nack(ctx); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
+		require.NoError(t, m.Nack(ctx))
 	}
 	dl, err := q.DeadLetters(ctx, 100)
 	if err != nil || len(dl) != len(ids) {
@@ -487,9 +468,7 @@ func TestOddIDsAndPayloadsRoundTrip(t *testing.T) {
 		big[i][0] = byte(i)
 	}
 	bids, err := q.EnqueueBatch(ctx, big)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	for i := range big {
 		m, err := q.Claim(ctx)
 		if err != nil || m.ID != bids[i] || len(m.Payload) != MaxPayload || m.Payload[0] != byte(i) {
@@ -535,9 +514,7 @@ func TestSettleResentAfterLostReplySucceeds(t *testing.T) {
 				t.Fatal(err)
 			}
 			m, err := q.Claim(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, err)
 			errc := make(chan error, 1)
 			lostReply(t, p, func() {
 				if verb == "ack" {
@@ -580,9 +557,7 @@ func TestShardedWakeFollowsResentScript(t *testing.T) {
 			_ = m.Ack(ctx)
 		}()
 		time.Sleep(100 * time.Millisecond) // idle, blocked on the wake key
-		if err := c.ScriptFlush(ctx).Err(); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, c.ScriptFlush(ctx).Err())
 		start.Store(time.Now().UnixNano())
 		if _, err := q.Enqueue(ctx, []byte("x")); err != nil {
 			t.Fatal(err)
@@ -638,16 +613,10 @@ func TestLateClaimCopyClaimsNothing(t *testing.T) {
 			t.Fatal(err)
 		}
 		m, err := q.Claim(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := m.Ack(ctx); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
+		require.NoError(t, m.Ack(ctx))
 		res, err := claimScript.Run(ctx, c, q.shards[0], q.lease.Milliseconds(), m.token, q.maxAttempts).Slice()
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		if ok, _ := res[0].(int64); ok != 0 {
 			t.Fatalf("a late copy of an acked claim claimed %v", res)
 		}
@@ -666,17 +635,13 @@ func TestStaleAckAfterUnansweredNackRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	a, err := q.Claim(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	// A's Nack runs; its reply is lost (simulated: the script run directly).
 	if _, err := nackScript.Run(ctx, c, q.shards[a.shard], a.ID, a.token, 0, q.maxAttempts).Int64(); err != nil {
 		t.Fatal(err)
 	}
 	b, err := q.Claim(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	err = a.Ack(ctx)
 	st, _ := q.Stats(ctx)
 	t.Logf("stale Ack by A while B holds %q: err=%v stats=%+v", b.ID, err, st)
@@ -696,9 +661,7 @@ func TestAckAfterUnansweredBuryingNackRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	a, err := q.Claim(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	if _, err := nackScript.Run(ctx, c, q.shards[a.shard], a.ID, a.token, 0, q.maxAttempts).Int64(); err != nil {
 		t.Fatal(err)
 	}
@@ -720,9 +683,7 @@ func TestNackAfterUnansweredAckRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	a, err := q.Claim(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	if _, err := ackScript.Run(ctx, c, q.shards[a.shard], a.ID, a.token).Int64(); err != nil {
 		t.Fatal(err)
 	}
@@ -746,12 +707,8 @@ func TestDoneMemoryOfStoppedQueueExpires(t *testing.T) {
 	}
 	for range 3 {
 		m, err := q.Claim(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := m.Ack(ctx); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
+		require.NoError(t, m.Ack(ctx))
 	}
 	key := q.shards[0][keyDone]
 	n, _ := c.ZCard(ctx, key).Result()

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
 
 	"github.com/redlease/redlease/internal/redistest"
 )
@@ -24,9 +25,7 @@ func newQueue(t *testing.T, c *redis.Client, opts ...QueueOption) *Queue {
 func wantStats(t *testing.T, q *Queue, want Stats) {
 	t.Helper()
 	got, err := q.Stats(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	if got != want {
 		t.Fatalf("stats %+v, want %+v", got, want)
 	}
@@ -40,24 +39,18 @@ func TestEnqueueClaimAck(t *testing.T) {
 		var ids []string
 		for _, p := range payloads {
 			id, err := q.Enqueue(ctx, p)
-			if err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, err)
 			ids = append(ids, id)
 		}
 		wantStats(t, q, Stats{Ready: 4})
 		for i, p := range payloads {
 			m, err := q.Claim(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, err)
 			if m.ID != ids[i] || !bytes.Equal(m.Payload, p) || m.Attempt != 1 {
 				t.Fatalf("claimed %q %q attempt %d, want %q %q 1", m.ID, m.Payload[:min(len(m.Payload), 10)], m.Attempt, ids[i], p[:min(len(p), 10)])
 			}
 			wantStats(t, q, Stats{Ready: int64(len(payloads) - i - 1), InFlight: 1})
-			if err := m.Ack(ctx); err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, m.Ack(ctx))
 			if err := m.Ack(ctx); !errors.Is(err, ErrNotHeld) {
 				t.Fatalf("second ack: %v", err)
 			}
@@ -85,9 +78,7 @@ func TestEnqueueBatch(t *testing.T) {
 		wantStats(t, q, Stats{Ready: 2500})
 		for i := range 3 {
 			m, err := q.Claim(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, err)
 			if m.ID != ids[i] || string(m.Payload) != fmt.Sprint(i) {
 				t.Fatalf("claim %d got %q, want FIFO order", i, m.Payload)
 			}
@@ -106,9 +97,7 @@ func TestStaleAckRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	a, err := q.Claim(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	time.Sleep(150 * time.Millisecond)
 	// Expired but not yet given back: still refused.
 	if err := a.Extend(ctx, time.Second); !errors.Is(err, ErrNotHeld) || !strings.Contains(err.Error(), "expired") {
@@ -118,9 +107,7 @@ func TestStaleAckRefused(t *testing.T) {
 		t.Fatalf("reclaim: %d %v", n, err)
 	}
 	b, err := q.Claim(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	if b.ID != a.ID || b.Attempt != 2 {
 		t.Fatalf("redelivery %q attempt %d", b.ID, b.Attempt)
 	}
@@ -135,9 +122,7 @@ func TestStaleAckRefused(t *testing.T) {
 		t.Fatalf("stale nack: %v", err)
 	}
 	wantStats(t, q, Stats{InFlight: 1})
-	if err := b.Ack(ctx); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, b.Ack(ctx))
 	wantStats(t, q, Stats{})
 }
 
@@ -148,9 +133,7 @@ func TestExpiredClaimCannotAck(t *testing.T) {
 	q := NewQueue(c, "q", WithLease(time.Second))
 	q.Enqueue(ctx, []byte("job"))
 	m, err := q.Claim(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	mr.SetTime(time.Now().Add(2 * time.Second))
 	if err := m.Ack(ctx); !errors.Is(err, ErrNotHeld) || !strings.Contains(err.Error(), "expired") {
 		t.Fatalf("ack after expiry: %v", err)
@@ -174,16 +157,12 @@ func TestExtendKeepsClaim(t *testing.T) {
 			t.Fatalf("Extend(%v): %v", bad, err)
 		}
 	}
-	if err := m.Extend(ctx, 10*time.Second); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, m.Extend(ctx, 10*time.Second))
 	mr.SetTime(now.Add(5 * time.Second))
 	if n, _ := q.Reclaim(ctx); n != 0 {
 		t.Fatal("an extended claim was reclaimed")
 	}
-	if err := m.Ack(ctx); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, m.Ack(ctx))
 }
 
 func TestPoisonMessageDeadLettered(t *testing.T) {
@@ -244,9 +223,7 @@ func TestDelayedMessage(t *testing.T) {
 	}
 	m.Ack(ctx)
 	m, err := q.Claim(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	waited := time.Since(start)
 	if string(m.Payload) != "later" || waited < 290*time.Millisecond || waited > 800*time.Millisecond {
 		t.Fatalf("got %q after %v, want \"later\" after about 300ms", m.Payload, waited)
@@ -601,9 +578,7 @@ func TestShardedQueue(t *testing.T) {
 		perShard := map[string]int{}
 		for range 40 {
 			m, err := q.Claim(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, err)
 			perShard[q.shards[m.shard][keyReady]]++
 			if string(m.Payload) == "dup" {
 				m.Nack(ctx) // one attempt: dead-lettered

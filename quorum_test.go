@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
 
 	"github.com/redlease/redlease/internal/redistest"
 )
@@ -38,9 +39,7 @@ func TestQuorumLocker(t *testing.T) {
 	l := NewQuorumLocker(clients)
 	defer l.Close()
 	lk, err := l.TryObtain(ctx, "k")
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	for i, c := range clients {
 		if c.Get(ctx, l.lockKey("k")).Val() != lk.Token() {
 			t.Fatalf("node %d lacks the lease", i)
@@ -52,9 +51,7 @@ func TestQuorumLocker(t *testing.T) {
 	if d, err := lk.TTL(ctx); err != nil || d <= 0 {
 		t.Fatalf("TTL %v %v", d, err)
 	}
-	if err := lk.Refresh(ctx, time.Minute); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, lk.Refresh(ctx, time.Minute))
 	got := make(chan *Lock)
 	go func() {
 		w, err := l.Obtain(ctx, "k", WithRetry(LinearBackoff(time.Minute)))
@@ -64,9 +61,7 @@ func TestQuorumLocker(t *testing.T) {
 		got <- w
 	}()
 	redistest.Eventually(t, 2*time.Second, "waiter queued", func() bool { return l.hub.waiting(lk.rkey) })
-	if err := lk.Release(ctx); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, lk.Release(ctx))
 	select {
 	case w := <-got:
 		if w.Fence() <= lk.Fence() {
@@ -76,9 +71,7 @@ func TestQuorumLocker(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("waiter not woken")
 	}
-	if err := NewQuorumLocker(nil).Close(); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, NewQuorumLocker(nil).Close())
 	if _, err := NewQuorumLocker(nil).TryObtain(ctx, "k"); !errors.Is(err, ErrInvalidArgument) {
 		t.Fatalf("no clients: %v", err)
 	}
@@ -104,9 +97,7 @@ func TestQuorumNodeLoss(t *testing.T) {
 			// Skewed counters: the first node is far ahead of the others.
 			clients[0].Set(ctx, l.fenceKey("k"), 100, 0)
 			lk, err := l.TryObtain(ctx, "k", WithTTL(300*time.Millisecond))
-			if err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, err)
 			if lk.Fence() != 101 {
 				t.Fatalf("fence %d, want the largest node's 101", lk.Fence())
 			}
@@ -126,9 +117,7 @@ func TestQuorumNodeLoss(t *testing.T) {
 				t.Fatalf("release on a majority: %v", err)
 			}
 			lk2, err := other.TryObtain(ctx, "k", WithTTL(300*time.Millisecond))
-			if err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, err)
 			if lk2.Fence() <= lk.Fence() {
 				t.Fatalf("fence %d after %d on another majority", lk2.Fence(), lk.Fence())
 			}
@@ -202,9 +191,7 @@ func TestReplicaAck(t *testing.T) {
 	l := NewLocker(c)
 	defer l.Close()
 	lk, err := l.TryObtain(ctx, "k", WithReplicaAck(1, time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	if rc.Get(ctx, l.lockKey("k")).Val() != lk.Token() {
 		t.Fatal("the replica lacks an acknowledged lease")
 	}
@@ -323,9 +310,7 @@ func TestReplicaAckHoldsWhenAcquireIsResent(t *testing.T) {
 	if err := redistest.Replicated(ctx, mc, "probe"); err != nil { // replica's ack is up to date
 		t.Fatal(err)
 	}
-	if err := acquireScript.Load(ctx, mc).Err(); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, acquireScript.Load(ctx, mc).Err())
 	proxy.Pause() // the replica stops receiving (and acking) the stream
 
 	// Control: with the link paused, a replica-acked acquisition fails.

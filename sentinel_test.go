@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
 
 	"github.com/redlease/redlease/internal/redistest"
 )
@@ -39,9 +40,7 @@ func TestSentinel(t *testing.T) {
 		prefix := uniq(t)
 		lockers := pinnedLockers(t, [2]redis.UniversalClient{ts.Client(t), ts.Client(t)}, c, prefix+"-handoff")
 		before, err := settledHandoffs(ctx, lockers, 20, 3*time.Millisecond, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 
 		oldMaster, newMaster := ts.Master.Client(t), ts.Replica.Client(t)
 		sentinel := redis.NewSentinelClient(&redis.Options{Addr: ts.Sentinels[0].Addr})
@@ -101,9 +100,7 @@ func TestSentinel(t *testing.T) {
 			t.Fatalf("hand-offs after the promotion: %v", duringErr)
 		}
 		after, err := settledHandoffs(ctx, lockers, 20, 3*time.Millisecond, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		channel := prefix + "-handoff:released"
 		t.Logf("SENTINEL FAILOVER: replica promoted and every sentinel agreeing after %v, every client on it after %v, old master demoted after %v",
 			res.promoted.Round(time.Millisecond), res.recovered.Round(time.Millisecond), demoted.Round(time.Millisecond))
@@ -131,21 +128,13 @@ func TestSentinelWakeupAfterFailover(t *testing.T) {
 	c := ts.Client(t)
 	lockers := pinnedLockers(t, [2]redis.UniversalClient{ts.Client(t), ts.Client(t)}, c, uniq(t))
 	before, err := settledHandoffs(ctx, lockers, 10, 3*time.Millisecond, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	sc := redis.NewSentinelClient(&redis.Options{Addr: ts.Sentinels[0].Addr})
 	defer sc.Close()
-	if err := sc.Failover(ctx, redistest.SentinelMaster).Err(); err != nil {
-		t.Fatal(err)
-	}
-	if err := ts.WaitSwitched(ctx, lockers[0].client, lockers[1].client); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, sc.Failover(ctx, redistest.SentinelMaster).Err())
+	require.NoError(t, ts.WaitSwitched(ctx, lockers[0].client, lockers[1].client))
 	after, err := settledHandoffs(ctx, lockers, 10, 3*time.Millisecond, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	channel := uniq(t) + ":released"
 	old := ts.Master.Client(t)
 	t.Logf("hand-off p50 %v before the failover, %v after it (old master's role %q, %d subscribers left on it)",

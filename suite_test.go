@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
 
 	"github.com/redlease/redlease/internal/redistest"
 )
@@ -311,9 +312,7 @@ func pinnedLockers(t *testing.T, clients [2]redis.UniversalClient, pinner redis.
 	}
 	pl := NewLocker(pinner, WithPrefix(prefix))
 	pin, err := pl.TryObtain(ctx, "pin", WithTTL(time.Minute))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	pctx, unpin := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	for _, l := range lockers {

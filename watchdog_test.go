@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
 
 	"github.com/redlease/redlease/internal/redistest"
 )
@@ -96,9 +97,7 @@ func TestRefreshCrossingRenewalKeepsDeadlineSafe(t *testing.T) {
 			h := &crossHook{l: l, watchdogRan: make(chan struct{}, 1)}
 			c.AddHook(h)
 			lk, err := l.TryObtain(ctx, "k", WithTTL(600*time.Millisecond))
-			if err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, err)
 			defer lk.Release(ctx)
 			if tc.holdBack == "watchdog" {
 				// The renewal (due 200ms after acquire) runs, its reply is
@@ -114,9 +113,7 @@ func TestRefreshCrossingRenewalKeepsDeadlineSafe(t *testing.T) {
 				// meanwhile runs after it and answers first.
 				h.refreshDelay.Store(int64(300 * time.Millisecond))
 			}
-			if err := lk.Refresh(ctx, tc.refresh); err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, lk.Refresh(ctx, tc.refresh))
 			h.watchdogDelay.Store(0)
 			redistest.Eventually(t, 2*time.Second, "no write in flight", func() bool {
 				l.wd.mu.Lock()
@@ -139,9 +136,7 @@ func TestRefreshAfterLostReturnsTheLoss(t *testing.T) {
 	l := NewLocker(c, WithPrefix(uniq(t)))
 	defer l.Close()
 	lk, err := l.TryObtain(ctx, "k", WithTTL(50*time.Millisecond), WithoutWatchdog())
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	<-lk.Lost() // by the client's clock; the key is still there
 	if err := lk.Refresh(ctx, time.Second); !errors.Is(err, ErrNotHeld) {
 		t.Fatalf("Refresh after Lost: %v, want ErrNotHeld", err)
@@ -156,9 +151,7 @@ func TestCloseReturnsWithRenewalInFlight(t *testing.T) {
 	ctx := context.Background()
 	l := NewLocker(c, WithPrefix(uniq(t)))
 	lk, err := l.TryObtain(ctx, "k", WithTTL(600*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	p.Pause()
 	redistest.Eventually(t, 2*time.Second, "renewal in flight", func() bool {
 		l.wd.mu.Lock()
@@ -223,17 +216,13 @@ func TestFailedShortRefreshAppliedLateKeepsDeadlineSafe(t *testing.T) {
 	l := NewLocker(c, WithPrefix(uniq(t)))
 	defer l.Close()
 	lk, err := l.TryObtain(ctx, "k", WithTTL(10*time.Second), WithoutWatchdog())
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer lk.Release(ctx)
 	h.armed.Store(true)
 	if err := lk.Refresh(ctx, time.Second); err == nil {
 		t.Fatal("the injected failure did not happen")
 	}
-	if err := lk.Refresh(ctx, 10*time.Second); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, lk.Refresh(ctx, 10*time.Second))
 	h.wg.Wait() // the failed 1s Refresh has now reached Redis
 	checkDeadlineRule(t, base, l, lk)
 }

@@ -28,41 +28,36 @@ type Cluster struct {
 // NewCluster starts the servers, joins them into a cluster and returns once
 // every node agrees on the slot map and every replica is in sync (see
 // WaitHealthy). Without redis-server the error wraps ErrNoBinary.
-func NewCluster() (*Cluster, error) {
-	c := &Cluster{}
-	f, err := newFleet("cluster", func(f *fleet) error {
-		for i := range ClusterNodes {
-			name := "node" + strconv.Itoa(i)
-			conf := filepath.Join(f.dir, name+".conf")
-			s, err := f.start(name, func(port int) ([]string, error) {
-				bus, err := FreePort()
-				if err != nil {
-					return nil, err
-				}
-				_ = os.Remove(conf) // from an attempt on a port that was taken
-				return Args(port, f.dir, name,
-					"--cluster-enabled", "yes", "--cluster-port", strconv.Itoa(bus),
-					"--cluster-config-file", conf, "--cluster-node-timeout", "2000",
-					"--repl-diskless-sync-delay", "0",
-					// A synced replica with offset 0 is left out of CLUSTER
-					// SLOTS until the master's next ping (every 10s by default).
-					"--repl-ping-replica-period", "1"), nil
-			})
-			if err != nil {
-				return err
-			}
-			c.Nodes = append(c.Nodes, s)
-		}
-		if err := c.form(); err != nil {
-			return fmt.Errorf("forming the cluster in %s: %w", f.dir, err)
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, err
-	}
+func NewCluster() (*Cluster, error) { return deploy("cluster", &Cluster{}) }
+
+func (c *Cluster) setUp(f *fleet) error {
 	c.f = f
-	return c, nil
+	for i := range ClusterNodes {
+		name := "node" + strconv.Itoa(i)
+		conf := filepath.Join(f.dir, name+".conf")
+		s, err := f.start(name, func(port int) ([]string, error) {
+			bus, err := FreePort()
+			if err != nil {
+				return nil, err
+			}
+			_ = os.Remove(conf) // from an attempt on a port that was taken
+			return Args(port, f.dir, name,
+				"--cluster-enabled", "yes", "--cluster-port", strconv.Itoa(bus),
+				"--cluster-config-file", conf, "--cluster-node-timeout", "2000",
+				"--repl-diskless-sync-delay", "0",
+				// A synced replica with offset 0 is left out of CLUSTER
+				// SLOTS until the master's next ping (every 10s by default).
+				"--repl-ping-replica-period", "1"), nil
+		})
+		if err != nil {
+			return err
+		}
+		c.Nodes = append(c.Nodes, s)
+	}
+	if err := c.form(); err != nil {
+		return fmt.Errorf("forming the cluster in %s: %w", f.dir, err)
+	}
+	return nil
 }
 
 // NewClusterT starts a Cluster for test t alone, stopped when t ends;

@@ -13,20 +13,27 @@ type fleet struct {
 	servers []*Server
 }
 
-// newFleet makes a directory for a deployment of kind and has build start
-// its servers there; if build fails, every server it started is killed and
-// the directory removed.
-func newFleet(kind string, build func(f *fleet) error) (*fleet, error) {
+// deployment is a Cluster or a Sentinel: setUp starts its servers on f.
+type deployment interface {
+	setUp(f *fleet) error
+}
+
+// deploy makes a directory for a deployment of kind and has d start its
+// servers there; if that fails, every server it started is killed and the
+// directory removed.
+func deploy[D deployment](kind string, d D) (D, error) {
 	dir, err := os.MkdirTemp("", "redlease-"+kind+"-")
 	if err != nil {
-		return nil, err
+		var none D
+		return none, err
 	}
 	f := &fleet{dir: dir}
-	if err := build(f); err != nil {
+	if err := d.setUp(f); err != nil {
 		f.stop()
-		return nil, err
+		var none D
+		return none, err
 	}
-	return f, nil
+	return d, nil
 }
 
 // start starts a server of the fleet (see Start).

@@ -27,37 +27,32 @@ type Sentinel struct {
 // NewSentinel starts the servers and returns once the replica is in sync
 // and every sentinel knows the replica and the two other sentinels and
 // has its quorum. Without redis-server the error wraps ErrNoBinary.
-func NewSentinel() (*Sentinel, error) {
-	ts := &Sentinel{}
-	f, err := newFleet("sentinel", func(f *fleet) (err error) {
-		data := func(name string, extra ...string) func(int) ([]string, error) {
-			return func(port int) ([]string, error) {
-				return Args(port, f.dir, name, append([]string{"--repl-diskless-sync-delay", "0"}, extra...)...), nil
-			}
-		}
-		if ts.Master, err = f.start("master", data("master")); err != nil {
-			return err
-		}
-		if ts.Replica, err = f.start("replica", data("replica", "--replicaof", "127.0.0.1", strconv.Itoa(ts.Master.Port))); err != nil {
-			return err
-		}
-		if err := ts.waitReplicaLink(); err != nil {
-			return err
-		}
-		for i := range 3 {
-			s, err := f.start("sentinel"+strconv.Itoa(i), ts.sentinelArgs(f.dir, "sentinel"+strconv.Itoa(i)))
-			if err != nil {
-				return err
-			}
-			ts.Sentinels = append(ts.Sentinels, s)
-		}
-		return ts.waitSentinelsAgree()
-	})
-	if err != nil {
-		return nil, err
-	}
+func NewSentinel() (*Sentinel, error) { return deploy("sentinel", &Sentinel{}) }
+
+func (ts *Sentinel) setUp(f *fleet) (err error) {
 	ts.f = f
-	return ts, nil
+	data := func(name string, extra ...string) func(int) ([]string, error) {
+		return func(port int) ([]string, error) {
+			return Args(port, f.dir, name, append([]string{"--repl-diskless-sync-delay", "0"}, extra...)...), nil
+		}
+	}
+	if ts.Master, err = f.start("master", data("master")); err != nil {
+		return err
+	}
+	if ts.Replica, err = f.start("replica", data("replica", "--replicaof", "127.0.0.1", strconv.Itoa(ts.Master.Port))); err != nil {
+		return err
+	}
+	if err := ts.waitReplicaLink(); err != nil {
+		return err
+	}
+	for i := range 3 {
+		s, err := f.start("sentinel"+strconv.Itoa(i), ts.sentinelArgs(f.dir, "sentinel"+strconv.Itoa(i)))
+		if err != nil {
+			return err
+		}
+		ts.Sentinels = append(ts.Sentinels, s)
+	}
+	return ts.waitSentinelsAgree()
 }
 
 // NewSentinelT starts a Sentinel for test t alone, stopped when t ends;
