@@ -4,7 +4,6 @@ import (
 	"context"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -131,20 +130,9 @@ func handoffs(tb testing.TB, ctx context.Context, lockers [2]*Locker, n int) []f
 // The *-ratio metrics are each variant's cycle time over the single
 // instance's (the cost factor), medians over blocks.
 func BenchmarkLockVariants(b *testing.B) {
-	master := redistest.Own(b, "--repl-diskless-sync-delay", "0")
-	replica := redistest.Own(b, "--replicaof", "127.0.0.1", strconv.Itoa(master.Port))
+	master, _ := redistest.OwnReplicated(b)
 	mc := redis.NewClient(&redis.Options{Addr: master.Addr})
 	defer mc.Close()
-	rc := redis.NewClient(&redis.Options{Addr: replica.Addr})
-	defer rc.Close()
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if strings.Contains(rc.Info(context.Background(), "replication").Val(), "master_link_status:up") {
-			break
-		}
-		if time.Now().After(deadline) {
-			b.Fatal("replica did not sync")
-		}
-	}
 	var qnodes []redis.UniversalClient
 	for range 3 {
 		n := redistest.Own(b)

@@ -42,7 +42,7 @@ func (ts *Sentinel) setUp(f *fleet) (err error) {
 	if ts.Replica, err = f.start("replica", data("replica", "--replicaof", "127.0.0.1", strconv.Itoa(ts.Master.Port))); err != nil {
 		return err
 	}
-	if err := ts.waitReplicaLink(); err != nil {
+	if err := waitLinkUp(ts.Replica, 10*time.Second); err != nil {
 		return err
 	}
 	for i := range 3 {
@@ -60,18 +60,6 @@ func (ts *Sentinel) setUp(f *fleet) (err error) {
 func NewSentinelT(t testing.TB) *Sentinel {
 	t.Helper()
 	return ownT(t, "Redis Sentinel", NewSentinel)
-}
-
-// waitReplicaLink waits until the replica's link to the master is up.
-func (ts *Sentinel) waitReplicaLink() error {
-	rc := redis.NewClient(&redis.Options{Addr: ts.Replica.Addr})
-	defer rc.Close()
-	return Poll(10*time.Second, func() error {
-		if st, err := InfoField(context.Background(), rc, "replication", "master_link_status"); err != nil || st != "up" {
-			return fmt.Errorf("replica link %q %v", st, err)
-		}
-		return nil
-	})
 }
 
 // sentinelArgs writes a sentinel's configuration file (Sentinel rewrites

@@ -55,6 +55,32 @@ func Own(t testing.TB, extra ...string) *Server {
 	return s
 }
 
+// OwnReplicated starts a master and one replica of it (see Own) for test t
+// alone, both killed when t ends, and returns once the replica's link to
+// the master is up; if it is not within 10s, the test fails.
+func OwnReplicated(t testing.TB) (master, replica *Server) {
+	t.Helper()
+	master = Own(t, "--repl-diskless-sync-delay", "0")
+	replica = Own(t, "--replicaof", "127.0.0.1", strconv.Itoa(master.Port))
+	if err := waitLinkUp(replica, 10*time.Second); err != nil {
+		t.Fatalf("replica not in sync: %v", err)
+	}
+	return master, replica
+}
+
+// waitLinkUp returns nil once, within timeout, the replica's link to its
+// master is up.
+func waitLinkUp(replica *Server, timeout time.Duration) error {
+	rc := redis.NewClient(&redis.Options{Addr: replica.Addr})
+	defer rc.Close()
+	return Poll(timeout, func() error {
+		if st, err := InfoField(context.Background(), rc, "replication", "master_link_status"); err != nil || st != "up" {
+			return fmt.Errorf("replica link %q %v", st, err)
+		}
+		return nil
+	})
+}
+
 // Start starts redis-server with the arguments args returns for a free
 // port, in dir, its output appended to Name.log there, and returns once it
 // answers PING (within 5s). A port can be taken between probe and bind, so
