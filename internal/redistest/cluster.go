@@ -30,6 +30,7 @@ type Cluster struct {
 // WaitHealthy). Without redis-server the error wraps ErrNoBinary.
 func NewCluster() (*Cluster, error) { return deploy("cluster", &Cluster{}) }
 
+// setUp starts the nodes on f and forms the cluster.
 func (c *Cluster) setUp(f *fleet) error {
 	c.f = f
 	for i := range ClusterNodes {

@@ -11,8 +11,10 @@ import (
 // its timeout (a server that exited will not start answering).
 type Stop struct{ Err error }
 
+// Error is the wrapped error's message.
 func (s Stop) Error() string { return s.Err.Error() }
 
+// Unwrap returns the wrapped error, for errors.Is and errors.As.
 func (s Stop) Unwrap() error { return s.Err }
 
 // Poll calls cond every 20ms until it returns nil or a Stop, or timeout

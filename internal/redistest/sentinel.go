@@ -29,6 +29,7 @@ type Sentinel struct {
 // has its quorum. Without redis-server the error wraps ErrNoBinary.
 func NewSentinel() (*Sentinel, error) { return deploy("sentinel", &Sentinel{}) }
 
+// setUp starts the master, the replica and the sentinels on f.
 func (ts *Sentinel) setUp(f *fleet) (err error) {
 	ts.f = f
 	data := func(name string, extra ...string) func(int) ([]string, error) {
