@@ -17,337 +17,45 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
+
+	"github.com/redlease/redlease/internal/redistest"
 )
 
-// testCluster is a Redis Cluster of 3 masters and 3 replicas on loopback,
-// built natively (the same layout scripts/cluster.sh builds with redis-cli).
-type testCluster struct {
-	dir   string
-	nodes []*serverProc // 0-2 start as masters, 3+i as the replica of i
-	ids   []string      // cluster node ids, as nodes
-}
-
-const clusterNodes = 6
-
-// newTestCluster starts the servers, joins them into a cluster and returns
-// once every node agrees on the slot map and every replica is in sync.
-func newTestCluster() (_ *testCluster, err error) {
-	dir, err := os.MkdirTemp("", "redlease-cluster-")
-	if err != nil {
-		return nil, err
-	}
-	tc := &testCluster{dir: dir}
-	defer func() {
-		if err != nil {
-			tc.stop()
-		}
-	}()
-	for i := range clusterNodes {
-		name := "node" + strconv.Itoa(i)
-		conf := filepath.Join(dir, name+".conf")
-		p, err := startRedisProc(dir, name, func(port int) ([]string, error) {
-			bus, err := freePort()
-			if err != nil {
-				return nil, err
-			}
-			_ = os.Remove(conf) // from an attempt on a port that was taken
-			return []string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1",
-				"--cluster-enabled", "yes", "--cluster-port", strconv.Itoa(bus),
-				"--cluster-config-file", conf, "--cluster-node-timeout", "2000",
-				"--appendonly", "no", "--save", "", "--dir", dir,
-				"--repl-diskless-sync-delay", "0", "--enable-debug-command", "local",
-				// A synced replica with offset 0 is left out of CLUSTER
-				// SLOTS until the master's next ping (every 10s by default).
-				"--repl-ping-replica-period", "1"}, nil
-		})
-		if err != nil {
-			return nil, err
-		}
-		tc.nodes = append(tc.nodes, p)
-	}
-	if err := tc.form(); err != nil {
-		return nil, fmt.Errorf("forming the cluster in %s: %w", dir, err)
-	}
-	return tc, nil
-}
-
-// form assigns slots, introduces the nodes and attaches the replicas, as
-// redis-cli --cluster create does, then waits until the cluster is whole.
-func (tc *testCluster) form() error {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	cs := tc.nodeClients()
-	defer func() {
-		for _, c := range cs {
-			c.Close()
-		}
-	}()
-	for i, c := range cs {
-		// Distinct epochs up front, so no collision has to be resolved.
-		if err := c.Do(ctx, "CLUSTER", "SET-CONFIG-EPOCH", i+1).Err(); err != nil {
-			return err
-		}
-		id, err := c.ClusterMyID(ctx).Result()
-		if err != nil {
-			return err
-		}
-		tc.ids = append(tc.ids, id)
-	}
-	const masters = clusterNodes / 2
-	for i := range masters {
-		lo, hi := i*16384/masters, (i+1)*16384/masters-1
-		if err := cs[i].ClusterAddSlotsRange(ctx, lo, hi).Err(); err != nil {
-			return err
-		}
-	}
-	bus0, err := tc.busPort(ctx, cs[0])
-	if err != nil {
-		return err
-	}
-	for _, c := range cs[1:] {
-		if err := c.Do(ctx, "CLUSTER", "MEET", "127.0.0.1", tc.nodes[0].port, bus0).Err(); err != nil {
-			return err
-		}
-	}
-	if err := waitUntil(15*time.Second, func() error {
-		for i, c := range cs {
-			nodes, err := c.ClusterNodes(ctx).Result()
-			if err != nil {
-				return err
-			}
-			if n := strings.Count(strings.TrimSpace(nodes), "\n") + 1; n != clusterNodes || strings.Contains(nodes, "handshake") {
-				return fmt.Errorf("node %d knows %d nodes:\n%s", i, n, nodes)
-			}
-		}
-		return nil
-	}); err != nil {
-		return err
-	}
-	for r := masters; r < clusterNodes; r++ {
-		if err := waitUntil(10*time.Second, func() error {
-			return cs[r].ClusterReplicate(ctx, tc.ids[r-masters]).Err()
-		}); err != nil {
-			return err
-		}
-	}
-	return tc.waitHealthy(20*time.Second, clusterNodes)
-}
-
-// nodeClients returns a client on every node, in node order.
-func (tc *testCluster) nodeClients() []*redis.Client {
-	var cs []*redis.Client
-	for _, p := range tc.nodes {
-		cs = append(cs, redis.NewClient(&redis.Options{Addr: p.addr, MaxRetries: -1}))
-	}
-	return cs
-}
-
-func (tc *testCluster) busPort(ctx context.Context, c *redis.Client) (int, error) {
-	v, err := c.ConfigGet(ctx, "cluster-port").Result()
-	if err != nil {
-		return 0, err
-	}
-	return strconv.Atoi(v["cluster-port"])
-}
-
-// waitHealthy waits until every live node says cluster_state:ok, all live
-// nodes report the same CLUSTER SLOTS with one live replica per slot range,
-// and every such replica's link to its master is up.
-func (tc *testCluster) waitHealthy(timeout time.Duration, live int) error {
-	ctx := context.Background()
-	cs := tc.nodeClients()
-	defer func() {
-		for _, c := range cs {
-			c.Close()
-		}
-	}()
-	return waitUntil(timeout, func() error {
-		var first string
-		var firstNode int
-		seen := 0
-		for i, c := range cs {
-			if !tc.nodes[i].alive() {
-				continue
-			}
-			seen++
-			if st, err := infoClusterField(ctx, c, "cluster_state"); err != nil || st != "ok" {
-				return fmt.Errorf("node %d: cluster_state %q %v", i, st, err)
-			}
-			slots, err := c.ClusterSlots(ctx).Result()
-			if err != nil {
-				return err
-			}
-			s := renderSlots(slots)
-			if first == "" {
-				first, firstNode = s, i
-			} else if s != first {
-				return fmt.Errorf("nodes %d and %d disagree on CLUSTER SLOTS:\n%s\n%s", firstNode, i, first, s)
-			}
-			role, err := infoField(ctx, c, "replication", "role")
-			if err != nil {
-				return err
-			}
-			if role == "slave" {
-				if st, err := infoField(ctx, c, "replication", "master_link_status"); err != nil || st != "up" {
-					return fmt.Errorf("node %d: master link %q %v", i, st, err)
-				}
-			}
-		}
-		if seen != live {
-			return fmt.Errorf("%d live nodes, want %d", seen, live)
-		}
-		if want := live / 2; strings.Count(first, "replicas[1]") != want && live == clusterNodes {
-			return fmt.Errorf("want %d ranges with one replica each:\n%s", want, first)
-		}
-		return nil
-	})
-}
-
-func infoClusterField(ctx context.Context, c *redis.Client, field string) (string, error) {
-	info, err := c.ClusterInfo(ctx).Result()
-	if err != nil {
-		return "", err
-	}
-	for _, line := range strings.Split(info, "\r\n") {
-		if v, ok := strings.CutPrefix(line, field+":"); ok {
-			return v, nil
-		}
-	}
-	return "", fmt.Errorf("no %s in CLUSTER INFO", field)
-}
-
-// renderSlots writes CLUSTER SLOTS in a canonical form, for comparison.
-func renderSlots(slots []redis.ClusterSlot) string {
-	var lines []string
-	for _, s := range slots {
-		var reps []string
-		for _, n := range s.Nodes[1:] {
-			reps = append(reps, n.Addr)
-		}
-		slices.Sort(reps)
-		lines = append(lines, fmt.Sprintf("%d-%d master %s replicas[%d] %v", s.Start, s.End, s.Nodes[0].Addr, len(reps), reps))
-	}
-	slices.Sort(lines)
-	return strings.Join(lines, "\n")
-}
-
-// addrs lists every node's address.
-func (tc *testCluster) addrs() []string {
-	var a []string
-	for _, p := range tc.nodes {
-		a = append(a, p.addr)
-	}
-	return a
-}
-
-// client returns a new ClusterClient on the cluster, closed when the test
-// ends; tune, if not nil, adjusts its options.
-func (tc *testCluster) client(t testing.TB, tune func(*redis.ClusterOptions)) *redis.ClusterClient {
-	opt := &redis.ClusterOptions{Addrs: tc.addrs()}
-	if tune != nil {
-		tune(opt)
-	}
-	c := redis.NewClusterClient(opt)
-	t.Cleanup(func() { c.Close() })
-	return c
-}
-
-// node returns the server at addr.
-func (tc *testCluster) node(addr string) *serverProc {
-	for _, p := range tc.nodes {
-		if p.addr == addr {
-			return p
-		}
-	}
-	return nil
-}
-
-func (tc *testCluster) stop() {
-	for _, p := range tc.nodes {
-		p.kill()
-	}
-	if tc.dir != "" {
-		os.RemoveAll(tc.dir)
-	}
-}
-
 var (
-	clusterOnce sync.Once
-	cluster     *testCluster
-	clusterErr  error
+	clusterOnce    sync.Once
+	cluster        *redistest.Cluster
+	clusterErr     error
+	clusterStartup time.Duration
 )
 
 // startCluster returns a new client on the tests' shared Redis Cluster,
 // which is started on first use and stopped by TestMain. Without
 // redis-server the test is skipped, except under CI=true, where it fails.
-// Tests that break the cluster must use newClusterT instead.
+// Tests that break the cluster must use redistest.NewClusterT instead.
 func startCluster(t testing.TB) *redis.ClusterClient {
 	t.Helper()
 	clusterOnce.Do(func() {
 		start := time.Now()
-		cluster, clusterErr = newTestCluster()
+		cluster, clusterErr = redistest.NewCluster()
 		if clusterErr == nil {
 			clusterStartup = time.Since(start)
 		}
 	})
-	needServers(t, "Redis Cluster", clusterErr)
-	return cluster.client(t, nil)
+	redistest.Need(t, "Redis Cluster", clusterErr)
+	return cluster.Client(t, nil)
 }
-
-var clusterStartup time.Duration
 
 func stopCluster() {
 	if cluster != nil {
-		cluster.stop()
+		cluster.Stop()
 	}
 }
 
-// newClusterT starts a cluster of the test's own, stopped when it ends.
-func newClusterT(t testing.TB) *testCluster {
-	t.Helper()
-	start := time.Now()
-	tc, err := newTestCluster()
-	needServers(t, "Redis Cluster", err)
-	t.Cleanup(tc.stop)
-	t.Logf("cluster of %d nodes up in %v", clusterNodes, time.Since(start).Round(time.Millisecond))
-	return tc
-}
-
-// masterOf returns the address of the master that serves name's slot.
-func masterOf(t testing.TB, cc *redis.ClusterClient, name string) string {
-	t.Helper()
-	c, err := cc.MasterForKey(context.Background(), name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c.Options().Addr
-}
-
-// namesPerMaster picks n names per master among gen(0), gen(1), ...
-func namesPerMaster(t testing.TB, cc *redis.ClusterClient, n int, gen func(i int) string) map[string][]string {
-	t.Helper()
-	by := map[string][]string{}
-	for i, full := 0, 0; full < 3; i++ {
-		if i > 10_000 {
-			t.Fatalf("no %d names for every master among 10000: %v", n, by)
-		}
-		name := gen(i)
-		m := masterOf(t, cc, name)
-		if len(by[m]) < n {
-			by[m] = append(by[m], name)
-			if len(by[m]) == n {
-				full++
-			}
-		}
-	}
-	return by
-}
-
-// 200 locks spread over every master go through every lock operation; the
 // keys live where CLUSTER SLOTS says (no MOVED, no CROSSSLOT).
 func TestClusterLocks(t *testing.T) {
 	cc := startCluster(t)
-	cc2 := cluster.client(t, nil)
+	cc2 := cluster.Client(t, nil)
 	ctx := context.Background()
 	var keys []string
 	for i := range 200 {
@@ -360,7 +68,7 @@ func TestClusterLocks(t *testing.T) {
 	defer keysOf.Close()
 	perMaster := map[string]int{}
 	for _, k := range keys {
-		addr := masterOf(t, cc, k)
+		addr := redistest.MasterOf(t, cc, k)
 		perMaster[addr]++
 		// Straight to that node: a key elsewhere would answer MOVED.
 		node := redis.NewClient(&redis.Options{Addr: addr})
@@ -386,7 +94,7 @@ func TestClusterLocks(t *testing.T) {
 func TestClusterWatchdog(t *testing.T) {
 	cc := startCluster(t)
 	ctx := context.Background()
-	byMaster := namesPerMaster(t, cc, 10, func(i int) string { return "wd-" + strconv.Itoa(i) })
+	byMaster := redistest.NamesPerMaster(t, cc, 10, func(i int) string { return "wd-" + strconv.Itoa(i) })
 	l := NewLocker(cc, WithPrefix(uniq(t)))
 	defer l.Close()
 	before := map[string]map[string]int64{}
@@ -400,9 +108,7 @@ func TestClusterWatchdog(t *testing.T) {
 	for _, names := range byMaster {
 		for _, name := range names {
 			lk, err := l.TryObtain(ctx, name, WithTTL(300*time.Millisecond))
-			if err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, err)
 			locks = append(locks, lk)
 		}
 	}
@@ -430,19 +136,17 @@ func TestClusterWatchdog(t *testing.T) {
 		t.Logf("master %s: %d renewals of %d leases", addr, delta["pexpire"], len(names))
 	}
 	for _, lk := range locks {
-		if err := lk.Release(ctx); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, lk.Release(ctx))
 	}
 }
 
 // handoffPrefix finds a prefix whose release channel is served by a master
 // other than key's (across), or by the same one.
 func handoffPrefix(t *testing.T, cc *redis.ClusterClient, key string, across bool) string {
-	keyMaster := masterOf(t, cc, key)
+	keyMaster := redistest.MasterOf(t, cc, key)
 	for i := range 100 {
 		p := uniq(t) + "-" + strconv.Itoa(i)
-		if (masterOf(t, cc, p+":released") != keyMaster) == across {
+		if (redistest.MasterOf(t, cc, p+":released") != keyMaster) == across {
 			return p
 		}
 	}
@@ -458,12 +162,12 @@ func handoffPrefix(t *testing.T, cc *redis.ClusterClient, key string, across boo
 func handoffLockers(t *testing.T, cc *redis.ClusterClient, across bool) ([2]*Locker, string) {
 	ctx := context.Background()
 	prefix := handoffPrefix(t, cc, "k", across)
-	lockers := pinnedLockers(t, [2]redis.UniversalClient{cluster.client(t, nil), cluster.client(t, nil)}, cc, prefix)
+	lockers := pinnedLockers(t, [2]redis.UniversalClient{cluster.Client(t, nil), cluster.Client(t, nil)}, cc, prefix)
 	channel := prefix + ":released"
-	subMaster := masterOf(t, cc, channel)
+	subMaster := redistest.MasterOf(t, cc, channel)
 	node := redis.NewClient(&redis.Options{Addr: subMaster})
 	defer node.Close()
-	eventually(t, 5*time.Second, "both Lockers subscribed on "+subMaster, func() bool {
+	redistest.Eventually(t, 5*time.Second, "both Lockers subscribed on "+subMaster, func() bool {
 		return node.PubSubNumSub(ctx, channel).Val()[channel] == 2
 	})
 	return lockers, subMaster
@@ -479,7 +183,7 @@ func handoffLockers(t *testing.T, cc *redis.ClusterClient, across bool) ([2]*Loc
 func TestClusterHandoff(t *testing.T) {
 	cc := startCluster(t)
 	ctx := context.Background()
-	keyMaster := masterOf(t, cc, "k")
+	keyMaster := redistest.MasterOf(t, cc, "k")
 	report := func(what, sub string, lat []float64, err error) time.Duration {
 		if err != nil {
 			t.Fatalf("%s: %v", what, err)
@@ -521,14 +225,14 @@ func TestKnownIssueClusterWakeupUnderLoad(t *testing.T) {
 	ctx := context.Background()
 	lockers, sub := handoffLockers(t, cc, true)
 	// Background load: another Locker releasing other locks on the same master.
-	keyMaster := masterOf(t, cc, "k")
+	keyMaster := redistest.MasterOf(t, cc, "k")
 	var others []string
 	for i := 0; len(others) < 4; i++ {
-		if name := "load-" + strconv.Itoa(i); masterOf(t, cc, name) == keyMaster {
+		if name := "load-" + strconv.Itoa(i); redistest.MasterOf(t, cc, name) == keyMaster {
 			others = append(others, name)
 		}
 	}
-	busy := NewLocker(cluster.client(t, nil), WithPrefix(uniq(t)))
+	busy := NewLocker(cluster.Client(t, nil), WithPrefix(uniq(t)))
 	defer busy.Close()
 	lctx, stop := context.WithCancel(ctx)
 	var wg sync.WaitGroup
@@ -543,9 +247,7 @@ func TestKnownIssueClusterWakeupUnderLoad(t *testing.T) {
 	lat, err := settledHandoffs(ctx, lockers, 50, 3*time.Millisecond, 0)
 	stop()
 	wg.Wait()
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	p90 := quantileDur(lat, 0.9)
 	t.Logf("lock on %s, waiters subscribed on %s, under load: hand-off p50 %v p90 %v p99 %v", keyMaster, sub, quantileDur(lat, 0.5), p90, quantileDur(lat, 0.99))
 	if p90 > 5*time.Millisecond {
@@ -559,8 +261,8 @@ func TestClusterMutualExclusion(t *testing.T) {
 	cc := startCluster(t)
 	ctx := context.Background()
 	prefix := uniq(t)
-	byMaster := namesPerMaster(t, cc, 1, func(i int) string { return "mx-" + strconv.Itoa(i) })
-	lockers := []*Locker{NewLocker(cc, WithPrefix(prefix)), NewLocker(cluster.client(t, nil), WithPrefix(prefix))}
+	byMaster := redistest.NamesPerMaster(t, cc, 1, func(i int) string { return "mx-" + strconv.Itoa(i) })
+	lockers := []*Locker{NewLocker(cc, WithPrefix(prefix)), NewLocker(cluster.Client(t, nil), WithPrefix(prefix))}
 	for _, l := range lockers {
 		defer l.Close()
 	}
@@ -622,7 +324,7 @@ func TestClusterMutualExclusion(t *testing.T) {
 func TestClusterQueue(t *testing.T) {
 	cc := startCluster(t)
 	ctx := context.Background()
-	byMaster := namesPerMaster(t, cc, 1, func(i int) string { return "q" + strconv.Itoa(i) })
+	byMaster := redistest.NamesPerMaster(t, cc, 1, func(i int) string { return "q" + strconv.Itoa(i) })
 	var names []string
 	for _, addr := range sortedKeys(byMaster) {
 		names = append(names, byMaster[addr][0])
@@ -693,29 +395,29 @@ func TestClusterCycleRate(t *testing.T) {
 // 250ms; go-redis's default (ClusterStateReloadInterval, 60s) keeps
 // sending to the dead node, which the third lock's holder shows.
 func TestClusterFailover(t *testing.T) {
-	t.Cleanup(func() { waitGoroutinesGone(t, "pool.(*ConnPool).tryDial", 5*time.Second) }) // runs last
-	tc := newClusterT(t)
+	t.Cleanup(redistest.NoLeaks(t, 5*time.Second)) // runs last
+	tc := redistest.NewClusterT(t)
 	ctx := context.Background()
 	following := func() redis.UniversalClient {
-		return tc.client(t, func(o *redis.ClusterOptions) { o.ClusterStateReloadInterval = 250 * time.Millisecond })
+		return tc.Client(t, func(o *redis.ClusterOptions) { o.ClusterStateReloadInterval = 250 * time.Millisecond })
 	}
-	cc := tc.client(t, nil)
+	cc := tc.Client(t, nil)
 	prefix := uniq(t)
 	// The master to kill holds neither "k" nor "pin" (see below).
 	var keyMaster string
 	for _, s := range cc.ClusterSlots(ctx).Val() {
-		if m := s.Nodes[0].Addr; m != masterOf(t, cc, "k") && m != masterOf(t, cc, "pin") {
+		if m := s.Nodes[0].Addr; m != redistest.MasterOf(t, cc, "k") && m != redistest.MasterOf(t, cc, "pin") {
 			keyMaster = m
 		}
 	}
-	byMaster := namesPerMaster(t, cc, 5, func(i int) string { return "fo-" + strconv.Itoa(i) })
+	byMaster := redistest.NamesPerMaster(t, cc, 5, func(i int) string { return "fo-" + strconv.Itoa(i) })
 	names := byMaster[keyMaster] // lock and queue names on that master
 	// Two Lockers subscribe for wake-ups on that master, and wait on "pin"
 	// throughout; afterwards, hand-offs of "k" between them show whether
 	// their subscriptions came back on the new master.
 	subPrefix := ""
 	for i := 0; subPrefix == ""; i++ {
-		if p := prefix + "-sub-" + strconv.Itoa(i); masterOf(t, cc, p+":released") == keyMaster {
+		if p := prefix + "-sub-" + strconv.Itoa(i); redistest.MasterOf(t, cc, p+":released") == keyMaster {
 			subPrefix = p
 		}
 	}
@@ -726,18 +428,18 @@ func TestClusterFailover(t *testing.T) {
 			replica = s.Nodes[1].Addr
 		}
 	}
-	victim := tc.node(keyMaster)
-	survivor := tc.node(replica).client(t)
+	victim := tc.Node(keyMaster)
+	survivor := tc.Node(replica).Client(t)
 	res := runFailover(t, failoverCase{
 		client: following,
-		stale:  func() redis.UniversalClient { return tc.client(t, nil) },
+		stale:  func() redis.UniversalClient { return tc.Client(t, nil) },
 		keys:   [3]string{names[0], names[1], names[2]},
 		queues: [2]string{names[3], names[4]},
 		replicate: func(ctx context.Context) error {
-			node := victim.client(t)
-			return replicated(ctx, node, prefix+":queue:{"+names[3]+"}:probe")
+			node := victim.Client(t)
+			return redistest.Replicated(ctx, node, prefix+":queue:{"+names[3]+"}:probe")
 		},
-		fail: victim.kill,
+		fail: victim.Kill,
 		switched: func(ctx context.Context, c redis.UniversalClient) error {
 			// Only the slots' owner accepts the write.
 			return c.Set(ctx, prefix+":queue:{"+names[3]+"}:alive", "1", time.Minute).Err()
@@ -745,7 +447,7 @@ func TestClusterFailover(t *testing.T) {
 		promoted: func() error {
 			for _, s := range survivor.ClusterSlots(ctx).Val() {
 				if s.Nodes[0].Addr == replica {
-					st, err := infoClusterField(ctx, survivor, "cluster_state")
+					st, err := redistest.ClusterInfoField(ctx, survivor, "cluster_state")
 					if err != nil || st != "ok" {
 						return fmt.Errorf("cluster_state %q %v", st, err)
 					}
@@ -755,17 +457,15 @@ func TestClusterFailover(t *testing.T) {
 			return fmt.Errorf("%s not yet a master", replica)
 		},
 	})
-	if err := tc.waitHealthy(10*time.Second, clusterNodes-1); err != nil {
+	if err := tc.WaitHealthy(10*time.Second, redistest.ClusterNodes-1); err != nil {
 		t.Fatalf("cluster after the failover: %v", err)
 	}
 	channel := subPrefix + ":released"
-	eventually(t, 5*time.Second, "subscriptions back on the new master", func() bool {
+	redistest.Eventually(t, 5*time.Second, "subscriptions back on the new master", func() bool {
 		return survivor.PubSubNumSub(ctx, channel).Val()[channel] == 2
 	})
 	lat, err := settledHandoffs(ctx, subscribed, 20, 3*time.Millisecond, 50*time.Millisecond)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	p50 := quantileDur(lat, 0.5)
 	t.Logf("hand-offs between Lockers whose subscription's master was killed: p50 %v p99 %v", p50, quantileDur(lat, 0.99))
 	if p50 > 5*time.Millisecond {
@@ -778,25 +478,23 @@ func TestClusterFailover(t *testing.T) {
 // scripts/cluster.sh, for people, builds the same cluster with redis-cli
 // and stops it again.
 func TestClusterScript(t *testing.T) {
-	_, err := lookPath("bash")
+	_, err := redistest.LookPath("bash")
 	if err == nil {
-		_, err = lookPath("redis-cli")
+		_, err = redistest.LookPath("redis-cli")
 	}
 	if err == nil {
-		_, err = lookPath("redis-server")
+		_, err = redistest.LookPath("redis-server")
 	}
-	needServers(t, "scripts/cluster.sh", err)
+	redistest.Need(t, "scripts/cluster.sh", err)
 	ctx := context.Background()
 	// The script puts each node's bus on its port + 10000: both free.
 	var ports []string
-	for i := 0; len(ports) < clusterNodes; i++ {
+	for i := 0; len(ports) < redistest.ClusterNodes; i++ {
 		if i > 500 {
 			t.Fatal("no 6 free port pairs")
 		}
-		p, err := freePort()
-		if err != nil {
-			t.Fatal(err)
-		}
+		p, err := redistest.FreePort()
+		require.NoError(t, err)
 		bus, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p+10000))
 		if err != nil || slices.Contains(ports, strconv.Itoa(p)) {
 			continue
@@ -833,13 +531,11 @@ func TestClusterScript(t *testing.T) {
 	cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: addrs})
 	defer cc.Close()
 	slots, err := cc.ClusterSlots(ctx).Result()
-	if err != nil || len(slots) != 3 || strings.Count(renderSlots(slots), "replicas[1]") != 3 {
-		t.Fatalf("CLUSTER SLOTS after cluster.sh start: %v\n%s", err, renderSlots(slots))
+	if err != nil || len(slots) != 3 || strings.Count(redistest.RenderSlots(slots), "replicas[1]") != 3 {
+		t.Fatalf("CLUSTER SLOTS after cluster.sh start: %v\n%s", err, redistest.RenderSlots(slots))
 	}
 	for _, k := range []string{"a", "b", "c", "d"} {
-		if err := cc.Set(ctx, k, k, 0).Err(); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, cc.Set(ctx, k, k, 0).Err())
 	}
 	cc.Close()
 	stopped = true
@@ -944,17 +640,15 @@ func TestEveryLockNameWorks(t *testing.T) {
 	}
 	backends(t, func(t *testing.T, c *redis.Client) { names(t, c) })
 	t.Run("cluster", func(t *testing.T) {
-		p := ownRedis(t, "--cluster-enabled", "yes", "--cluster-config-file", filepath.Join(t.TempDir(), "nodes.conf"))
+		p := redistest.Own(t, "--cluster-enabled", "yes", "--cluster-config-file", filepath.Join(t.TempDir(), "nodes.conf"))
 		ctx := context.Background()
-		nc := redis.NewClient(&redis.Options{Addr: p.addr})
+		nc := redis.NewClient(&redis.Options{Addr: p.Addr})
 		defer nc.Close()
-		if err := nc.ClusterAddSlotsRange(ctx, 0, clusterSlots-1).Err(); err != nil {
-			t.Fatal(err)
-		}
-		eventually(t, 10*time.Second, "cluster ok", func() bool {
+		require.NoError(t, nc.ClusterAddSlotsRange(ctx, 0, clusterSlots-1).Err())
+		redistest.Eventually(t, 10*time.Second, "cluster ok", func() bool {
 			return strings.Contains(nc.ClusterInfo(ctx).Val(), "cluster_state:ok")
 		})
-		cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{p.addr}})
+		cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{p.Addr}})
 		defer cc.Close()
 		names(t, cc)
 		// Redis agrees on where each key lives.
@@ -975,10 +669,8 @@ func TestRunAllResendsOnlyRefusedCalls(t *testing.T) {
 	cc := startCluster(t)
 	ctx := context.Background()
 	count := redis.NewScript(`return redis.call('INCR', KEYS[1])`)
-	byMaster := namesPerMaster(t, cc, 1, func(i int) string { return uniq(t) + "-{" + strconv.Itoa(i) + "}" })
-	if err := cc.ScriptFlush(ctx).Err(); err != nil {
-		t.Fatal(err)
-	}
+	byMaster := redistest.NamesPerMaster(t, cc, 1, func(i int) string { return uniq(t) + "-{" + strconv.Itoa(i) + "}" })
+	require.NoError(t, cc.ScriptFlush(ctx).Err())
 	var calls []scriptCall
 	for addr, names := range byMaster {
 		calls = append(calls, scriptCall{keys: names})
@@ -986,9 +678,7 @@ func TestRunAllResendsOnlyRefusedCalls(t *testing.T) {
 			one := redis.NewClient(&redis.Options{Addr: addr})
 			err := count.Load(ctx, one).Err()
 			one.Close()
-			if err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, err)
 		}
 	}
 	for _, cmd := range runAll(ctx, cc, count, calls) {

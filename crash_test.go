@@ -11,6 +11,9 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
+
+	"github.com/redlease/redlease/internal/redistest"
 )
 
 // Consumers in separate processes, killed with SIGKILL at random moments
@@ -69,19 +72,13 @@ func TestCrashingConsumerProcesses(t *testing.T) {
 		payloads = append(payloads, []byte(fmt.Sprint(i)))
 	}
 	ids, err := q.EnqueueBatch(ctx, payloads)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	start := func() *exec.Cmd {
 		cmd := exec.Command(exe, "-test.run=^$")
 		cmd.Env = append(os.Environ(), crashChildEnv+"="+c.Options().Addr+" "+prefix)
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, cmd.Start())
 		return cmd
 	}
 	children := []*exec.Cmd{start(), start(), start()}
@@ -102,11 +99,9 @@ func TestCrashingConsumerProcesses(t *testing.T) {
 		kills++
 	}
 	acks := keys[len(keys)-1]
-	eventually(t, 40*time.Second, "every message acked", func() bool { return c.HLen(ctx, acks).Val() == n })
+	redistest.Eventually(t, 40*time.Second, "every message acked", func() bool { return c.HLen(ctx, acks).Val() == n })
 	counts, err := c.HGetAll(ctx, acks).Result()
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	for _, id := range ids {
 		if counts[id] != "1" {
 			t.Errorf("message %s acked %q times", id, counts[id])

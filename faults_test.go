@@ -11,14 +11,17 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
+
+	"github.com/redlease/redlease/internal/redistest"
 )
 
 // Fault injection on a real redis-server: every test here is bounded in
 // time and talks to loopback only.
 
 // proxied returns a client that reaches Redis through a fault proxy.
-func proxied(t *testing.T, target string) (*redis.Client, *faultProxy) {
-	p := newFaultProxy(t, target)
+func proxied(t *testing.T, target string) (*redis.Client, *redistest.FaultProxy) {
+	p := redistest.NewFaultProxy(t, target)
 	c := redis.NewClient(&redis.Options{Addr: p.Addr(), ReadTimeout: 500 * time.Millisecond, WriteTimeout: 500 * time.Millisecond})
 	t.Cleanup(func() { c.Close() })
 	return c, p
@@ -39,18 +42,14 @@ func TestFaultPausedLink(t *testing.T) {
 
 	call := time.Now()
 	la, err := a.TryObtain(ctx, "k", WithTTL(300*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	h.add(lockInput{kind: opAcquire, client: 0}, la.Fence(), call, time.Now())
 	proxy.Pause()
 	call = time.Now()
 	octx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
 	lb, err := b.Obtain(octx, "k")
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	got := time.Now()
 	h.add(lockInput{kind: opAcquire, client: 1}, lb.Fence(), call, got)
 	select {
@@ -87,9 +86,7 @@ func TestFaultLatency(t *testing.T) {
 	l := NewLocker(pc, WithPrefix(uniq(t)))
 	defer l.Close()
 	lk, err := l.TryObtain(ctx, "k", WithTTL(300*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	proxy.SetLatency(20 * time.Millisecond)
 	select {
 	case <-lk.Lost():
@@ -97,9 +94,7 @@ func TestFaultLatency(t *testing.T) {
 	case <-time.After(1500 * time.Millisecond):
 	}
 	proxy.SetLatency(0)
-	if err := lk.Release(ctx); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, lk.Release(ctx))
 }
 
 // Contention through connections that keep being dropped mid-command:
@@ -113,7 +108,7 @@ func TestFaultDroppedConnections(t *testing.T) {
 	stop := make(chan struct{})
 	var drops atomic.Int64
 	var wg sync.WaitGroup
-	var proxies []*faultProxy
+	var proxies []*redistest.FaultProxy
 	for client := range 4 {
 		pc, proxy := proxied(t, direct.Options().Addr)
 		proxies = append(proxies, proxy)
@@ -222,18 +217,14 @@ func TestFaultClientPause(t *testing.T) {
 	var res fencedResource
 	call := time.Now()
 	a, err := l.TryObtain(ctx, "k", WithTTL(200*time.Millisecond), WithoutWatchdog())
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	h.add(lockInput{kind: opAcquire, client: 0}, a.Fence(), call, time.Now())
 	time.Sleep(300 * time.Millisecond) // paused: the lease ends meanwhile
 	call = time.Now()
 	octx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	b, err := l.Obtain(octx, "k", WithTTL(5*time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	h.add(lockInput{kind: opAcquire, client: 1}, b.Fence(), call, time.Now())
 	h.lost(0, a)
 	if b.Fence() <= a.Fence() {
@@ -288,9 +279,7 @@ func TestFaultConsumerCutOff(t *testing.T) {
 			if m.Attempt != 2 {
 				t.Fatalf("attempt %d", m.Attempt)
 			}
-			if err := m.Ack(ctx); err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, m.Ack(ctx))
 			acks.Add(1)
 			break
 		}
@@ -317,26 +306,22 @@ func TestFaultConsumerCutOff(t *testing.T) {
 // restart on the same port without persistence: holders learn the loss,
 // clients reconnect and reload the scripts, and the queue is empty.
 func TestFaultRestartWithoutPersistence(t *testing.T) {
-	srv := ownRedis(t)
-	c := redis.NewClient(&redis.Options{Addr: srv.addr})
+	srv := redistest.Own(t)
+	c := redis.NewClient(&redis.Options{Addr: srv.Addr})
 	defer c.Close()
 	ctx := context.Background()
 	l := NewLocker(c)
 	defer l.Close()
 	lk, err := l.TryObtain(ctx, "k", WithTTL(300*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	q := NewQueue(c, "q")
 	q.EnqueueBatch(ctx, [][]byte{[]byte("a"), []byte("b")})
 	if _, err := q.Claim(ctx); err != nil {
 		t.Fatal(err)
 	}
 	_ = c.Do(ctx, "SHUTDOWN", "NOSAVE").Err() // the connection closes
-	srv.kill()
-	if err := srv.restart(); err != nil {
-		t.Fatal(err)
-	}
+	srv.Kill()
+	require.NoError(t, srv.Restart())
 	select {
 	case <-lk.Lost():
 	case <-time.After(2 * time.Second):
@@ -345,9 +330,7 @@ func TestFaultRestartWithoutPersistence(t *testing.T) {
 	t.Logf("after restart: Lost with %v", lk.Err())
 	// Scripts are gone from the new server: NOSCRIPT is handled.
 	lk2, err := l.TryObtain(ctx, "k")
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	if lk2.Fence() != 1 {
 		t.Logf("fence restarted at %d: without persistence fences start over", lk2.Fence())
 	}
@@ -358,8 +341,8 @@ func TestFaultRestartWithoutPersistence(t *testing.T) {
 // With appendonly yes and appendfsync always, a crash (SIGKILL) and restart
 // loses nothing: nothing acked comes back, nothing unacked is lost.
 func TestFaultCrashWithAOF(t *testing.T) {
-	srv := ownRedis(t, "--appendonly", "yes", "--appendfsync", "always")
-	c := redis.NewClient(&redis.Options{Addr: srv.addr})
+	srv := redistest.Own(t, "--appendonly", "yes", "--appendfsync", "always")
+	c := redis.NewClient(&redis.Options{Addr: srv.Addr})
 	defer c.Close()
 	ctx := context.Background()
 	q := NewQueue(c, "q", WithLease(200*time.Millisecond))
@@ -374,12 +357,8 @@ func TestFaultCrashWithAOF(t *testing.T) {
 	acked := map[string]bool{}
 	for range n / 2 {
 		m, err := q.Claim(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := m.Ack(ctx); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
+		require.NoError(t, m.Ack(ctx))
 		acked[string(m.Payload)] = true
 	}
 	var inflight []*Message
@@ -387,10 +366,8 @@ func TestFaultCrashWithAOF(t *testing.T) {
 		m, _ := q.Claim(ctx) // claimed, never acked: the consumer dies too
 		inflight = append(inflight, m)
 	}
-	srv.kill()
-	if err := srv.restart(); err != nil {
-		t.Fatal(err)
-	}
+	srv.Kill()
+	require.NoError(t, srv.Restart())
 	time.Sleep(250 * time.Millisecond) // the in-flight leases end
 	if _, err := q.Reclaim(ctx); err != nil {
 		t.Fatal(err)
@@ -430,9 +407,7 @@ func TestFaultClientKill(t *testing.T) {
 	l := NewLocker(c, WithPrefix(uniq(t)))
 	defer l.Close()
 	holder, err := l.TryObtain(ctx, "k", WithTTL(300*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	got := make(chan error, 1)
 	go func() {
 		octx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -443,7 +418,7 @@ func TestFaultClientKill(t *testing.T) {
 		}
 		got <- err
 	}()
-	eventually(t, 2*time.Second, "waiter queued", func() bool { return l.hub.waiting(holder.rkey) })
+	redistest.Eventually(t, 2*time.Second, "waiter queued", func() bool { return l.hub.waiting(holder.rkey) })
 	for _, typ := range []string{"normal", "pubsub"} {
 		admin.Do(ctx, "CLIENT", "KILL", "TYPE", typ)
 	}
@@ -453,12 +428,8 @@ func TestFaultClientKill(t *testing.T) {
 		t.Fatalf("lease lost after CLIENT KILL: %v", holder.Err())
 	default:
 	}
-	if err := holder.Release(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := <-got; err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, holder.Release(ctx))
+	require.NoError(t, <-got)
 }
 
 // DEBUG SLEEP shorter than the TTL costs nothing; longer, the holder's Lost
@@ -473,9 +444,7 @@ func TestFaultDebugSleep(t *testing.T) {
 	defer l.Close()
 
 	short, err := l.TryObtain(ctx, "short", WithTTL(time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	admin.Do(ctx, "DEBUG", "SLEEP", "0.1")
 	time.Sleep(400 * time.Millisecond)
 	select {
@@ -486,9 +455,7 @@ func TestFaultDebugSleep(t *testing.T) {
 	short.Release(ctx)
 
 	long, err := l.TryObtain(ctx, "long", WithTTL(300*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	start := time.Now()
 	admin.Do(ctx, "DEBUG", "SLEEP", "0.8") // returns when the server wakes
 	select {

@@ -4,12 +4,14 @@ import (
 	"context"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
+
+	"github.com/redlease/redlease/internal/redistest"
 )
 
 // rawRelease is the least a compare-and-delete can cost: the floor that
@@ -34,12 +36,8 @@ func BenchmarkCycle(b *testing.B) {
 		start := time.Now()
 		for range n {
 			lk, err := l.TryObtain(ctx, "k")
-			if err != nil {
-				b.Fatal(err)
-			}
-			if err := lk.Release(ctx); err != nil {
-				b.Fatal(err)
-			}
+			require.NoError(b, err)
+			require.NoError(b, lk.Release(ctx))
 		}
 		mid := time.Now()
 		for range n {
@@ -47,9 +45,7 @@ func BenchmarkCycle(b *testing.B) {
 			if ok, err := c.SetNX(ctx, "bench-cycle:raw", tok, 30*time.Second).Result(); err != nil || !ok {
 				b.Fatal(ok, err)
 			}
-			if err := rawRelease.Run(ctx, c, []string{"bench-cycle:raw"}, tok).Err(); err != nil {
-				b.Fatal(err)
-			}
+			require.NoError(b, rawRelease.Run(ctx, c, []string{"bench-cycle:raw"}, tok).Err())
 		}
 		redleaseNs = append(redleaseNs, float64(mid.Sub(start))/float64(n))
 		rawNs = append(rawNs, float64(time.Since(mid))/float64(n))
@@ -97,9 +93,7 @@ func BenchmarkHandoff(b *testing.B) {
 // returns each hand-off's latency in ns.
 func handoffs(tb testing.TB, ctx context.Context, lockers [2]*Locker, n int) []float64 {
 	held, err := lockers[0].TryObtain(ctx, "k")
-	if err != nil {
-		tb.Fatal(err)
-	}
+	require.NoError(tb, err)
 	lat := make([]float64, 0, n)
 	for i := range n {
 		waiter := lockers[(i+1)%2]
@@ -118,9 +112,7 @@ func handoffs(tb testing.TB, ctx context.Context, lockers [2]*Locker, n int) []f
 			time.Sleep(20 * time.Microsecond)
 		}
 		start := time.Now()
-		if err := held.Release(ctx); err != nil {
-			tb.Fatal(err)
-		}
+		require.NoError(tb, held.Release(ctx))
 		held = <-got
 		lat = append(lat, float64(time.Since(start)))
 		wg.Wait()
@@ -138,24 +130,13 @@ func handoffs(tb testing.TB, ctx context.Context, lockers [2]*Locker, n int) []f
 // The *-ratio metrics are each variant's cycle time over the single
 // instance's (the cost factor), medians over blocks.
 func BenchmarkLockVariants(b *testing.B) {
-	master := ownRedis(b, "--repl-diskless-sync-delay", "0")
-	replica := ownRedis(b, "--replicaof", "127.0.0.1", strconv.Itoa(master.port))
-	mc := redis.NewClient(&redis.Options{Addr: master.addr})
+	master, _ := redistest.OwnReplicated(b)
+	mc := redis.NewClient(&redis.Options{Addr: master.Addr})
 	defer mc.Close()
-	rc := redis.NewClient(&redis.Options{Addr: replica.addr})
-	defer rc.Close()
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if strings.Contains(rc.Info(context.Background(), "replication").Val(), "master_link_status:up") {
-			break
-		}
-		if time.Now().After(deadline) {
-			b.Fatal("replica did not sync")
-		}
-	}
 	var qnodes []redis.UniversalClient
 	for range 3 {
-		n := ownRedis(b)
-		c := redis.NewClient(&redis.Options{Addr: n.addr})
+		n := redistest.Own(b)
+		c := redis.NewClient(&redis.Options{Addr: n.Addr})
 		defer c.Close()
 		qnodes = append(qnodes, c)
 	}

@@ -13,6 +13,9 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
+
+	"github.com/redlease/redlease/internal/redistest"
 )
 
 // Edge cases found in review.
@@ -39,7 +42,7 @@ func TestLimitRetryBehindHead(t *testing.T) {
 	hctx, hcancel := context.WithCancel(ctx)
 	defer hcancel()
 	go l.Obtain(hctx, "k") // head, waits until cancelled
-	eventually(t, time.Second, "head queued", func() bool { return l.hub.waiting(h.rkey) })
+	redistest.Eventually(t, time.Second, "head queued", func() bool { return l.hub.waiting(h.rkey) })
 	done := make(chan error, 1)
 	go func() {
 		_, err := l.Obtain(ctx, "k", WithRetry(LimitRetry(LinearBackoff(10*time.Millisecond), 3)))
@@ -64,18 +67,14 @@ func TestRefreshCrossingRenewal(t *testing.T) {
 	defer l.Close()
 	c.AddHook(delayHook{l: l})
 	lk, err := l.TryObtain(ctx, "k", WithTTL(300*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer lk.Release(ctx)
-	eventually(t, time.Second, "renewal in flight", func() bool {
+	redistest.Eventually(t, time.Second, "renewal in flight", func() bool {
 		l.wd.mu.Lock()
 		defer l.wd.mu.Unlock()
 		return lk.inflight
 	})
-	if err := lk.Refresh(ctx, 10*time.Second); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, lk.Refresh(ctx, 10*time.Second))
 	// Either the watchdog renews again with the new TTL at once (the key
 	// stays), or Lost closes no later than the key expires.
 	deadline := time.Now().Add(time.Second)
@@ -182,13 +181,11 @@ func slowCloseClient(t *testing.T, addr string, delay *atomic.Int64) *redis.Clie
 func staleReleaseAfterOwnAttempt(t *testing.T, l *Locker, base *redis.Client, delay *atomic.Int64, obtain func()) (release func() error) {
 	ctx := context.Background()
 	r, err := l.TryObtain(ctx, "k", WithTTL(300*time.Millisecond), WithoutWatchdog())
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	delay.Store(int64(400 * time.Millisecond))
 	go obtain()
 	return func() error {
-		eventually(t, 2*time.Second, "waiter took the expired lock", func() bool {
+		redistest.Eventually(t, 2*time.Second, "waiter took the expired lock", func() bool {
 			v, err := base.Get(ctx, r.rkey).Result()
 			return err == nil && v != r.Token()
 		})
@@ -312,9 +309,7 @@ func TestHandoffWithLostReplyStillGrantsTheWaiter(t *testing.T) {
 	backends(t, func(t *testing.T, c *redis.Client) {
 		ctx := context.Background()
 		for _, s := range []*redis.Script{handoffScript, acquireScript} { // EVALSHA succeeds at once
-			if err := s.Load(ctx, c).Err(); err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, s.Load(ctx, c).Err())
 		}
 		hook := &dropHandoffReply{}
 		c.AddHook(hook)
@@ -323,9 +318,7 @@ func TestHandoffWithLostReplyStillGrantsTheWaiter(t *testing.T) {
 		other := NewLocker(c, WithPrefix(uniq(t)))
 		defer other.Close()
 		h, err := l.TryObtain(ctx, "k")
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		got := make(chan *Lock, 1)
 		go func() {
 			lk, err := l.Obtain(ctx, "k", WithRetry(LinearBackoff(time.Minute)))
@@ -336,7 +329,7 @@ func TestHandoffWithLostReplyStillGrantsTheWaiter(t *testing.T) {
 		}()
 		// The holder's acquire, then the waiter's first attempt and its
 		// retry right after subscribing: then it waits, not trying.
-		eventually(t, 2*time.Second, "waiter queued and waiting", func() bool {
+		redistest.Eventually(t, 2*time.Second, "waiter queued and waiting", func() bool {
 			return hook.acquires.Load() == 3 && waitingHead(l, h.rkey)
 		})
 		hook.armed.Store(true)
@@ -396,15 +389,11 @@ func TestHubKeepsNoStateForKeysNobodyWaitsOn(t *testing.T) {
 	for i := range keys {
 		key := "order:" + strconv.Itoa(i)
 		h, err := l.TryObtain(ctx, key)
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		got := make(chan *Lock, 1)
 		go func() { lk, _ := l.Obtain(ctx, key); got <- lk }()
-		eventually(t, 2*time.Second, "waiter queued", func() bool { return l.hub.waiting(h.rkey) })
-		if err := h.Release(ctx); err != nil {
-			t.Fatal(err)
-		}
+		redistest.Eventually(t, 2*time.Second, "waiter queued", func() bool { return l.hub.waiting(h.rkey) })
+		require.NoError(t, h.Release(ctx))
 		if lk := <-got; lk != nil {
 			lk.Release(ctx)
 		}
@@ -435,9 +424,7 @@ func TestHandoffStreakEndsInARealRelease(t *testing.T) {
 	l := NewLocker(c, WithPrefix(uniq(t)))
 	defer l.Close()
 	lk, err := l.TryObtain(ctx, "k")
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	for round := 1; round <= maxHandoffStreak+1; round++ {
 		before := hook.acquires.Load()
 		got := make(chan *Lock, 1)
@@ -449,12 +436,10 @@ func TestHandoffStreakEndsInARealRelease(t *testing.T) {
 			got <- w
 		}()
 		// Its first attempt and its retry right after subscribing: then it waits.
-		eventually(t, 2*time.Second, "waiter waiting", func() bool {
+		redistest.Eventually(t, 2*time.Second, "waiter waiting", func() bool {
 			return hook.acquires.Load() == before+2 && waitingHead(l, lk.rkey)
 		})
-		if err := lk.Release(ctx); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, lk.Release(ctx))
 		select {
 		case lk = <-got:
 		case <-time.After(5 * time.Second):
@@ -515,18 +500,14 @@ func TestUnsureWaiterGivingUpReturnsWithItsContext(t *testing.T) {
 	c := realRedis(t)
 	ctx := context.Background()
 	for _, s := range []*redis.Script{handoffScript, acquireScript, releaseScript} {
-		if err := s.Load(ctx, c).Err(); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, s.Load(ctx, c).Err())
 	}
 	hook := &deadLinkHook{}
 	c.AddHook(hook)
 	l := NewLocker(c, WithPrefix(uniq(t)))
 	defer l.Close()
 	h, err := l.TryObtain(ctx, "k")
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	type res struct {
 		d   time.Duration
 		err error
@@ -539,7 +520,7 @@ func TestUnsureWaiterGivingUpReturnsWithItsContext(t *testing.T) {
 		_, err := l.Obtain(octx, "k", WithRetry(LinearBackoff(time.Minute)))
 		got <- res{time.Since(start), err}
 	}()
-	eventually(t, 2*time.Second, "waiter queued", func() bool {
+	redistest.Eventually(t, 2*time.Second, "waiter queued", func() bool {
 		return hook.acquires.Load() == 3 && waitingHead(l, h.rkey)
 	})
 	hook.armed.Store(true)

@@ -11,6 +11,9 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
+
+	"github.com/redlease/redlease/internal/redistest"
 	"go.uber.org/goleak"
 )
 
@@ -20,9 +23,7 @@ func TestTryObtainRelease(t *testing.T) {
 		l := NewLocker(c, WithPrefix(uniq(t)))
 		defer l.Close()
 		lk, err := l.TryObtain(ctx, "k")
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		if lk.Key() != "k" || len(lk.Token()) != 36 || lk.Fence() != 1 {
 			t.Fatalf("key %q token %q fence %d", lk.Key(), lk.Token(), lk.Fence())
 		}
@@ -32,9 +33,7 @@ func TestTryObtainRelease(t *testing.T) {
 		if _, err := l.TryObtain(ctx, "k"); !errors.Is(err, ErrNotObtained) {
 			t.Fatalf("second TryObtain: %v, want ErrNotObtained", err)
 		}
-		if err := lk.Release(ctx); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, lk.Release(ctx))
 		select {
 		case <-lk.Lost():
 		default:
@@ -47,15 +46,11 @@ func TestTryObtainRelease(t *testing.T) {
 			t.Fatalf("double release: %v", err)
 		}
 		lk2, err := l.TryObtain(ctx, "k")
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		if lk2.Fence() != 2 {
 			t.Fatalf("fence %d, want 2", lk2.Fence())
 		}
-		if err := lk2.Release(ctx); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, lk2.Release(ctx))
 	})
 }
 
@@ -66,13 +61,9 @@ func TestAcquireIsIdempotentPerToken(t *testing.T) {
 		ctx := context.Background()
 		keys := []string{uniq(t) + ":{k}", uniq(t) + ":{k}:fence"}
 		first, err := acquireScript.Run(ctx, c, keys, "tok", 1000).Int64Slice()
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		again, err := acquireScript.Run(ctx, c, keys, "tok", 1000).Int64Slice()
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		if first[0] != 1 || again[0] != 1 || first[1] != again[1] {
 			t.Fatalf("first %v, retry %v: want the same success", first, again)
 		}
@@ -89,9 +80,7 @@ func TestReleaseAfterExpiryAndTakeover(t *testing.T) {
 	l := NewLocker(c)
 	defer l.Close()
 	lk, err := l.TryObtain(ctx, "k", WithTTL(time.Second), WithoutWatchdog())
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	mr.FastForward(2 * time.Second)
 	if err := lk.Release(ctx); !errors.Is(err, ErrNotHeld) || !strings.Contains(err.Error(), "expired") {
 		t.Fatalf("release after expiry: %v", err)
@@ -100,9 +89,7 @@ func TestReleaseAfterExpiryAndTakeover(t *testing.T) {
 	lk, _ = l.TryObtain(ctx, "k", WithTTL(time.Second), WithoutWatchdog())
 	mr.FastForward(2 * time.Second)
 	other, err := l.TryObtain(ctx, "k")
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	if other.Fence() <= lk.Fence() {
 		t.Fatalf("fence went from %d to %d", lk.Fence(), other.Fence())
 	}
@@ -130,9 +117,7 @@ func TestRefresh(t *testing.T) {
 		l := NewLocker(c, WithPrefix(uniq(t)))
 		defer l.Close()
 		lk, err := l.TryObtain(ctx, "k", WithTTL(time.Second), WithoutWatchdog())
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		defer lk.Release(ctx)
 		for _, bad := range []time.Duration{0, -time.Second, time.Microsecond} {
 			if err := lk.Refresh(ctx, bad); !errors.Is(err, ErrInvalidArgument) {
@@ -142,9 +127,7 @@ func TestRefresh(t *testing.T) {
 		if d, _ := lk.TTL(ctx); d <= 0 || d > time.Second {
 			t.Fatalf("bad refresh changed the lease: ttl %v", d)
 		}
-		if err := lk.Refresh(ctx, time.Minute); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, lk.Refresh(ctx, time.Minute))
 		if d, _ := lk.TTL(ctx); d <= 50*time.Second {
 			t.Fatalf("ttl %v after Refresh(1m)", d)
 		}
@@ -211,9 +194,7 @@ func TestNilOptionsAreIgnored(t *testing.T) {
 	_, c := newMini(t)
 	ctx := context.Background()
 	lk, err := NewLocker(c, nil).TryObtain(ctx, "k", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	lk.Release(ctx)
 }
 
@@ -226,9 +207,7 @@ func TestIdleLockerLeavesNoGoroutine(t *testing.T) {
 		cl := redis.NewClient(&redis.Options{Addr: c.Options().Addr})
 		l := NewLocker(cl, WithPrefix(uniq(t)))
 		holder, err := l.TryObtain(ctx, "k", WithTTL(time.Second))
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
@@ -236,7 +215,7 @@ func TestIdleLockerLeavesNoGoroutine(t *testing.T) {
 				lk.Release(ctx)
 			}
 		}()
-		eventually(t, 2*time.Second, "waiter queued", func() bool { return l.hub.waiting(holder.rkey) })
+		redistest.Eventually(t, 2*time.Second, "waiter queued", func() bool { return l.hub.waiting(holder.rkey) })
 		holder.Release(ctx)
 		<-done
 		cl.Close()
@@ -249,9 +228,7 @@ func TestClosedLocker(t *testing.T) {
 	ctx := context.Background()
 	l := NewLocker(c)
 	lk, err := l.TryObtain(ctx, "k")
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	l.Close()
 	l.Close()
 	select {
@@ -276,9 +253,7 @@ func TestObtainWaitsForRelease(t *testing.T) {
 		l := NewLocker(c, WithPrefix(uniq(t)))
 		defer l.Close()
 		holder, err := l.TryObtain(ctx, "k")
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		got := make(chan *Lock)
 		go func() {
 			// A slow fallback proves the wake-up, not the retry, ends the wait.
@@ -288,11 +263,9 @@ func TestObtainWaitsForRelease(t *testing.T) {
 			}
 			got <- lk
 		}()
-		eventually(t, 2*time.Second, "waiter queued", func() bool { return l.hub.waiting(holder.rkey) })
+		redistest.Eventually(t, 2*time.Second, "waiter queued", func() bool { return l.hub.waiting(holder.rkey) })
 		start := time.Now()
-		if err := holder.Release(ctx); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, holder.Release(ctx))
 		select {
 		case lk := <-got:
 			if lk.Fence() != holder.Fence()+1 {
@@ -340,7 +313,7 @@ func TestCloseWakesWaiters(t *testing.T) {
 	holder, _ := l.TryObtain(ctx, "k")
 	done := make(chan error)
 	go func() { _, err := l.Obtain(ctx, "k"); done <- err }()
-	eventually(t, 2*time.Second, "waiter queued", func() bool { return l.hub.waiting(holder.rkey) })
+	redistest.Eventually(t, 2*time.Second, "waiter queued", func() bool { return l.hub.waiting(holder.rkey) })
 	l.Close()
 	select {
 	case err := <-done:
@@ -416,9 +389,7 @@ func TestWatchdogKeepsLeaseAlive(t *testing.T) {
 	l := NewLocker(c, WithPrefix(uniq(t)))
 	defer l.Close()
 	lk, err := l.TryObtain(ctx, "k", WithTTL(300*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	end := time.Now().Add(2 * time.Second)
 	for time.Now().Before(end) {
 		select {
@@ -433,9 +404,7 @@ func TestWatchdogKeepsLeaseAlive(t *testing.T) {
 	if _, err := NewLocker(c, WithPrefix(uniq(t))).TryObtain(ctx, "k"); !errors.Is(err, ErrNotObtained) {
 		t.Fatalf("another took a watched lock: %v", err)
 	}
-	if err := lk.Release(ctx); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, lk.Release(ctx))
 }
 
 func TestLostOnExternalDelete(t *testing.T) {
@@ -444,9 +413,7 @@ func TestLostOnExternalDelete(t *testing.T) {
 	l := NewLocker(c, WithPrefix(uniq(t)))
 	defer l.Close()
 	lk, err := l.TryObtain(ctx, "k", WithTTL(300*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	c.Del(ctx, lk.rkey)
 	select {
 	case <-lk.Lost():
@@ -468,9 +435,7 @@ func TestLostWithoutWatchdogAtExpiry(t *testing.T) {
 	defer l.Close()
 	start := time.Now()
 	lk, err := l.TryObtain(ctx, "k", WithTTL(200*time.Millisecond), WithoutWatchdog())
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	// The client's deadline is set before Redis's expiry; when Lost then
 	// closes depends on the scheduler, so it is only bounded loosely.
 	l.wd.mu.Lock()
@@ -484,7 +449,7 @@ func TestLostWithoutWatchdogAtExpiry(t *testing.T) {
 	case <-time.After(time.Second):
 		t.Fatal("Lost not closed at lease end")
 	}
-	eventually(t, time.Second, "key expired", func() bool { return c.Exists(ctx, lk.rkey).Val() == 0 })
+	redistest.Eventually(t, time.Second, "key expired", func() bool { return c.Exists(ctx, lk.rkey).Val() == 0 })
 	if err := lk.Release(ctx); !errors.Is(err, ErrNotHeld) {
 		t.Fatalf("release after expiry: %v", err)
 	}
@@ -496,25 +461,19 @@ func TestSurvivesScriptFlush(t *testing.T) {
 		l := NewLocker(c, WithPrefix(uniq(t)))
 		defer l.Close()
 		for i := range 3 {
-			if err := c.ScriptFlush(ctx).Err(); err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, c.ScriptFlush(ctx).Err())
 			lk, err := l.TryObtain(ctx, "k")
 			if err != nil {
 				t.Fatalf("round %d: %v", i, err)
 			}
 			c.ScriptFlush(ctx)
-			if err := lk.Refresh(ctx, time.Minute); err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, lk.Refresh(ctx, time.Minute))
 			c.ScriptFlush(ctx)
 			if _, err := lk.TTL(ctx); err != nil {
 				t.Fatal(err)
 			}
 			c.ScriptFlush(ctx)
-			if err := lk.Release(ctx); err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, lk.Release(ctx))
 		}
 	})
 }
@@ -581,9 +540,7 @@ func TestRenewalsAreBatched(t *testing.T) {
 	var locks []*Lock
 	for i := range 250 {
 		lk, err := l.TryObtain(ctx, "k"+strconv.Itoa(i), WithTTL(300*time.Millisecond))
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		locks = append(locks, lk)
 	}
 	before := commandStats(t, c)

@@ -17,6 +17,9 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
+
+	"github.com/redlease/redlease/internal/redistest"
 )
 
 // idForShard returns an id that WithID routes to shard s of n.
@@ -41,9 +44,7 @@ func TestAckRetryableAfterRedisError(t *testing.T) {
 		t.Fatal(err)
 	}
 	m, err := q.Claim(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	cctx, cancel := context.WithCancel(ctx)
 	cancel() // e.g. the request that did the work timed out
 	if err := m.Ack(cctx); err == nil {
@@ -66,7 +67,7 @@ func TestAckRetryableAfterRedisError(t *testing.T) {
 // delayed 100ms; once executed() sees the command's effect in Redis (the
 // reply is then held in the proxy), every proxied connection is dropped, so
 // go-redis gets EOF and resends the command on a new connection.
-func lostReply(t *testing.T, p *faultProxy, send func(), executed func() bool) {
+func lostReply(t *testing.T, p *redistest.FaultProxy, send func(), executed func() bool) {
 	t.Helper()
 	p.SetLatency(100 * time.Millisecond)
 	go send()
@@ -81,9 +82,9 @@ func lostReply(t *testing.T, p *faultProxy, send func(), executed func() bool) {
 	p.SetLatency(0)
 }
 
-func lostReplyClient(t *testing.T) (*redis.Client, *faultProxy, *redis.Client) {
+func lostReplyClient(t *testing.T) (*redis.Client, *redistest.FaultProxy, *redis.Client) {
 	direct := realRedis(t)
-	p := newFaultProxy(t, direct.Options().Addr)
+	p := redistest.NewFaultProxy(t, direct.Options().Addr)
 	c := redis.NewClient(&redis.Options{Addr: p.Addr(), PoolSize: 1})
 	t.Cleanup(func() { c.Close() })
 	return c, p, direct
@@ -128,9 +129,7 @@ func TestClaimResentAfterLostReplyGetsSameClaim(t *testing.T) {
 	qd := NewQueue(direct, "q", opts...)
 	q.Enqueue(ctx, []byte("warm-up"))
 	m, err := q.Claim(ctx) // warms the claim script and the connection
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	m.Ack(ctx)
 	qd.Enqueue(ctx, []byte("first"))
 	qd.Enqueue(ctx, []byte("second"))
@@ -187,7 +186,7 @@ func TestShardedClaimsRotateDespiteEnqueues(t *testing.T) {
 			return nil
 		})
 	}()
-	eventually(t, 20*time.Second, "300 messages handled", func() bool { return handled.Load() >= 300 || victimAt.Load() > 0 })
+	redistest.Eventually(t, 20*time.Second, "300 messages handled", func() bool { return handled.Load() >= 300 || victimAt.Load() > 0 })
 	cancel()
 	<-done
 	var lens []int64
@@ -250,9 +249,7 @@ func TestNackWakesBlockedConsumerAtOnce(t *testing.T) {
 			qb := NewQueue(c, "q", opts...) // another
 			qa.Enqueue(ctx, []byte("job"))
 			m, err := qa.Claim(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, err)
 			got := make(chan time.Time, 1)
 			go func() {
 				m, err := qb.Claim(ctx)
@@ -263,9 +260,7 @@ func TestNackWakesBlockedConsumerAtOnce(t *testing.T) {
 			}()
 			time.Sleep(100 * time.Millisecond) // qb is blocked by now
 			start := time.Now()
-			if err := m.Nack(ctx); err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, m.Nack(ctx))
 			lat := (<-got).Sub(start)
 			t.Logf("%d shard(s): nacked message picked up by the blocked consumer after %v", shards, lat.Round(time.Millisecond))
 			// Woken by its block timeout, it would come about 400ms after.
@@ -288,23 +283,17 @@ func TestAttemptGrowsWhileLiveAndRestartsOnReuse(t *testing.T) {
 		t.Fatal(err)
 	}
 	a, err := q.Claim(ctx) // attempt 1, the consumer stalls
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	mr.SetTime(now.Add(2 * time.Second))
 	b, err := q.Claim(ctx) // the expired claim comes back: attempt 2
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	if a.Attempt != 1 || b.Attempt != 2 || b.ID != a.ID {
 		t.Fatalf("deliveries of one live id: attempts %d then %d", a.Attempt, b.Attempt)
 	}
 	if err := a.Ack(ctx); !errors.Is(err, ErrNotHeld) {
 		t.Fatalf("ack of the expired delivery: %v, want ErrNotHeld", err)
 	}
-	if err := b.Ack(ctx); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, b.Ack(ctx))
 	if _, err := q.Enqueue(ctx, []byte("v2"), WithID("order-42")); err != nil {
 		t.Fatal(err)
 	}
@@ -319,7 +308,7 @@ func TestAttemptGrowsWhileLiveAndRestartsOnReuse(t *testing.T) {
 // nacked at once and delivered again.
 func TestGoexitHandlerNacksItsMessage(t *testing.T) {
 	c := realRedis(t)
-	defer noLeaks(t)()
+	defer redistest.NoLeaks(t, 0)()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	q := newQueue(t, c, WithLease(300*time.Millisecond), WithRetryBackoff(func(int) time.Duration { return 0 }))
@@ -341,7 +330,7 @@ func TestGoexitHandlerNacksItsMessage(t *testing.T) {
 			}
 		}))
 	}()
-	eventually(t, 5*time.Second, "the message delivered again and acked", func() bool {
+	redistest.Eventually(t, 5*time.Second, "the message delivered again and acked", func() bool {
 		st, _ := q.Stats(ctx)
 		return calls.Load() == 2 && st == Stats{}
 	})
@@ -364,9 +353,7 @@ func TestShardedDeadLettersOldestFirst(t *testing.T) {
 		q.Enqueue(ctx, []byte(id), WithID(id))
 		for {
 			m, err := q.Claim(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, err)
 			m.Nack(ctx)
 			if m.ID == id {
 				break
@@ -438,7 +425,7 @@ func TestDueDelayedMessagesComeBeforeLaterOnes(t *testing.T) {
 			return nil
 		})
 	}()
-	eventually(t, 30*time.Second, "1000 later messages handled", func() bool { mu.Lock(); defer mu.Unlock(); return laterSeen >= 1000 })
+	redistest.Eventually(t, 30*time.Second, "1000 later messages handled", func() bool { mu.Lock(); defer mu.Unlock(); return laterSeen >= 1000 })
 	st, _ := q.Stats(ctx)
 	cancel()
 	<-done
@@ -463,12 +450,8 @@ func TestOddIDsAndPayloadsRoundTrip(t *testing.T) {
 	}
 	for range ids {
 		m, err := q.Claim(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := m.Nack(ctx); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
+		require.NoError(t, m.Nack(ctx))
 	}
 	dl, err := q.DeadLetters(ctx, 100)
 	if err != nil || len(dl) != len(ids) {
@@ -485,9 +468,7 @@ func TestOddIDsAndPayloadsRoundTrip(t *testing.T) {
 		big[i][0] = byte(i)
 	}
 	bids, err := q.EnqueueBatch(ctx, big)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	for i := range big {
 		m, err := q.Claim(ctx)
 		if err != nil || m.ID != bids[i] || len(m.Payload) != MaxPayload || m.Payload[0] != byte(i) {
@@ -533,9 +514,7 @@ func TestSettleResentAfterLostReplySucceeds(t *testing.T) {
 				t.Fatal(err)
 			}
 			m, err := q.Claim(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, err)
 			errc := make(chan error, 1)
 			lostReply(t, p, func() {
 				if verb == "ack" {
@@ -578,9 +557,7 @@ func TestShardedWakeFollowsResentScript(t *testing.T) {
 			_ = m.Ack(ctx)
 		}()
 		time.Sleep(100 * time.Millisecond) // idle, blocked on the wake key
-		if err := c.ScriptFlush(ctx).Err(); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, c.ScriptFlush(ctx).Err())
 		start.Store(time.Now().UnixNano())
 		if _, err := q.Enqueue(ctx, []byte("x")); err != nil {
 			t.Fatal(err)
@@ -636,16 +613,10 @@ func TestLateClaimCopyClaimsNothing(t *testing.T) {
 			t.Fatal(err)
 		}
 		m, err := q.Claim(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := m.Ack(ctx); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
+		require.NoError(t, m.Ack(ctx))
 		res, err := claimScript.Run(ctx, c, q.shards[0].keys, q.lease.Milliseconds(), m.token, q.maxAttempts).Slice()
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		if ok, _ := res[0].(int64); ok != 0 {
 			t.Fatalf("a late copy of an acked claim claimed %v", res)
 		}
@@ -664,17 +635,13 @@ func TestStaleAckAfterUnansweredNackRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	a, err := q.Claim(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	// A's Nack runs; its reply is lost (simulated: the script run directly).
 	if _, err := nackScript.Run(ctx, c, q.shards[a.shard].keys, a.ID, a.token, 0, q.maxAttempts).Int64(); err != nil {
 		t.Fatal(err)
 	}
 	b, err := q.Claim(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	err = a.Ack(ctx)
 	st, _ := q.Stats(ctx)
 	t.Logf("stale Ack by A while B holds %q: err=%v stats=%+v", b.ID, err, st)
@@ -694,9 +661,7 @@ func TestAckAfterUnansweredBuryingNackRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	a, err := q.Claim(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	if _, err := nackScript.Run(ctx, c, q.shards[a.shard].keys, a.ID, a.token, 0, q.maxAttempts).Int64(); err != nil {
 		t.Fatal(err)
 	}
@@ -718,9 +683,7 @@ func TestNackAfterUnansweredAckRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	a, err := q.Claim(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	if _, err := ackScript.Run(ctx, c, q.shards[a.shard].keys, a.ID, a.token).Int64(); err != nil {
 		t.Fatal(err)
 	}
@@ -744,12 +707,8 @@ func TestDoneMemoryOfStoppedQueueExpires(t *testing.T) {
 	}
 	for range 3 {
 		m, err := q.Claim(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := m.Ack(ctx); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
+		require.NoError(t, m.Ack(ctx))
 	}
 	key := q.shards[0].done
 	n, _ := c.ZCard(ctx, key).Result()

@@ -12,6 +12,9 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
+
+	"github.com/redlease/redlease/internal/redistest"
 )
 
 func newQueue(t *testing.T, c *redis.Client, opts ...QueueOption) *Queue {
@@ -22,9 +25,7 @@ func newQueue(t *testing.T, c *redis.Client, opts ...QueueOption) *Queue {
 func wantStats(t *testing.T, q *Queue, want Stats) {
 	t.Helper()
 	got, err := q.Stats(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	if got != want {
 		t.Fatalf("stats %+v, want %+v", got, want)
 	}
@@ -38,24 +39,18 @@ func TestEnqueueClaimAck(t *testing.T) {
 		var ids []string
 		for _, p := range payloads {
 			id, err := q.Enqueue(ctx, p)
-			if err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, err)
 			ids = append(ids, id)
 		}
 		wantStats(t, q, Stats{Ready: 4})
 		for i, p := range payloads {
 			m, err := q.Claim(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, err)
 			if m.ID != ids[i] || !bytes.Equal(m.Payload, p) || m.Attempt != 1 {
 				t.Fatalf("claimed %q %q attempt %d, want %q %q 1", m.ID, m.Payload[:min(len(m.Payload), 10)], m.Attempt, ids[i], p[:min(len(p), 10)])
 			}
 			wantStats(t, q, Stats{Ready: int64(len(payloads) - i - 1), InFlight: 1})
-			if err := m.Ack(ctx); err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, m.Ack(ctx))
 			if err := m.Ack(ctx); !errors.Is(err, ErrNotHeld) {
 				t.Fatalf("second ack: %v", err)
 			}
@@ -83,9 +78,7 @@ func TestEnqueueBatch(t *testing.T) {
 		wantStats(t, q, Stats{Ready: 2500})
 		for i := range 3 {
 			m, err := q.Claim(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, err)
 			if m.ID != ids[i] || string(m.Payload) != fmt.Sprint(i) {
 				t.Fatalf("claim %d got %q, want FIFO order", i, m.Payload)
 			}
@@ -104,9 +97,7 @@ func TestStaleAckRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	a, err := q.Claim(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	time.Sleep(150 * time.Millisecond)
 	// Expired but not yet given back: still refused.
 	if err := a.Extend(ctx, time.Second); !errors.Is(err, ErrNotHeld) || !strings.Contains(err.Error(), "expired") {
@@ -116,9 +107,7 @@ func TestStaleAckRefused(t *testing.T) {
 		t.Fatalf("reclaim: %d %v", n, err)
 	}
 	b, err := q.Claim(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	if b.ID != a.ID || b.Attempt != 2 {
 		t.Fatalf("redelivery %q attempt %d", b.ID, b.Attempt)
 	}
@@ -133,9 +122,7 @@ func TestStaleAckRefused(t *testing.T) {
 		t.Fatalf("stale nack: %v", err)
 	}
 	wantStats(t, q, Stats{InFlight: 1})
-	if err := b.Ack(ctx); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, b.Ack(ctx))
 	wantStats(t, q, Stats{})
 }
 
@@ -146,9 +133,7 @@ func TestExpiredClaimCannotAck(t *testing.T) {
 	q := NewQueue(c, "q", WithLease(time.Second))
 	q.Enqueue(ctx, []byte("job"))
 	m, err := q.Claim(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	mr.SetTime(time.Now().Add(2 * time.Second))
 	if err := m.Ack(ctx); !errors.Is(err, ErrNotHeld) || !strings.Contains(err.Error(), "expired") {
 		t.Fatalf("ack after expiry: %v", err)
@@ -172,21 +157,17 @@ func TestExtendKeepsClaim(t *testing.T) {
 			t.Fatalf("Extend(%v): %v", bad, err)
 		}
 	}
-	if err := m.Extend(ctx, 10*time.Second); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, m.Extend(ctx, 10*time.Second))
 	mr.SetTime(now.Add(5 * time.Second))
 	if n, _ := q.Reclaim(ctx); n != 0 {
 		t.Fatal("an extended claim was reclaimed")
 	}
-	if err := m.Ack(ctx); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, m.Ack(ctx))
 }
 
 func TestPoisonMessageDeadLettered(t *testing.T) {
 	backends(t, func(t *testing.T, c *redis.Client) {
-		defer noLeaks(t)()
+		defer redistest.NoLeaks(t, 0)()
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
 		q := newQueue(t, c, WithMaxAttempts(3), WithRetryBackoff(func(int) time.Duration { return 0 }))
@@ -206,7 +187,7 @@ func TestPoisonMessageDeadLettered(t *testing.T) {
 				return errors.New("cannot handle")
 			}, WithConcurrency(2))
 		}()
-		eventually(t, 5*time.Second, "dead letter", func() bool { s, _ := q.Stats(ctx); return s.Dead == 1 })
+		redistest.Eventually(t, 5*time.Second, "dead letter", func() bool { s, _ := q.Stats(ctx); return s.Dead == 1 })
 		cancel()
 		if err := <-done; !errors.Is(err, context.Canceled) {
 			t.Fatal(err)
@@ -242,9 +223,7 @@ func TestDelayedMessage(t *testing.T) {
 	}
 	m.Ack(ctx)
 	m, err := q.Claim(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	waited := time.Since(start)
 	if string(m.Payload) != "later" || waited < 290*time.Millisecond || waited > 800*time.Millisecond {
 		t.Fatalf("got %q after %v, want \"later\" after about 300ms", m.Payload, waited)
@@ -345,7 +324,7 @@ func TestSlowHandlerKeptAlive(t *testing.T) {
 			}
 		}, WithConcurrency(2), WithErrorHandler(func(err error) { mu.Lock(); errs = append(errs, err); mu.Unlock() }))
 	}()
-	eventually(t, 5*time.Second, "message acked", func() bool { s, _ := q.Stats(ctx); return s == Stats{} && runs.Load() == 1 })
+	redistest.Eventually(t, 5*time.Second, "message acked", func() bool { s, _ := q.Stats(ctx); return s == Stats{} && runs.Load() == 1 })
 	time.Sleep(400 * time.Millisecond) // a redelivery would show by now
 	cancel()
 	<-done
@@ -406,7 +385,7 @@ func TestCrashingConsumers(t *testing.T) {
 			}, WithConcurrency(4), WithErrorHandler(func(error) {}))
 		})
 	}
-	eventually(t, 30*time.Second, "every message acked", func() bool {
+	redistest.Eventually(t, 30*time.Second, "every message acked", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return len(acked) == n
@@ -454,8 +433,8 @@ func TestNoDuplicateDelivery(t *testing.T) {
 				return nil
 			}, WithConcurrency(16))
 		}()
-		eventually(t, 20*time.Second, "all handled", func() bool { return handled.Load() >= n })
-		eventually(t, 5*time.Second, "all acked", func() bool { s, _ := q.Stats(ctx); return s == Stats{} })
+		redistest.Eventually(t, 20*time.Second, "all handled", func() bool { return handled.Load() >= n })
+		redistest.Eventually(t, 5*time.Second, "all acked", func() bool { s, _ := q.Stats(ctx); return s == Stats{} })
 		cancel()
 		<-done
 		if len(seen) != n || handled.Load() != n {
@@ -468,7 +447,7 @@ func TestNoDuplicateDelivery(t *testing.T) {
 // the rest stay ready.
 func TestGracefulShutdown(t *testing.T) {
 	backends(t, func(t *testing.T, c *redis.Client) {
-		defer noLeaks(t)()
+		defer redistest.NoLeaks(t, 0)()
 		ctx, cancel := context.WithCancel(context.Background())
 		q := newQueue(t, c)
 		const n = 50
@@ -488,7 +467,7 @@ func TestGracefulShutdown(t *testing.T) {
 				return nil
 			}, WithConcurrency(4))
 		}()
-		eventually(t, 5*time.Second, "handlers running", func() bool { return started.Load() >= 4 })
+		redistest.Eventually(t, 5*time.Second, "handlers running", func() bool { return started.Load() >= 4 })
 		cancel()
 		select {
 		case err := <-done:
@@ -599,9 +578,7 @@ func TestShardedQueue(t *testing.T) {
 		perShard := map[string]int{}
 		for range 40 {
 			m, err := q.Claim(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, err)
 			perShard[q.shards[m.shard].ready]++
 			if string(m.Payload) == "dup" {
 				m.Nack(ctx) // one attempt: dead-lettered
@@ -625,7 +602,7 @@ func TestShardedQueue(t *testing.T) {
 				return nil
 			}, WithConcurrency(8))
 		}()
-		eventually(t, 10*time.Second, "all handled", func() bool { s, _ := q.Stats(ctx); return s.Ready == 0 && s.InFlight == 0 })
+		redistest.Eventually(t, 10*time.Second, "all handled", func() bool { s, _ := q.Stats(ctx); return s.Ready == 0 && s.InFlight == 0 })
 		cancel()
 		<-done
 		st, _ := q.Stats(context.Background())

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -14,16 +13,19 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
+
+	"github.com/redlease/redlease/internal/redistest"
 )
 
 // nodes starts n independent redis-servers and returns a client on each.
-func nodes(t *testing.T, n int) ([]*redisProc, []redis.UniversalClient) {
+func nodes(t *testing.T, n int) ([]*redistest.Server, []redis.UniversalClient) {
 	t.Helper()
-	var procs []*redisProc
+	var procs []*redistest.Server
 	var clients []redis.UniversalClient
 	for range n {
-		p := ownRedis(t)
-		c := redis.NewClient(&redis.Options{Addr: p.addr, MaxRetries: -1, DialTimeout: 100 * time.Millisecond})
+		p := redistest.Own(t)
+		c := redis.NewClient(&redis.Options{Addr: p.Addr, MaxRetries: -1, DialTimeout: 100 * time.Millisecond})
 		t.Cleanup(func() { c.Close() })
 		procs, clients = append(procs, p), append(clients, c)
 	}
@@ -36,9 +38,7 @@ func TestQuorumLocker(t *testing.T) {
 	l := NewQuorumLocker(clients)
 	defer l.Close()
 	lk, err := l.TryObtain(ctx, "k")
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	for i, c := range clients {
 		if c.Get(ctx, l.lockKey("k")).Val() != lk.Token() {
 			t.Fatalf("node %d lacks the lease", i)
@@ -50,9 +50,7 @@ func TestQuorumLocker(t *testing.T) {
 	if d, err := lk.TTL(ctx); err != nil || d <= 0 {
 		t.Fatalf("TTL %v %v", d, err)
 	}
-	if err := lk.Refresh(ctx, time.Minute); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, lk.Refresh(ctx, time.Minute))
 	got := make(chan *Lock)
 	go func() {
 		w, err := l.Obtain(ctx, "k", WithRetry(LinearBackoff(time.Minute)))
@@ -61,10 +59,8 @@ func TestQuorumLocker(t *testing.T) {
 		}
 		got <- w
 	}()
-	eventually(t, 2*time.Second, "waiter queued", func() bool { return l.hub.waiting(lk.rkey) })
-	if err := lk.Release(ctx); err != nil {
-		t.Fatal(err)
-	}
+	redistest.Eventually(t, 2*time.Second, "waiter queued", func() bool { return l.hub.waiting(lk.rkey) })
+	require.NoError(t, lk.Release(ctx))
 	select {
 	case w := <-got:
 		if w.Fence() <= lk.Fence() {
@@ -74,9 +70,7 @@ func TestQuorumLocker(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("waiter not woken")
 	}
-	if err := NewQuorumLocker(nil).Close(); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, NewQuorumLocker(nil).Close())
 	if _, err := NewQuorumLocker(nil).TryObtain(ctx, "k"); !errors.Is(err, ErrInvalidArgument) {
 		t.Fatalf("no clients: %v", err)
 	}
@@ -102,15 +96,13 @@ func TestQuorumNodeLoss(t *testing.T) {
 			// Skewed counters: the first node is far ahead of the others.
 			clients[0].Set(ctx, l.fenceKey("k"), 100, 0)
 			lk, err := l.TryObtain(ctx, "k", WithTTL(300*time.Millisecond))
-			if err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, err)
 			if lk.Fence() != 101 {
 				t.Fatalf("fence %d, want the largest node's 101", lk.Fence())
 			}
 			minority := (n - 1) / 2
 			for i := range minority {
-				procs[i].kill() // the first node, with the high counter, goes
+				procs[i].Kill() // the first node, with the high counter, goes
 			}
 			select {
 			case <-lk.Lost():
@@ -124,13 +116,11 @@ func TestQuorumNodeLoss(t *testing.T) {
 				t.Fatalf("release on a majority: %v", err)
 			}
 			lk2, err := other.TryObtain(ctx, "k", WithTTL(300*time.Millisecond))
-			if err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, err)
 			if lk2.Fence() <= lk.Fence() {
 				t.Fatalf("fence %d after %d on another majority", lk2.Fence(), lk.Fence())
 			}
-			procs[minority].kill() // now a majority is gone
+			procs[minority].Kill() // now a majority is gone
 			select {
 			case <-lk2.Lost():
 				t.Logf("with %d of %d nodes down: %v", minority+1, n, lk2.Err())
@@ -186,23 +176,16 @@ func TestQuorumMutualExclusion(t *testing.T) {
 // WithReplicaAck waits for replicas, and gives the lease back when too few
 // acknowledge.
 func TestReplicaAck(t *testing.T) {
-	master := ownRedis(t, "--repl-diskless-sync-delay", "0")
-	replica := ownRedis(t, "--replicaof", "127.0.0.1", strconv.Itoa(master.port))
-	c := redis.NewClient(&redis.Options{Addr: master.addr})
+	master, replica := redistest.OwnReplicated(t)
+	c := redis.NewClient(&redis.Options{Addr: master.Addr})
 	defer c.Close()
-	rc := redis.NewClient(&redis.Options{Addr: replica.addr})
+	rc := redis.NewClient(&redis.Options{Addr: replica.Addr})
 	defer rc.Close()
 	ctx := context.Background()
-	eventually(t, 10*time.Second, "replica in sync", func() bool {
-		info := rc.Info(ctx, "replication").Val()
-		return strings.Contains(info, "master_link_status:up")
-	})
 	l := NewLocker(c)
 	defer l.Close()
 	lk, err := l.TryObtain(ctx, "k", WithReplicaAck(1, time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	if rc.Get(ctx, l.lockKey("k")).Val() != lk.Token() {
 		t.Fatal("the replica lacks an acknowledged lease")
 	}
@@ -305,25 +288,23 @@ func (c *dropAfterWaitConn) Read(b []byte) (int, error) {
 // a write after the first SET, on every server version, and a lock whose
 // lease no replica has is never returned.
 func TestReplicaAckHoldsWhenAcquireIsResent(t *testing.T) {
-	master := ownRedis(t, "--repl-diskless-sync-delay", "0")
-	proxy := newFaultProxy(t, master.addr) // the replication link
+	master := redistest.Own(t, "--repl-diskless-sync-delay", "0")
+	proxy := redistest.NewFaultProxy(t, master.Addr) // the replication link
 	_, pport, _ := net.SplitHostPort(proxy.Addr())
-	replica := ownRedis(t, "--replicaof", "127.0.0.1", pport)
+	replica := redistest.Own(t, "--replicaof", "127.0.0.1", pport)
 	ctx := context.Background()
-	mc := redis.NewClient(&redis.Options{Addr: master.addr})
+	mc := redis.NewClient(&redis.Options{Addr: master.Addr})
 	defer mc.Close()
-	rc := redis.NewClient(&redis.Options{Addr: replica.addr})
+	rc := redis.NewClient(&redis.Options{Addr: replica.Addr})
 	defer rc.Close()
-	eventually(t, 10*time.Second, "replica in sync", func() bool {
+	redistest.Eventually(t, 10*time.Second, "replica in sync", func() bool {
 		return strings.Contains(rc.Info(ctx, "replication").Val(), "master_link_status:up") &&
 			strings.Contains(mc.Info(ctx, "replication").Val(), "state=online")
 	})
-	if err := replicated(ctx, mc, "probe"); err != nil { // replica's ack is up to date
+	if err := redistest.Replicated(ctx, mc, "probe"); err != nil { // replica's ack is up to date
 		t.Fatal(err)
 	}
-	if err := acquireScript.Load(ctx, mc).Err(); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, acquireScript.Load(ctx, mc).Err())
 	proxy.Pause() // the replica stops receiving (and acking) the stream
 
 	// Control: with the link paused, a replica-acked acquisition fails.
@@ -337,7 +318,7 @@ func TestReplicaAckHoldsWhenAcquireIsResent(t *testing.T) {
 
 	// Same, but the reply of the first send is lost and go-redis resends.
 	var armed atomic.Bool
-	c := redis.NewClient(&redis.Options{Addr: master.addr, Dialer: func(ctx context.Context, network, addr string) (net.Conn, error) {
+	c := redis.NewClient(&redis.Options{Addr: master.Addr, Dialer: func(ctx context.Context, network, addr string) (net.Conn, error) {
 		var d net.Dialer
 		cn, err := d.DialContext(ctx, network, addr)
 		if err != nil {

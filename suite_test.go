@@ -11,6 +11,9 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
+
+	"github.com/redlease/redlease/internal/redistest"
 )
 
 // Suites of basic lock and queue operations that run on any deployment
@@ -116,7 +119,7 @@ func lockOps(ctx context.Context, c redis.UniversalClient, l, l2 *Locker, key st
 		}
 		got <- err
 	}()
-	if err := waitUntil(5*time.Second, func() error {
+	if err := redistest.Poll(5*time.Second, func() error {
 		if !l2.hub.waiting(l2.lockKey(key)) {
 			return errors.New("no waiter queued")
 		}
@@ -256,7 +259,7 @@ func queueOps(ctx context.Context, c redis.UniversalClient, prefix, name string)
 			return nil
 		}, WithConcurrency(4), WithErrorHandler(func(err error) { mu.Lock(); errs = append(errs, err); mu.Unlock() }))
 	}()
-	err = waitUntil(20*time.Second, func() error { return stats(Stats{Dead: 1}) })
+	err = redistest.Poll(20*time.Second, func() error { return stats(Stats{Dead: 1}) })
 	stop()
 	if cerr := <-done; !errors.Is(cerr, context.Canceled) {
 		return fmt.Errorf("Consume returned %v", cerr)
@@ -309,9 +312,7 @@ func pinnedLockers(t *testing.T, clients [2]redis.UniversalClient, pinner redis.
 	}
 	pl := NewLocker(pinner, WithPrefix(prefix))
 	pin, err := pl.TryObtain(ctx, "pin", WithTTL(time.Minute))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	pctx, unpin := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	for _, l := range lockers {
@@ -326,7 +327,7 @@ func pinnedLockers(t *testing.T, clients [2]redis.UniversalClient, pinner redis.
 		pl.Close()
 	})
 	for _, l := range lockers {
-		eventually(t, 5*time.Second, "a waiter on the pinned lock", func() bool { return l.hub.waiting(pin.rkey) })
+		redistest.Eventually(t, 5*time.Second, "a waiter on the pinned lock", func() bool { return l.hub.waiting(pin.rkey) })
 	}
 	return lockers
 }

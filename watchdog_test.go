@@ -14,6 +14,9 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
+
+	"github.com/redlease/redlease/internal/redistest"
 )
 
 // crossHook lets a renewal script run in Redis at once and holds its reply
@@ -94,9 +97,7 @@ func TestRefreshCrossingRenewalKeepsDeadlineSafe(t *testing.T) {
 			h := &crossHook{l: l, watchdogRan: make(chan struct{}, 1)}
 			c.AddHook(h)
 			lk, err := l.TryObtain(ctx, "k", WithTTL(600*time.Millisecond))
-			if err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, err)
 			defer lk.Release(ctx)
 			if tc.holdBack == "watchdog" {
 				// The renewal (due 200ms after acquire) runs, its reply is
@@ -112,11 +113,9 @@ func TestRefreshCrossingRenewalKeepsDeadlineSafe(t *testing.T) {
 				// meanwhile runs after it and answers first.
 				h.refreshDelay.Store(int64(300 * time.Millisecond))
 			}
-			if err := lk.Refresh(ctx, tc.refresh); err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, lk.Refresh(ctx, tc.refresh))
 			h.watchdogDelay.Store(0)
-			eventually(t, 2*time.Second, "no write in flight", func() bool {
+			redistest.Eventually(t, 2*time.Second, "no write in flight", func() bool {
 				l.wd.mu.Lock()
 				defer l.wd.mu.Unlock()
 				return lk.pending == 0
@@ -137,9 +136,7 @@ func TestRefreshAfterLostReturnsTheLoss(t *testing.T) {
 	l := NewLocker(c, WithPrefix(uniq(t)))
 	defer l.Close()
 	lk, err := l.TryObtain(ctx, "k", WithTTL(50*time.Millisecond), WithoutWatchdog())
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	<-lk.Lost() // by the client's clock; the key is still there
 	if err := lk.Refresh(ctx, time.Second); !errors.Is(err, ErrNotHeld) {
 		t.Fatalf("Refresh after Lost: %v, want ErrNotHeld", err)
@@ -148,17 +145,15 @@ func TestRefreshAfterLostReturnsTheLoss(t *testing.T) {
 
 func TestCloseReturnsWithRenewalInFlight(t *testing.T) {
 	base := realRedis(t)
-	p := newFaultProxy(t, base.Options().Addr)
+	p := redistest.NewFaultProxy(t, base.Options().Addr)
 	c := redis.NewClient(&redis.Options{Addr: p.Addr()})
 	defer c.Close()
 	ctx := context.Background()
 	l := NewLocker(c, WithPrefix(uniq(t)))
 	lk, err := l.TryObtain(ctx, "k", WithTTL(600*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	p.Pause()
-	eventually(t, 2*time.Second, "renewal in flight", func() bool {
+	redistest.Eventually(t, 2*time.Second, "renewal in flight", func() bool {
 		l.wd.mu.Lock()
 		defer l.wd.mu.Unlock()
 		return lk.inflight
@@ -221,17 +216,13 @@ func TestFailedShortRefreshAppliedLateKeepsDeadlineSafe(t *testing.T) {
 	l := NewLocker(c, WithPrefix(uniq(t)))
 	defer l.Close()
 	lk, err := l.TryObtain(ctx, "k", WithTTL(10*time.Second), WithoutWatchdog())
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer lk.Release(ctx)
 	h.armed.Store(true)
 	if err := lk.Refresh(ctx, time.Second); err == nil {
 		t.Fatal("the injected failure did not happen")
 	}
-	if err := lk.Refresh(ctx, 10*time.Second); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, lk.Refresh(ctx, 10*time.Second))
 	h.wg.Wait() // the failed 1s Refresh has now reached Redis
 	checkDeadlineRule(t, base, l, lk)
 }

@@ -155,9 +155,9 @@ func run(cfg config, progress func(string)) (err error) {
 		srv.stop()
 		os.Exit(130)
 	}()
-	progress(fmt.Sprintf("redis-server %s on %s; quick=%v rounds=%d/%d", srv.version, srv.addr, cfg.quick, cfg.fastRounds, cfg.rounds))
+	progress(fmt.Sprintf("redis-server %s on %s; quick=%v rounds=%d/%d", srv.version, srv.Addr, cfg.quick, cfg.fastRounds, cfg.rounds))
 
-	e, err := newEnv(ctx, srv.addr)
+	e, err := newEnv(ctx, srv.Addr)
 	if err != nil {
 		return err
 	}

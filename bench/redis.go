@@ -4,111 +4,44 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"net"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
-	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/redlease/redlease/internal/redistest"
 )
 
 // server is the redis-server the harness starts for itself on loopback.
 type server struct {
-	addr    string
+	*redistest.Server
 	version string
-	cmd     *exec.Cmd
-	dir     string
-	exited  chan struct{} // closed when the process has exited
 	once    sync.Once
 }
 
 // startServer starts redis-server on a free 127.0.0.1 port, without
-// persistence, and waits until it answers PING. A port taken between our
-// probe and redis-server's bind is retried with another port.
+// persistence, in a directory of its own, and waits until it answers PING
+// (redistest.Start retries on another port if the one it probed is taken).
 func startServer(ctx context.Context) (*server, error) {
-	var lastErr error
-	for range 3 {
-		s, err := tryStartServer(ctx)
-		if err == nil {
-			return s, nil
-		}
-		lastErr = err
-	}
-	return nil, lastErr
-}
-
-func tryStartServer(ctx context.Context) (*server, error) {
-	port, err := freePort()
-	if err != nil {
-		return nil, err
-	}
 	dir, err := os.MkdirTemp("", "redlease-bench-")
 	if err != nil {
 		return nil, err
 	}
-	logf, err := os.Create(filepath.Join(dir, "redis.log"))
+	rs, err := redistest.StartData(dir, "redis")
 	if err != nil {
 		os.RemoveAll(dir)
-		return nil, err
+		return nil, fmt.Errorf("start redis-server: %w", err)
 	}
-	defer logf.Close()
-	cmd := exec.Command("redis-server",
-		"--port", strconv.Itoa(port),
-		"--bind", "127.0.0.1",
-		"--save", "",
-		"--appendonly", "no",
-		"--dir", dir,
-		"--daemonize", "no",
-	)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	// If this process dies without running its deferred cleanup (a panic in
-	// a worker goroutine, SIGKILL), the kernel kills redis-server too.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		os.RemoveAll(dir)
-		return nil, fmt.Errorf("start redis-server (is it in PATH?): %w", err)
-	}
-	s := &server{addr: "127.0.0.1:" + strconv.Itoa(port), cmd: cmd, dir: dir, exited: make(chan struct{})}
-	go func() {
-		_ = cmd.Wait()
-		close(s.exited)
-	}()
-
-	c := redis.NewClient(&redis.Options{Addr: s.addr, MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
+	s := &server{Server: rs}
+	c := redis.NewClient(&redis.Options{Addr: s.Addr})
 	defer c.Close()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		pctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
-		err = c.Ping(pctx).Err()
-		cancel()
-		if err == nil {
-			break
-		}
-		select {
-		case <-s.exited:
-			log, _ := os.ReadFile(filepath.Join(dir, "redis.log"))
-			s.stop()
-			return nil, fmt.Errorf("redis-server exited at start: %s", strings.TrimSpace(string(log)))
-		default:
-		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			s.stop()
-			return nil, fmt.Errorf("redis-server on %s did not answer PING: %w", s.addr, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	info, err := c.Info(ctx, "server").Result()
-	if err != nil {
+	if s.version, err = redistest.InfoField(ctx, c, "server", "redis_version"); err != nil {
 		s.stop()
 		return nil, err
 	}
-	s.version = infoField(info, "redis_version")
 	return s, nil
 }
 
@@ -116,32 +49,9 @@ func tryStartServer(ctx context.Context) (*server, error) {
 // safe to call from a signal handler goroutine.
 func (s *server) stop() {
 	s.once.Do(func() {
-		_ = s.cmd.Process.Kill()
-		select {
-		case <-s.exited:
-		case <-time.After(5 * time.Second):
-		}
-		os.RemoveAll(s.dir)
+		s.Kill()
+		os.RemoveAll(s.Dir)
 	})
-}
-
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
-}
-
-func infoField(info, name string) string {
-	sc := bufio.NewScanner(strings.NewReader(info))
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), name+":"); ok {
-			return strings.TrimSpace(v)
-		}
-	}
-	return ""
 }
 
 // env is what every measured run needs: the server's address, an admin

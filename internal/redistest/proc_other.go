@@ -1,6 +1,6 @@
 //go:build !linux
 
-package redlease
+package redistest
 
 import "os/exec"
 

@@ -1,16 +1,19 @@
-package redlease
+package redistest
 
 import (
 	"net"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/require"
 )
 
-// faultProxy is a TCP proxy on loopback between clients and Redis that a
+// FaultProxy is a TCP proxy on loopback between clients and Redis that a
 // test controls: it can add latency, pause the link (hold all bytes), and
-// drop every connection.
-type faultProxy struct {
+// drop every connection. Bytes pass through in order, each direction on
+// its own.
+type FaultProxy struct {
 	ln     net.Listener
 	target string
 
@@ -21,13 +24,14 @@ type faultProxy struct {
 	wg      sync.WaitGroup
 }
 
-func newFaultProxy(t testing.TB, target string) *faultProxy {
+// NewFaultProxy listens on a free loopback port and forwards every
+// connection to target; when t ends it stops listening, drops every
+// connection and waits for its goroutines to end.
+func NewFaultProxy(t testing.TB, target string) *FaultProxy {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &faultProxy{ln: ln, target: target, paused: make(chan struct{}), conns: map[net.Conn]struct{}{}}
+	require.NoError(t, err)
+	p := &FaultProxy{ln: ln, target: target, paused: make(chan struct{}), conns: map[net.Conn]struct{}{}}
 	close(p.paused) // flowing
 	p.wg.Add(1)
 	go p.accept()
@@ -35,9 +39,10 @@ func newFaultProxy(t testing.TB, target string) *faultProxy {
 	return p
 }
 
-func (p *faultProxy) Addr() string { return p.ln.Addr().String() }
+// Addr is the proxy's address, for clients to dial.
+func (p *FaultProxy) Addr() string { return p.ln.Addr().String() }
 
-func (p *faultProxy) accept() {
+func (p *FaultProxy) accept() {
 	defer p.wg.Done()
 	for {
 		c, err := p.ln.Accept()
@@ -59,7 +64,7 @@ func (p *faultProxy) accept() {
 }
 
 // pipe copies src to dst chunk by chunk, honouring pause and latency.
-func (p *faultProxy) pipe(src, dst net.Conn) {
+func (p *FaultProxy) pipe(src, dst net.Conn) {
 	defer p.wg.Done()
 	defer func() {
 		src.Close()
@@ -89,14 +94,14 @@ func (p *faultProxy) pipe(src, dst net.Conn) {
 }
 
 // SetLatency delays every chunk in each direction by d.
-func (p *faultProxy) SetLatency(d time.Duration) {
+func (p *FaultProxy) SetLatency(d time.Duration) {
 	p.mu.Lock()
 	p.latency = d
 	p.mu.Unlock()
 }
 
 // Pause holds every byte in flight until Resume.
-func (p *faultProxy) Pause() {
+func (p *FaultProxy) Pause() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	select {
@@ -107,7 +112,7 @@ func (p *faultProxy) Pause() {
 }
 
 // Resume lets held bytes through.
-func (p *faultProxy) Resume() {
+func (p *FaultProxy) Resume() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	select {
@@ -118,7 +123,7 @@ func (p *faultProxy) Resume() {
 }
 
 // Drop closes every connection, as a network failure mid-command would.
-func (p *faultProxy) Drop() {
+func (p *FaultProxy) Drop() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for c := range p.conns {
@@ -126,7 +131,7 @@ func (p *faultProxy) Drop() {
 	}
 }
 
-func (p *faultProxy) close() {
+func (p *FaultProxy) close() {
 	p.ln.Close()
 	p.Resume()
 	p.Drop()
