@@ -84,6 +84,9 @@ func TestQuorumLocker(t *testing.T) {
 
 // The lock outlives the loss of a minority of nodes, and is lost when a
 // majority is gone; fences keep growing across different majorities.
+// quorumTestTTL is the lease of TestQuorumNodeLoss.
+const quorumTestTTL = time.Second
+
 func TestQuorumNodeLoss(t *testing.T) {
 	for _, n := range []int{3, 5} {
 		t.Run(map[int]string{3: "3 nodes", 5: "5 nodes"}[n], func(t *testing.T) {
@@ -95,7 +98,9 @@ func TestQuorumNodeLoss(t *testing.T) {
 			defer other.Close()
 			// Skewed counters: the first node is far ahead of the others.
 			clients[0].Set(ctx, l.fenceKey("k"), 100, 0)
-			lk, err := l.TryObtain(ctx, "k", WithTTL(300*time.Millisecond))
+			// A 1s lease gives each node 100ms to answer (nodeLimit), which
+			// a loaded machine running -race still meets; 300ms gave 30ms.
+			lk, err := l.TryObtain(ctx, "k", WithTTL(quorumTestTTL))
 			require.NoError(t, err)
 			if lk.Fence() != 101 {
 				t.Fatalf("fence %d, want the largest node's 101", lk.Fence())
@@ -107,7 +112,7 @@ func TestQuorumNodeLoss(t *testing.T) {
 			select {
 			case <-lk.Lost():
 				t.Fatalf("lost with a majority up: %v", lk.Err())
-			case <-time.After(time.Second): // three renewal rounds
+			case <-time.After(quorumTestTTL): // three renewal rounds
 			}
 			if _, err := other.TryObtain(ctx, "k"); !errors.Is(err, ErrNotObtained) {
 				t.Fatalf("another obtained a held quorum lock: %v", err)
@@ -115,7 +120,7 @@ func TestQuorumNodeLoss(t *testing.T) {
 			if err := lk.Release(ctx); err != nil {
 				t.Fatalf("release on a majority: %v", err)
 			}
-			lk2, err := other.TryObtain(ctx, "k", WithTTL(300*time.Millisecond))
+			lk2, err := other.TryObtain(ctx, "k", WithTTL(quorumTestTTL))
 			require.NoError(t, err)
 			if lk2.Fence() <= lk.Fence() {
 				t.Fatalf("fence %d after %d on another majority", lk2.Fence(), lk.Fence())
@@ -124,7 +129,7 @@ func TestQuorumNodeLoss(t *testing.T) {
 			select {
 			case <-lk2.Lost():
 				t.Logf("with %d of %d nodes down: %v", minority+1, n, lk2.Err())
-			case <-time.After(2 * time.Second):
+			case <-time.After(2 * quorumTestTTL): // by the deadline: one lease after the last renewal
 				t.Fatal("Lost not closed when a majority of nodes went down")
 			}
 			if _, err := other.TryObtain(ctx, "k2"); err == nil {
