@@ -7,6 +7,13 @@ import (
 	"time"
 )
 
+// How often Poll and Eventually look: Poll waits on servers, Eventually on
+// the library's own state, which changes faster.
+const (
+	pollEvery       = 20 * time.Millisecond
+	eventuallyEvery = 5 * time.Millisecond
+)
+
 // Stop wraps an error that makes Poll give up at once, without waiting for
 // its timeout (a server that exited will not start answering).
 type Stop struct{ Err error }
@@ -21,7 +28,7 @@ func (s Stop) Unwrap() error { return s.Err }
 // has passed; it returns nil, the Stop, or cond's last error wrapped in a
 // timeout message. cond is called at least once.
 func Poll(timeout time.Duration, cond func() error) error {
-	return poll(timeout, 20*time.Millisecond, cond)
+	return poll(timeout, pollEvery, cond)
 }
 
 // Eventually polls cond every 5ms until it holds, and fails the test with
@@ -29,7 +36,7 @@ func Poll(timeout time.Duration, cond func() error) error {
 func Eventually(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
 	notYet := errors.New("not yet")
-	if poll(timeout, 5*time.Millisecond, func() error {
+	if poll(timeout, eventuallyEvery, func() error {
 		if cond() {
 			return nil
 		}
