@@ -40,11 +40,7 @@ func TestAckRetryableAfterRedisError(t *testing.T) {
 	c := realRedis(t)
 	ctx := context.Background()
 	q := newQueue(t, c, WithLease(5*time.Second))
-	if _, err := q.Enqueue(ctx, []byte("job")); err != nil {
-		t.Fatal(err)
-	}
-	m, err := q.Claim(ctx)
-	require.NoError(t, err)
+	m := claimedJob(t, q)
 	cctx, cancel := context.WithCancel(ctx)
 	cancel() // e.g. the request that did the work timed out
 	if err := m.Ack(cctx); err == nil {
@@ -52,7 +48,7 @@ func TestAckRetryableAfterRedisError(t *testing.T) {
 	} else {
 		t.Logf("first ack (transient failure): %v", err)
 	}
-	err = m.Ack(ctx) // retry with a good context: the claim is still valid
+	err := m.Ack(ctx) // retry with a good context: the claim is still valid
 	t.Logf("retried ack: %v", err)
 	eErr := m.Extend(ctx, time.Second)
 	t.Logf("extend after that: %v", eErr)
@@ -510,11 +506,7 @@ func TestSettleResentAfterLostReplySucceeds(t *testing.T) {
 			opts := []QueueOption{WithPrefix(uniq(t)), WithRetryBackoff(func(int) time.Duration { return time.Hour })}
 			q := NewQueue(c, "q", opts...)
 			qd := NewQueue(direct, "q", opts...)
-			if _, err := q.Enqueue(ctx, []byte("job")); err != nil {
-				t.Fatal(err)
-			}
-			m, err := q.Claim(ctx)
-			require.NoError(t, err)
+			m := claimedJob(t, q)
 			errc := make(chan error, 1)
 			lostReply(t, p, func() {
 				if verb == "ack" {
@@ -631,11 +623,7 @@ func TestStaleAckAfterUnansweredNackRefused(t *testing.T) {
 	c := realRedis(t)
 	ctx := context.Background()
 	q := newQueue(t, c, WithRetryBackoff(func(int) time.Duration { return 0 }))
-	if _, err := q.Enqueue(ctx, []byte("job")); err != nil {
-		t.Fatal(err)
-	}
-	a, err := q.Claim(ctx)
-	require.NoError(t, err)
+	a := claimedJob(t, q)
 	// A's Nack runs; its reply is lost (simulated: the script run directly).
 	if _, err := nackScript.Run(ctx, c, q.shards[a.shard].keys, a.ID, a.token, 0, q.maxAttempts).Int64(); err != nil {
 		t.Fatal(err)
@@ -657,15 +645,11 @@ func TestAckAfterUnansweredBuryingNackRefused(t *testing.T) {
 	c := realRedis(t)
 	ctx := context.Background()
 	q := newQueue(t, c, WithMaxAttempts(1))
-	if _, err := q.Enqueue(ctx, []byte("job")); err != nil {
-		t.Fatal(err)
-	}
-	a, err := q.Claim(ctx)
-	require.NoError(t, err)
+	a := claimedJob(t, q)
 	if _, err := nackScript.Run(ctx, c, q.shards[a.shard].keys, a.ID, a.token, 0, q.maxAttempts).Int64(); err != nil {
 		t.Fatal(err)
 	}
-	err = a.Ack(ctx)
+	err := a.Ack(ctx)
 	dead, _ := q.DeadLetters(ctx, 10)
 	t.Logf("Ack after unanswered burying Nack: err=%v dead=%d", err, len(dead))
 	if err == nil {
@@ -679,15 +663,11 @@ func TestNackAfterUnansweredAckRefused(t *testing.T) {
 	c := realRedis(t)
 	ctx := context.Background()
 	q := newQueue(t, c)
-	if _, err := q.Enqueue(ctx, []byte("job")); err != nil {
-		t.Fatal(err)
-	}
-	a, err := q.Claim(ctx)
-	require.NoError(t, err)
+	a := claimedJob(t, q)
 	if _, err := ackScript.Run(ctx, c, q.shards[a.shard].keys, a.ID, a.token).Int64(); err != nil {
 		t.Fatal(err)
 	}
-	err = a.Nack(ctx)
+	err := a.Nack(ctx)
 	st, _ := q.Stats(ctx)
 	t.Logf("Nack after unanswered Ack: %v, stats %+v", err, st)
 	if err == nil {

@@ -93,11 +93,7 @@ func TestStaleAckRefused(t *testing.T) {
 	c := realRedis(t)
 	ctx := context.Background()
 	q := newQueue(t, c, WithLease(100*time.Millisecond))
-	if _, err := q.Enqueue(ctx, []byte("job")); err != nil {
-		t.Fatal(err)
-	}
-	a, err := q.Claim(ctx)
-	require.NoError(t, err)
+	a := claimedJob(t, q)
 	time.Sleep(150 * time.Millisecond)
 	// Expired but not yet given back: still refused.
 	if err := a.Extend(ctx, time.Second); !errors.Is(err, ErrNotHeld) || !strings.Contains(err.Error(), "expired") {
@@ -664,4 +660,15 @@ func TestConsumeShutdownIsQuiet(t *testing.T) {
 	if len(errs) > 0 {
 		t.Fatalf("%d errors on a clean shutdown, first: %v", len(errs), errs[0])
 	}
+}
+
+// claimedJob enqueues the payload "job" on q and claims it.
+func claimedJob(t testing.TB, q *Queue) *Message {
+	t.Helper()
+	ctx := context.Background()
+	_, err := q.Enqueue(ctx, []byte("job"))
+	require.NoError(t, err)
+	m, err := q.Claim(ctx)
+	require.NoError(t, err)
+	return m
 }
