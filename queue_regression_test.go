@@ -616,6 +616,15 @@ func TestLateClaimCopyClaimsNothing(t *testing.T) {
 	})
 }
 
+// runUnanswered runs a settle script (ack or nack) on m's claim directly,
+// as a call whose reply was lost would have: Redis did the work, and the
+// Message does not know it.
+func runUnanswered(t *testing.T, s *redis.Script, m *Message, extra ...any) {
+	t.Helper()
+	args := append([]any{m.ID, m.token}, extra...)
+	require.NoError(t, s.Run(context.Background(), m.q.client, m.q.shards[m.shard].keys, args...).Err())
+}
+
 // A Nack that ran in Redis but whose reply never came (client-side error)
 // leaves the Message unsettled; the caller may then Ack. Meanwhile another
 // consumer has claimed the message. The stale Ack must not report success.
@@ -624,10 +633,7 @@ func TestStaleAckAfterUnansweredNackRefused(t *testing.T) {
 	ctx := context.Background()
 	q := newQueue(t, c, WithRetryBackoff(func(int) time.Duration { return 0 }))
 	a := claimedJob(t, q)
-	// A's Nack runs; its reply is lost (simulated: the script run directly).
-	if _, err := nackScript.Run(ctx, c, q.shards[a.shard].keys, a.ID, a.token, 0, q.maxAttempts).Int64(); err != nil {
-		t.Fatal(err)
-	}
+	runUnanswered(t, nackScript, a, 0, q.maxAttempts)
 	b, err := q.Claim(ctx)
 	require.NoError(t, err)
 	err = a.Ack(ctx)
@@ -638,17 +644,14 @@ func TestStaleAckAfterUnansweredNackRefused(t *testing.T) {
 	}
 }
 
-// Same, the message dead-lettered by the unanswered nack: Ack reports success.
-
-// Same, the message dead-lettered by the unanswered nack: Ack reports success.
+// Same, with the unanswered Nack dead-lettering the message: the Ack must
+// not report success.
 func TestAckAfterUnansweredBuryingNackRefused(t *testing.T) {
 	c := realRedis(t)
 	ctx := context.Background()
 	q := newQueue(t, c, WithMaxAttempts(1))
 	a := claimedJob(t, q)
-	if _, err := nackScript.Run(ctx, c, q.shards[a.shard].keys, a.ID, a.token, 0, q.maxAttempts).Int64(); err != nil {
-		t.Fatal(err)
-	}
+	runUnanswered(t, nackScript, a, 0, q.maxAttempts)
 	err := a.Ack(ctx)
 	dead, _ := q.DeadLetters(ctx, 10)
 	t.Logf("Ack after unanswered burying Nack: err=%v dead=%d", err, len(dead))
@@ -664,9 +667,7 @@ func TestNackAfterUnansweredAckRefused(t *testing.T) {
 	ctx := context.Background()
 	q := newQueue(t, c)
 	a := claimedJob(t, q)
-	if _, err := ackScript.Run(ctx, c, q.shards[a.shard].keys, a.ID, a.token).Int64(); err != nil {
-		t.Fatal(err)
-	}
+	runUnanswered(t, ackScript, a)
 	err := a.Nack(ctx)
 	st, _ := q.Stats(ctx)
 	t.Logf("Nack after unanswered Ack: %v, stats %+v", err, st)
