@@ -418,7 +418,7 @@ func TestFaultClientKill(t *testing.T) {
 		}
 		got <- err
 	}()
-	redistest.Eventually(t, 2*time.Second, "waiter queued", func() bool { return l.hub.waiting(holder.rkey) })
+	redistest.Eventually(t, 2*time.Second, "waiter queued", func() bool { return queuedIn(l, holder.name) })
 	for _, typ := range []string{"normal", "pubsub"} {
 		admin.Do(ctx, "CLIENT", "KILL", "TYPE", typ)
 	}

@@ -26,6 +26,7 @@ type lease struct {
 
 	// Guarded by the watchdog's mu.
 	ttl       time.Duration // what the next renewal asks for: the last Refresh's
+	held      time.Duration // how long the last write made Redis keep the lease: ttl, or a grant's ttl until renewed
 	failedTTL time.Duration // the shortest ttl of a write answered with an error; 0: none
 	renew     bool
 	deadline  time.Time // the lease has surely ended by the client's clock
@@ -79,6 +80,7 @@ func (ls *lease) answered(ttl time.Duration, applied, failed bool) {
 		ls.failedTTL = ttl
 	}
 	if applied {
+		ls.held = ttl
 		ls.next = time.Now().Add(renewAfter(ls.span(ls.ttl)))
 	}
 	if ls.pending > 0 || !ls.confirmed {

@@ -11,12 +11,14 @@ import (
 type Lock struct {
 	lease
 	l        *Locker
-	fkey     string // the fence counter, in the lease's slot
+	keyList  [3]string // the lease, its slot's fence counter, the lock's waiter queue
 	fence    int64
-	streak   int           // hand-offs in a row within this Locker that led to this lease
 	replicas int           // WithReplicaAck
 	wait     time.Duration // WithReplicaAck
 }
+
+// keys are the lock's keys in the order lua/lock.lua names them.
+func (lk *Lock) keys() []string { return lk.keyList[:] }
 
 // Key returns the lock's name as given to the Locker.
 func (lk *Lock) Key() string { return lk.name }
@@ -69,8 +71,9 @@ func (lk *Lock) Refresh(ctx context.Context, ttl time.Duration) error {
 	}, leaseGone)
 }
 
-// Release ends the lease if it is still ours and wakes the Locker's waiters
-// on the key. If the lease expired or another holder has the lock now,
+// Release ends the lease if it is still ours. If others wait for the lock,
+// the oldest of them gets it in the same step: Release returns once it
+// holds it. If the lease expired or another holder has the lock now,
 // Release changes nothing in Redis and returns an error that errors.Is
 // [ErrNotHeld], saying which. Either way renewal stops and Lost closes.
 func (lk *Lock) Release(ctx context.Context) error {
@@ -84,10 +87,7 @@ func (lk *Lock) release(ctx context.Context) (wasLost bool, err error) {
 	if already {
 		return wasLost, notHeld(lk.name, "already released")
 	}
-	if w := lk.l.hub.takeForHandoff(lk.rkey, lk.streak); w != nil {
-		return wasLost, lk.handOff(ctx, w)
-	}
-	code, err := lk.l.store.release(ctx, &lk.lease)
+	code, err := lk.l.store.release(ctx, lk, "")
 	if err != nil {
 		return wasLost, fmt.Errorf("redlease: release %q (the lease ends by its TTL): %w", lk.name, err)
 	}

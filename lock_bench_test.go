@@ -108,7 +108,7 @@ func handoffs(tb testing.TB, ctx context.Context, lockers [2]*Locker, n int) []f
 			}
 			got <- lk
 		}()
-		for !waiter.hub.waiting(held.rkey) {
+		for !queuedIn(waiter, held.name) {
 			time.Sleep(20 * time.Microsecond)
 		}
 		start := time.Now()

@@ -59,17 +59,30 @@ func TestTryObtainRelease(t *testing.T) {
 func TestAcquireIsIdempotentPerToken(t *testing.T) {
 	backends(t, func(t *testing.T, c *redis.Client) {
 		ctx := context.Background()
-		keys := []string{uniq(t) + ":{k}", uniq(t) + ":{k}:fence"}
-		first, err := acquireScript.Run(ctx, c, keys, "tok", 1000).Int64Slice()
+		p := uniq(t)
+		keys := []string{p + ":{k}", p + ":{k}:fence", p + ":{k}:waiters"}
+		first, err := acquireScript.Run(ctx, c, keys, "tok", 1000, "").Int64Slice()
 		require.NoError(t, err)
-		again, err := acquireScript.Run(ctx, c, keys, "tok", 1000).Int64Slice()
+		again, err := acquireScript.Run(ctx, c, keys, "tok", 1000, "").Int64Slice()
 		require.NoError(t, err)
 		if first[0] != 1 || again[0] != 1 || first[1] != again[1] {
 			t.Fatalf("first %v, retry %v: want the same success", first, again)
 		}
-		other, _ := acquireScript.Run(ctx, c, keys, "other", 1000).Int64Slice()
+		other, _ := acquireScript.Run(ctx, c, keys, "other", 1000, "").Int64Slice()
 		if other[0] != 0 || other[1] <= 0 || other[1] > 1000 {
 			t.Fatalf("other token got %v, want {0, pttl}", other)
+		}
+		// A waiter's attempt, resent: it queues once, keeping its ticket.
+		entry := "1000 ch w"
+		for range 2 {
+			res, err := acquireScript.Run(ctx, c, keys, "w", 1000, entry).Int64Slice()
+			require.NoError(t, err)
+			if res[0] != 0 || res[1] != pttlQueued {
+				t.Fatalf("waiter's attempt: %v, want {0, %d}", res, pttlQueued)
+			}
+		}
+		if q := c.ZRangeWithScores(ctx, keys[2], 0, -1).Val(); len(q) != 1 || q[0].Member != entry || q[0].Score != 2 {
+			t.Fatalf("queue after a resent attempt: %v, want the entry once with ticket 2", q)
 		}
 	})
 }
@@ -215,7 +228,7 @@ func TestIdleLockerLeavesNoGoroutine(t *testing.T) {
 				lk.Release(ctx)
 			}
 		}()
-		redistest.Eventually(t, 2*time.Second, "waiter queued", func() bool { return l.hub.waiting(holder.rkey) })
+		redistest.Eventually(t, 2*time.Second, "waiter queued", func() bool { return queuedIn(l, holder.name) })
 		holder.Release(ctx)
 		<-done
 		cl.Close()
@@ -263,7 +276,7 @@ func TestObtainWaitsForRelease(t *testing.T) {
 			}
 			got <- lk
 		}()
-		redistest.Eventually(t, 2*time.Second, "waiter queued", func() bool { return l.hub.waiting(holder.rkey) })
+		redistest.Eventually(t, 2*time.Second, "waiter queued", func() bool { return queuedIn(l, holder.name) })
 		start := time.Now()
 		require.NoError(t, holder.Release(ctx))
 		select {
@@ -313,7 +326,7 @@ func TestCloseWakesWaiters(t *testing.T) {
 	holder, _ := l.TryObtain(ctx, "k")
 	done := make(chan error)
 	go func() { _, err := l.Obtain(ctx, "k"); done <- err }()
-	redistest.Eventually(t, 2*time.Second, "waiter queued", func() bool { return l.hub.waiting(holder.rkey) })
+	redistest.Eventually(t, 2*time.Second, "waiter queued", func() bool { return queuedIn(l, holder.name) })
 	l.Close()
 	select {
 	case err := <-done:
@@ -602,8 +615,10 @@ func TestSlotTagsCoverEverySlot(t *testing.T) {
 	}
 }
 
-// Under 8-way contention a release wakes one waiter, not all of them, so an
-// acquisition costs about one acquire and one release script.
+// Under 8-way contention a release hands the lock to one waiter and wakes
+// no other, so an acquisition costs one queued attempt (INCR, SET, ZADD)
+// and one granting release (GET, ZPOPMIN, SET, PUBLISH), each in a script:
+// 9 commands, a little more when a check or a counted fence comes in.
 func TestContentionCost(t *testing.T) {
 	c := realRedis(t)
 	ctx := context.Background()
@@ -630,7 +645,7 @@ func TestContentionCost(t *testing.T) {
 	delta, total := commandsSince(t, c, before)
 	per := float64(total) / (workers * each)
 	t.Logf("8-way contention: %.2f server commands per acquisition %v", per, delta)
-	if per > 8 {
+	if per > 9.5 {
 		t.Fatalf("%.2f commands per acquisition: waiters retry in a herd", per)
 	}
 }

@@ -23,19 +23,17 @@ import (
 // A Locker runs background goroutines only while it holds leases or has
 // waiters, and they stop shortly after; [Locker.Close] stops them at once.
 type Locker struct {
-	client   redis.UniversalClient // carries wake-ups and hand-offs: the only node, or a quorum's first
-	store    store
-	handsOff bool // a release may pass the lease straight to a waiter (one Redis)
-	prefix   string
-	channel  string // release notifications; the message is the lock key
-	err      error  // from a bad client or option, returned by every call
+	client redis.UniversalClient // the only node, or a quorum's first
+	store  store
+	waits  *waitlist // nil for a quorum, whose waiters poll
+	prefix string
+	err    error // from a bad client or option, returned by every call
 
 	ctx    context.Context // ends on Close; bounds background calls
 	cancel context.CancelFunc
 	closed atomic.Bool
 
-	wd  watchdog
-	hub wakeHub
+	wd watchdog
 }
 
 // NewLocker returns a Locker that keeps its keys in client. Errors in the
@@ -47,16 +45,17 @@ func NewLocker(client redis.UniversalClient, opts ...Option) *Locker {
 			o.applyLocker(&cfg)
 		}
 	}
-	l := &Locker{client: client, handsOff: true, prefix: cfg.prefix, channel: cfg.prefix + ":released", err: cfg.err}
+	l := &Locker{client: client, prefix: cfg.prefix, err: cfg.err}
 	if err := checkClient(client); err != nil {
 		l.err = err
 	}
-	l.store = newNode(client, l.channel)
+	n := newNode(client)
+	l.store = n
 	l.ctx, l.cancel = context.WithCancel(context.Background())
 	l.wd = newWatchdog(l.ctx, func(ctx context.Context, batch []renewal) ([]int64, []error) {
 		return l.store.renewAll(ctx, batch)
 	})
-	l.hub = wakeHub{l: l, queues: make(map[string][]*waiter)}
+	l.waits = newWaitlist(l, n)
 	return l
 }
 
@@ -65,7 +64,7 @@ func checkClient(c redis.UniversalClient) error {
 		return fmt.Errorf("%w: nil redis client", ErrInvalidArgument)
 	}
 	if _, ok := c.(*redis.Ring); ok {
-		// Ring shards pub/sub by channel, so a release published on the
+		// Ring shards pub/sub by channel, so a grant published on the
 		// lock's shard would never reach the subscription.
 		return fmt.Errorf("%w: redis.Ring is not supported by Locker; use a ClusterClient or one Client per shard", ErrInvalidArgument)
 	}
@@ -94,7 +93,9 @@ func (l *Locker) Close() error {
 		return nil
 	}
 	l.cancel()
-	l.hub.close()
+	if l.waits != nil {
+		l.waits.close()
+	}
 	l.wd.close()
 	return nil
 }
@@ -115,34 +116,43 @@ func (l *Locker) check(key string) error {
 // Key layout. A lock name is hashed as a whole to a Redis Cluster slot s
 // (CRC16 of the name, as Redis would hash the key "{name}"), and every key
 // of the lock carries the hash tag slotTag(s): any name works, braces
-// included, and the lease and its fence counter always share a slot.
+// included, and the lease, its fence counter and its waiter queue always
+// share a slot.
+
+// lockKeys returns lock name's keys in the order lua/lock.lua names them:
+// the lease, the fence counter and the waiter queue. The fence counter is
+// shared by every name in the name's slot, so at most clusterSlots counters
+// exist per prefix; as it only grows, each name's fences still strictly
+// increase. The three are cut from one string: one allocation.
+func (l *Locker) lockKeys(name string) [3]string {
+	base := l.prefix + ":{" + slotTag(nameSlot(name)) + "}:"
+	all := base + "lock:" + name + base + "fence" + base + "waiters:" + name
+	lock := len(base) + len("lock:") + len(name)
+	fence := lock + len(base) + len("fence")
+	return [3]string{all[:lock], all[lock:fence], all[fence:]}
+}
 
 // lockKey is the key of the lease on lock name.
-func (l *Locker) lockKey(name string) string {
-	return l.prefix + ":{" + slotTag(nameSlot(name)) + "}:lock:" + name // one allocation
-}
+func (l *Locker) lockKey(name string) string { return l.lockKeys(name)[0] }
 
-// fenceKey is the fence counter of lock name. It is shared by every name in
-// the name's slot, so at most clusterSlots counters exist per prefix; as it
-// only grows, each name's fences still strictly increase.
-func (l *Locker) fenceKey(name string) string {
-	return l.prefix + ":{" + slotTag(nameSlot(name)) + "}:fence"
-}
+// fenceKey is the fence counter of lock name's slot.
+func (l *Locker) fenceKey(name string) string { return l.lockKeys(name)[1] }
 
 func (l *Locker) newLock(key string, cfg lockConfig, onLost context.CancelCauseFunc) *Lock {
+	keys := l.lockKeys(key)
 	return &Lock{
-		l: l, lease: newLease(key, l.lockKey(key), uuid.NewString(), cfg.ttl, cfg.watchdog, onLost),
-		fkey:     l.fenceKey(key),
-		replicas: cfg.replicas, wait: cfg.wait,
+		l: l, lease: newLease(key, keys[0], uuid.NewString(), cfg.ttl, cfg.watchdog, onLost),
+		keyList: keys, replicas: cfg.replicas, wait: cfg.wait,
 	}
 }
 
-// acquire makes one attempt to take the lock: ok, or the holder's
-// remaining lease (negative when it has no TTL). A lease obtained after
+// acquire makes one attempt to take the lock, queueing the waiter whose
+// entry it carries, if any: ok, or the holder's remaining lease (-1ms
+// when it has no TTL, pttlQueued ms when queued). A lease obtained after
 // Close is given back.
-func (l *Locker) acquire(ctx context.Context, lk *Lock) (ok bool, pttl time.Duration, err error) {
+func (l *Locker) acquire(ctx context.Context, lk *Lock, entry string) (ok bool, pttl time.Duration, err error) {
 	start := time.Now()
-	ok, n, err := l.store.acquire(ctx, lk, start)
+	ok, n, err := l.store.acquire(ctx, lk, start, entry)
 	if err != nil {
 		return false, 0, fmt.Errorf("redlease: obtain %q: %w", lk.name, err)
 	}
@@ -179,7 +189,7 @@ func (l *Locker) TryObtain(ctx context.Context, key string, opts ...LockOption) 
 		return nil, err
 	}
 	lk := l.newLock(key, cfg, nil)
-	ok, pttl, err := l.acquire(ctx, lk)
+	ok, pttl, err := l.acquire(ctx, lk, "")
 	switch {
 	case errors.Is(err, ErrClosed):
 		return nil, gaveUp(key, err)
@@ -193,11 +203,16 @@ func (l *Locker) TryObtain(ctx context.Context, key string, opts ...LockOption) 
 
 // Obtain takes the lock, waiting while another holds it until ctx ends or
 // the retry strategy gives up; then the error errors.Is [ErrNotObtained], and
-// also the context's error if that was the cause. Waiters are woken by the
-// holder's release and are served first come, first served within a
-// Locker, so a release costs about one attempt per Locker with waiters, not
-// one per waiter; if no wake-up arrives, a waiter tries again when the
-// holder's lease must have ended or the retry strategy says so.
+// also the context's error if that was the cause.
+//
+// Waiters queue in Redis, first come, first served across every process:
+// the release that frees the lock hands it to the oldest waiter still
+// listening, whose Obtain returns without another round trip, and a lock
+// with waiters is never free for a newcomer to take. A waiter checks Redis
+// itself only when the retry strategy's wait passes or the holder's lease
+// must have ended: after a lost notice, or a holder that crashed. See
+// [WithGrantTTL] for waiters that die. A quorum Locker's waiters do not
+// queue: they try again on that schedule.
 func (l *Locker) Obtain(ctx context.Context, key string, opts ...LockOption) (*Lock, error) {
 	if err := l.check(key); err != nil {
 		return nil, err
@@ -214,78 +229,186 @@ func (l *Locker) obtain(ctx context.Context, key string, cfg lockConfig, onLost 
 		return nil, gaveUp(key, err)
 	}
 	lk := l.newLock(key, cfg, onLost)
-	pttl := time.Duration(-1)
-	_, mayRetry := cfg.retry.NextBackoff(1)
-	// Newcomers queue behind local waiters instead of racing them.
-	tried := !mayRetry || !l.hub.waiting(lk.rkey)
-	if tried {
-		ok, p, err := l.acquire(ctx, lk)
-		if ok || err != nil || !mayRetry {
-			return l.outcome(ctx, lk, ok, p, err)
+	queue := l.waits != nil && lk.replicas == 0
+	retry := cfg.retry
+	if retry == nil {
+		retry = pollRetry
+		if queue {
+			retry = defaultRetry
 		}
-		pttl = p
 	}
+	if _, mayRetry := retry.NextBackoff(1); !mayRetry || !queue {
+		return l.poll(ctx, lk, retry)
+	}
+	return l.queue(ctx, lk, cfg, retry)
+}
 
-	// Subscribed before the next attempt, so no release is missed.
-	w, err := l.hub.join(ctx, lk)
-	if err != nil {
-		return nil, gaveUp(key, err)
-	}
-	acquired := false
-	defer func() { l.hub.leave(w, acquired) }()
-	timer := time.NewTimer(time.Hour)
-	defer timer.Stop()
-	woken := false
-	// Every wait, by the head or by a waiter behind it, counts as a retry.
-	for retry := 1; ; retry++ {
-		wait, ok := cfg.retry.NextBackoff(retry)
-		if !ok {
-			return nil, notObtained(key, pttl)
+// poll tries, and tries again on the retry schedule, without queueing.
+func (l *Locker) poll(ctx context.Context, lk *Lock, retry RetryStrategy) (*Lock, error) {
+	var timer *time.Timer
+	for n := 1; ; n++ {
+		ok, pttl, err := l.acquire(ctx, lk, "")
+		if ok || err != nil {
+			return l.outcome(ctx, lk, ok, pttl, err)
 		}
-		// The first retry after subscribing comes at once: a release
-		// between the first attempt and the subscription is not missed.
-		if retry > 1 || !tried {
-			if pttl >= 0 && pttl+time.Millisecond < wait {
-				wait = pttl + time.Millisecond // Redis expires the key by then
+		wait, more := retry.NextBackoff(n)
+		if !more {
+			return nil, notObtained(lk.name, pttl)
+		}
+		if timer == nil {
+			timer = time.NewTimer(capWait(wait, pttl))
+			defer timer.Stop()
+		} else {
+			timer.Reset(capWait(wait, pttl))
+		}
+		select {
+		case <-timer.C:
+		case <-ctx.Done():
+			return nil, gaveUp(lk.name, ctx.Err())
+		case <-l.ctx.Done():
+			return nil, gaveUp(lk.name, ErrClosed)
+		}
+	}
+}
+
+// capWait shortens a wait to end just after the holder's lease, when known.
+func capWait(wait, pttl time.Duration) time.Duration {
+	if pttl >= 0 && pttl+time.Millisecond < wait {
+		return pttl + time.Millisecond // Redis expires the key by then
+	}
+	return wait
+}
+
+// queue makes an attempt that queues lk in Redis if the lock is held, then
+// waits for the grant, checking Redis on the retry schedule.
+func (l *Locker) queue(ctx context.Context, lk *Lock, cfg lockConfig, retry RetryStrategy) (*Lock, error) {
+	w, err := l.waits.join(lk, min(cfg.ttl, cfg.grantTTL))
+	if err != nil {
+		return nil, gaveUp(lk.name, err)
+	}
+	queued, acquired := false, false
+	defer func() { l.waits.leave(w, queued && !acquired) }()
+	listening := w.sub.isReady()
+	w.start = time.Now()
+	ok, pttl, err := l.acquire(ctx, lk, w.entry)
+	if ok || err != nil {
+		acquired = ok
+		return l.outcome(ctx, lk, ok, pttl, err)
+	}
+	queued = true
+	pttl = -1       // unknown until a check
+	granted := false // a check found the lease granted to w
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	for n := 1; ; n++ {
+		if listening {
+			wait, more := retry.NextBackoff(n)
+			if !more {
+				return nil, notObtained(lk.name, pttl)
 			}
-			timer.Reset(wait)
-			woken = false
+			if timer == nil {
+				timer = time.NewTimer(capWait(wait, pttl))
+			} else {
+				timer.Reset(capWait(wait, pttl))
+			}
 			select {
-			case <-w.wake:
-				woken = true
-			case <-timer.C:
-			case got := <-w.granted:
-				if got != nil { // the releaser handed us the lock
-					acquired = true
-					if err := l.keepUnlessClosed(ctx, lk); err != nil {
-						return nil, gaveUp(key, err)
-					}
-					return lk, nil
+			case fence := <-w.granted:
+				ok, err := l.takeGrant(ctx, w, fence)
+				if ok || err != nil {
+					acquired = ok
+					return l.outcome(ctx, lk, ok, 0, err)
 				}
+			case <-w.check:
+			case <-timer.C:
 			case <-ctx.Done():
-				return nil, gaveUp(key, ctx.Err())
+				return nil, gaveUp(lk.name, ctx.Err())
+			}
+		} else {
+			// Queued before the subscription was up: a grant may have
+			// found nobody listening. Check once it is up.
+			select {
+			case fence := <-w.granted:
+				ok, err := l.takeGrant(ctx, w, fence)
+				if ok || err != nil {
+					acquired = ok
+					return l.outcome(ctx, lk, ok, 0, err)
+				}
+			case <-w.sub.ready:
+			case <-ctx.Done():
+				return nil, gaveUp(lk.name, ctx.Err())
 			}
 		}
 		if l.closed.Load() {
-			return nil, gaveUp(key, ErrClosed)
+			return nil, gaveUp(lk.name, ErrClosed)
 		}
-		if !l.hub.beginAcquire(w) {
-			continue
+		select {
+		case fence := <-w.granted: // a grant heard meanwhile spares the check
+			ok, err := l.takeGrant(ctx, w, fence)
+			if ok || err != nil {
+				acquired = ok
+				return l.outcome(ctx, lk, ok, 0, err)
+			}
+		default:
 		}
-		ok, p, err := l.acquire(ctx, lk)
-		// An attempt that decides Obtain leaves the queue at once, so no
-		// releaser can take this waiter for a hand-off after it got the
-		// lock (or an error) by itself.
-		l.hub.endAcquire(w, ok || err != nil, ok)
-		if ok && retry > 1 && !woken {
-			l.hub.suspect() // freed, yet no wake-up came
+		start := time.Now()
+		code, v, missed, err := l.waits.node.wait(ctx, w, granted)
+		if missed && listening {
+			l.waits.suspect(w.sub)
 		}
-		if ok || err != nil {
-			acquired = ok
-			return l.outcome(ctx, lk, ok, p, err)
+		switch {
+		case err != nil:
+			return l.outcome(ctx, lk, false, 0, fmt.Errorf("redlease: obtain %q: %w", lk.name, err))
+		case code == codeOK:
+			acquired = true
+			lk.fence = v
+			l.wd.add(&lk.lease, start)
+			if err := l.keepUnlessClosed(ctx, lk); err != nil {
+				return nil, gaveUp(lk.name, err)
+			}
+			return lk, nil
 		}
-		pttl = p
+		listening = true
+		// Granted: the notice should follow; if it has not by the next
+		// check, well within the grant's lease, that check takes it.
+		granted = code == codeGranted
+		pttl = time.Duration(v) * time.Millisecond
+		if granted {
+			pttl /= 2
+		}
 	}
+}
+
+// grantMargin: a handed-over lease with less than 1/grantMargin of its
+// grant ttl left is renewed before Obtain returns it.
+const grantMargin = 10
+
+// takeGrant accepts a lease a release handed to w with fence. The release
+// set it to last the grant ttl from a moment after w's first attempt was
+// sent. The watchdog renews it to the full ttl in the background; if it is
+// off, or the grant ttl is nearly over by the client's clock, it is renewed
+// here first. It reports false when the lease was lost meanwhile.
+func (l *Locker) takeGrant(ctx context.Context, w *waiter, fence int64) (bool, error) {
+	lk := w.lk
+	lk.fence = fence
+	span := w.grantTTL
+	if !lk.renew || time.Until(w.start.Add(span-drift(span))) < span/grantMargin {
+		start := time.Now()
+		code, err := l.store.renew(ctx, &lk.lease, lk.ttl)
+		if err != nil {
+			return false, fmt.Errorf("redlease: obtain %q: renew the lease handed over: %w", lk.name, err)
+		}
+		if code != codeOK {
+			return false, nil
+		}
+		l.wd.add(&lk.lease, start)
+	} else {
+		l.wd.addSpan(&lk.lease, w.start, span)
+	}
+	return true, l.keepUnlessClosed(ctx, lk)
 }
 
 // keepUnlessClosed gives back a lease obtained after Close.
@@ -301,7 +424,7 @@ func (l *Locker) keepUnlessClosed(ctx context.Context, lk *Lock) error {
 // came with the context's end is the context's.
 func (l *Locker) outcome(ctx context.Context, lk *Lock, ok bool, pttl time.Duration, err error) (*Lock, error) {
 	switch {
-	case ok:
+	case ok && err == nil:
 		return lk, nil
 	case errors.Is(err, ErrClosed):
 		return nil, gaveUp(lk.name, err)

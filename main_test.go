@@ -20,6 +20,9 @@ func TestMain(m *testing.M) {
 	if env := os.Getenv(crashChildEnv); env != "" {
 		os.Exit(crashChild(env))
 	}
+	if env := os.Getenv(waitChildEnv); env != "" {
+		os.Exit(waitChild(env))
+	}
 	// go-redis logs every refused dial and Sentinel switch; the fault and
 	// failover tests cause thousands on purpose.
 	redis.SetLogger(verboseOnly{})
@@ -147,4 +150,15 @@ func knownIssue(t *testing.T, issue string) {
 	if os.Getenv("REDLEASE_KNOWN_ISSUES") != "1" {
 		t.Skipf("known issue, fails until fixed (REDLEASE_KNOWN_ISSUES=1 runs it): %s", issue)
 	}
+}
+
+// queuedIn reports whether a waiter of l is queued in Redis on lock name.
+func queuedIn(l *Locker, name string) bool {
+	members, _ := l.client.ZRange(context.Background(), l.lockKeys(name)[2], 0, -1).Result()
+	for _, m := range members {
+		if strings.Contains(m, ":grant:"+l.waits.id+" ") {
+			return true
+		}
+	}
+	return false
 }

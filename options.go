@@ -12,6 +12,9 @@ const (
 	DefaultPrefix = "redlease"
 	// DefaultTTL is the lease length of a lock.
 	DefaultTTL = 30 * time.Second
+	// DefaultGrantTTL is how long a lease handed to a waiter lasts until
+	// the waiter's Locker renews it.
+	DefaultGrantTTL = 2 * time.Second
 )
 
 // Option configures a Locker, or a Queue: every Option is also a
@@ -63,15 +66,16 @@ type LockOption func(*lockConfig)
 
 type lockConfig struct {
 	ttl      time.Duration
+	grantTTL time.Duration
 	watchdog bool
-	retry    RetryStrategy
+	retry    RetryStrategy // nil: the Locker's default
 	replicas int           // WithReplicaAck
 	wait     time.Duration // WithReplicaAck
 	err      error
 }
 
 func newLockConfig(opts []LockOption) (lockConfig, error) {
-	c := lockConfig{ttl: DefaultTTL, watchdog: true, retry: defaultRetry}
+	c := lockConfig{ttl: DefaultTTL, grantTTL: DefaultGrantTTL, watchdog: true}
 	if len(opts) == 0 {
 		return c, nil // c stays on the stack: the common call allocates nothing here
 	}
@@ -100,6 +104,21 @@ func WithTTL(d time.Duration) LockOption {
 	}
 }
 
+// WithGrantTTL sets how long a lease that a release hands to this Obtain,
+// while it waits, lasts before its Locker renews it to the full TTL
+// (default [DefaultGrantTTL], 2s; never more than the TTL). It bounds how
+// long a waiter whose process dies just as the lock reaches it holds up the
+// others. It must be at least one millisecond.
+func WithGrantTTL(d time.Duration) LockOption {
+	return func(c *lockConfig) {
+		if d < time.Millisecond {
+			c.err = fmt.Errorf("%w: grant ttl %v must be at least 1ms", ErrInvalidArgument, d)
+			return
+		}
+		c.grantTTL = d
+	}
+}
+
 // WithoutWatchdog turns off automatic renewal: the lease ends after its TTL
 // unless the holder calls Refresh. Lost still closes when the lease has
 // ended by the client's clock.
@@ -124,9 +143,12 @@ func WithReplicaAck(replicas int, timeout time.Duration) LockOption {
 	}
 }
 
-// WithRetry sets Obtain's fallback schedule and when it gives up (default:
-// exponential backoff from 16ms to 1s, until the context ends). Waiters are
-// woken by releases; the strategy bounds the wait when no wake-up arrives.
+// WithRetry sets how long Obtain waits between its own checks of Redis and
+// when it gives up. A queued waiter is handed the lock by the release that
+// frees it, so its checks only matter when that notice is lost or the
+// holder's lease expires; the default waits 250ms, doubling up to 1s,
+// until the context ends. A quorum Locker's waiters, which do not queue,
+// try again on the strategy's schedule (default 16ms, doubling up to 1s).
 func WithRetry(s RetryStrategy) LockOption {
 	return func(c *lockConfig) {
 		if s == nil {

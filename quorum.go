@@ -31,9 +31,10 @@ import (
 // ErrInvalidArgument (one node would count twice towards a majority).
 // WithReplicaAck does not apply.
 //
-// Waiters are woken through a subscription on the first node, and fall
-// back to timed retries while it is down; a release never hands the lease
-// straight to a waiter. Quorum locking costs a round trip to every node per
+// Waiters do not queue: Obtain tries again when the holder's lease must
+// have ended or the retry strategy says so (by default every 16ms, doubling
+// up to 1s), so a release reaches the next holder within one such step.
+// Quorum locking costs a round trip to every node per
 // operation, and it does not make Redis a consensus system: pauses and
 // clock jumps still call for fencing at the resource (see the README).
 func NewQuorumLocker(clients []redis.UniversalClient, opts ...Option) *Locker {
@@ -42,7 +43,7 @@ func NewQuorumLocker(clients []redis.UniversalClient, opts ...Option) *Locker {
 		first = clients[0]
 	}
 	l := NewLocker(first, opts...)
-	l.handsOff = false
+	l.waits = nil // waiters poll: see the README
 	if len(clients) == 0 {
 		l.err = fmt.Errorf("%w: a quorum locker needs at least one client", ErrInvalidArgument)
 		return l
@@ -59,7 +60,7 @@ func NewQuorumLocker(clients []redis.UniversalClient, opts ...Option) *Locker {
 				return l
 			}
 		}
-		q.nodes = append(q.nodes, newNode(c, l.channel))
+		q.nodes = append(q.nodes, newNode(c))
 	}
 	l.store = q
 	return l
@@ -154,9 +155,9 @@ func (q *quorum) each(ctx context.Context, ttl time.Duration, f func(ctx context
 	return fanOut(ctx, q, nodeLimit(ttl), f, answer{err: errNodeTimeout})
 }
 
-func (q *quorum) acquire(ctx context.Context, lk *Lock, start time.Time) (bool, int64, error) {
+func (q *quorum) acquire(ctx context.Context, lk *Lock, start time.Time, _ string) (bool, int64, error) {
 	answers := q.each(ctx, lk.ttl, func(ctx context.Context, n *node) answer {
-		ok, v, err := n.acquire(ctx, lk, start)
+		ok, v, err := n.acquire(ctx, lk, start, "")
 		return answer{ok, v, err}
 	})
 	var won []int
@@ -180,7 +181,7 @@ func (q *quorum) acquire(ctx context.Context, lk *Lock, start time.Time) (bool, 
 	}
 	// Give back what this round took, on every node: a reply may have been lost.
 	q.each(context.WithoutCancel(ctx), lk.ttl, func(ctx context.Context, n *node) answer {
-		code, err := n.release(ctx, &lk.lease)
+		code, err := n.release(ctx, lk, "")
 		return answer{code == codeOK, code, err}
 	})
 	if len(won)+len(waits) < q.majority() && firstErr != nil {
@@ -211,7 +212,7 @@ func (q *quorum) raiseFences(ctx context.Context, lk *Lock, won []int, answers [
 		return true
 	}
 	raised := q.each(ctx, lk.ttl, func(ctx context.Context, n *node) answer {
-		v, err := run(ctx, n.client, fenceScript, []string{lk.fkey}, fence).Int64()
+		v, err := run(ctx, n.client, fenceScript, lk.keyList[1:2], fence).Int64()
 		return answer{v >= fence, v, err}
 	})
 	high := 0
@@ -264,9 +265,9 @@ func (q *quorum) tally(answers []answer) (int64, error) {
 // codeAnswer wraps one node's code for tally.
 func codeAnswer(code int64, err error) answer { return answer{err == nil, code, err} }
 
-func (q *quorum) release(ctx context.Context, ls *lease) (int64, error) {
-	return q.tally(q.each(ctx, ls.ttl, func(ctx context.Context, n *node) answer {
-		return codeAnswer(n.release(ctx, ls))
+func (q *quorum) release(ctx context.Context, lk *Lock, _ string) (int64, error) {
+	return q.tally(q.each(ctx, lk.ttl, func(ctx context.Context, n *node) answer {
+		return codeAnswer(n.release(ctx, lk, ""))
 	}))
 }
 

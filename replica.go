@@ -16,7 +16,7 @@ func (n *node) acquireAcked(ctx context.Context, lk *Lock) (bool, int64, error) 
 		return false, 0, err
 	}
 	var wait *redis.Cmd
-	call := scriptCall{keys: []string{lk.rkey, lk.fkey}, args: []any{lk.token, lk.ttl.Milliseconds()}}
+	call := scriptCall{keys: lk.keys(), args: []any{lk.token, lk.ttl.Milliseconds(), ""}}
 	acq := runAll(ctx, c, acquireScript, []scriptCall{call}, func(p redis.Pipeliner) {
 		wait = p.Do(ctx, "WAIT", lk.replicas, lk.wait.Milliseconds())
 	})[0]
@@ -28,7 +28,7 @@ func (n *node) acquireAcked(ctx context.Context, lk *Lock) (bool, int64, error) 
 		return false, res[1], nil
 	}
 	if acked, err := wait.Int64(); err != nil || acked < int64(lk.replicas) {
-		_, _ = n.release(context.WithoutCancel(ctx), &lk.lease) // routed to the same master by key
+		_, _ = n.release(context.WithoutCancel(ctx), lk, "") // routed to the same master by key
 		if err == nil {
 			err = fmt.Errorf("%d of %d replicas acknowledged within %v", acked, lk.replicas, lk.wait)
 		}

@@ -5,9 +5,15 @@ import (
 	"time"
 )
 
-// defaultRetry is Obtain's fallback schedule: a waiter is normally woken by
-// the holder's release, so these retries only matter when a wake-up is lost.
-var defaultRetry = ExponentialBackoff(16*time.Millisecond, time.Second)
+// defaultRetry is a queued waiter's schedule of checks: the release that
+// frees the lock hands it over, so checks only matter when that notice is
+// lost. Its first wait is longer than a hot lock's queue takes to move,
+// so a healthy queue costs no checks.
+var defaultRetry = ExponentialBackoff(250*time.Millisecond, time.Second)
+
+// pollRetry is the default schedule of waiters that do not queue (on a
+// quorum, or with WithReplicaAck): a release reaches them only through it.
+var pollRetry = ExponentialBackoff(16*time.Millisecond, time.Second)
 
 // RetryStrategy tells Obtain how long it may wait for a wake-up before it
 // tries again, and when to give up. Obtain never waits longer than the

@@ -21,8 +21,8 @@ var luaFiles embed.FS
 // Lock scripts.
 var (
 	acquireScript = lockScript("lock_acquire.lua")
-	releaseScript = lockScript("lock_release.lua")
-	handoffScript = lockScript("lock_handoff.lua")
+	releaseScript = grantScript("lock_release.lua")
+	waitScript    = grantScript("lock_wait.lua")
 	renewScript   = lockScript("lock_renew.lua")
 	pttlScript    = lockScript("lock_pttl.lua")
 	fenceScript   = lockScript("lock_fence.lua")
@@ -59,6 +59,16 @@ func lua(name string) string {
 }
 
 func lockScript(name string) *redis.Script { return redis.NewScript(lua(name)) }
+
+// maxSkippedWaiters bounds the waiters one script call skips because their
+// Locker no longer listens, so no call is O(waiters).
+const maxSkippedWaiters = 16
+
+// lockPrelude opens the scripts that may hand a lock to a waiter:
+// MAX_SKIPPED, then lua/lock.lua.
+var lockPrelude = "local MAX_SKIPPED = " + strconv.Itoa(maxSkippedWaiters) + "\n" + lua("lock.lua")
+
+func grantScript(name string) *redis.Script { return redis.NewScript(lockPrelude + lua(name)) }
 
 // queuePrelude opens every queue script: DONE_MEMORY, then lua/queue.lua.
 var queuePrelude = "local DONE_MEMORY = " + strconv.FormatInt(doneMemory.Milliseconds(), 10) + "\n" + lua("queue.lua")

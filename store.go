@@ -15,10 +15,14 @@ type store interface {
 	// cannot honour.
 	check(cfg *lockConfig) error
 	// acquire makes one attempt to take lk's lease, sent at start: ok and
-	// the fence, or the holder's remaining ms (negative: no TTL).
-	acquire(ctx context.Context, lk *Lock, start time.Time) (ok bool, n int64, err error)
-	// release deletes the lease if it is ours and wakes waiters.
-	release(ctx context.Context, ls *lease) (int64, error)
+	// the fence, or the holder's remaining ms (-1: no TTL), or pttlQueued
+	// when the attempt queued the waiter whose entry it carries ("" not
+	// to queue; only a node queues).
+	acquire(ctx context.Context, lk *Lock, start time.Time, entry string) (ok bool, n int64, err error)
+	// release ends the lease if it is ours, handing it to the oldest
+	// waiter still listening, if any; entry, if not "", first leaves the
+	// queue (a waiter that gives up).
+	release(ctx context.Context, lk *Lock, entry string) (int64, error)
 	// renew sets the lease to end ttl from now if it is ours.
 	renew(ctx context.Context, ls *lease, ttl time.Duration) (int64, error)
 	// renewAll renews a watchdog batch: a code or an error per lease.
@@ -30,32 +34,60 @@ type store interface {
 // renewBatchSize caps the leases one renewal script call extends.
 const renewBatchSize = 100
 
+// pttlQueued is what an attempt that queued its waiter answers instead of
+// the holder's remaining ms.
+const pttlQueued = -2
+
 // node is one Redis that holds leases.
 type node struct {
 	client  redis.UniversalClient
-	channel string                  // release notifications; the message is the lock key
+	publish string                  // PUBLISH, or SPUBLISH on a Cluster: how grants are announced
 	slots   func(key string) string // groups keys that one script call may touch together
 }
 
-func newNode(c redis.UniversalClient, channel string) *node {
-	return &node{client: c, channel: channel, slots: slotsOf(c)}
+func newNode(c redis.UniversalClient) *node {
+	n := &node{client: c, publish: "PUBLISH", slots: slotsOf(c)}
+	if _, ok := c.(*redis.ClusterClient); ok {
+		n.publish = "SPUBLISH"
+	}
+	return n
 }
 
 func (n *node) check(*lockConfig) error { return nil }
 
-func (n *node) acquire(ctx context.Context, lk *Lock, _ time.Time) (bool, int64, error) {
+func (n *node) acquire(ctx context.Context, lk *Lock, _ time.Time, entry string) (bool, int64, error) {
 	if lk.replicas > 0 {
 		return n.acquireAcked(ctx, lk)
 	}
-	res, err := ints(run(ctx, n.client, acquireScript, []string{lk.rkey, lk.fkey}, lk.token, lk.ttl.Milliseconds()), 2)
+	res, err := ints(run(ctx, n.client, acquireScript, lk.keys(), lk.token, lk.ttl.Milliseconds(), entry), 2)
 	if err != nil {
 		return false, 0, err
 	}
 	return res[0] == codeOK, res[1], nil
 }
 
-func (n *node) release(ctx context.Context, ls *lease) (int64, error) {
-	return run(ctx, n.client, releaseScript, []string{ls.rkey}, ls.token, n.channel).Int64()
+func (n *node) release(ctx context.Context, lk *Lock, entry string) (int64, error) {
+	return run(ctx, n.client, releaseScript, lk.keys(), lk.token, lk.fence, n.publish, entry).Int64()
+}
+
+// codeGranted: a waiter's check found the lease granted to it.
+const codeGranted = 2
+
+// wait is a queued waiter's check (lua/lock_wait.lua): codeOK and the
+// fence, or codeGranted (left to its notice unless take) or 0 and the
+// holder's remaining ms; missed says the waiter's Locker missed a grant or
+// was taken for gone.
+func (n *node) wait(ctx context.Context, w *waiter, take bool) (code, v int64, missed bool, err error) {
+	lk := w.lk
+	flag := ""
+	if take {
+		flag = "1"
+	}
+	res, err := ints(run(ctx, n.client, waitScript, lk.keys(), lk.token, lk.ttl.Milliseconds(), w.entry, n.publish, flag), 3)
+	if err != nil {
+		return 0, 0, false, err
+	}
+	return res[0], res[1], res[2] == 1, nil
 }
 
 func (n *node) renew(ctx context.Context, ls *lease, ttl time.Duration) (int64, error) {

@@ -21,19 +21,33 @@ const (
 	suspectEvery = time.Second
 )
 
-// subscription is one run of the reader goroutine.
+// subscription is one channel's reader goroutine and its state, guarded
+// by waitlist.mu.
 type subscription struct {
-	stop  chan struct{} // closed to end the run
-	ready chan struct{} // closed once subscribed, or once that failed
-	ps    *redis.PubSub // set by the reader, under wakeHub.mu
+	channel string
+	users   int           // waiters on the channel
+	idle    *time.Timer   // ends the subscription once it has no users
+	stop    chan struct{} // closed to end the reader
+	ready   chan struct{} // closed once subscribed, or once that failed
+	ps      *redis.PubSub // set by the reader
+	renewed time.Time     // when suspect last replaced ps
 }
 
-func (h *wakeHub) stopIfIdle() {
+// isReady reports whether sub has subscribed (or given up trying for now).
+func (sub *subscription) isReady() bool {
+	select {
+	case <-sub.ready:
+		return true
+	default:
+		return false
+	}
+}
+
+func (h *waitlist) stopIfIdle(sub *subscription) {
 	h.mu.Lock()
-	h.idle = nil
 	var ps *redis.PubSub
-	if len(h.queues) == 0 && h.run != nil {
-		ps = h.stopLocked()
+	if sub.users == 0 && h.subs[sub.channel] == sub {
+		ps = h.stopLocked(sub)
 	}
 	h.mu.Unlock()
 	if ps != nil {
@@ -41,49 +55,60 @@ func (h *wakeHub) stopIfIdle() {
 	}
 }
 
-// stopLocked ends the current run; the caller closes the returned PubSub
-// (if any) after unlocking, which unblocks the reader.
-func (h *wakeHub) stopLocked() *redis.PubSub {
-	run := h.run
-	h.run = nil
-	close(run.stop)
-	return run.ps
+// stopLocked ends sub's reader; the caller closes the returned PubSub (if
+// any) after unlocking, which unblocks the reader.
+func (h *waitlist) stopLocked(sub *subscription) *redis.PubSub {
+	delete(h.subs, sub.channel)
+	if sub.idle != nil {
+		sub.idle.Stop()
+	}
+	close(sub.stop)
+	ps := sub.ps
+	sub.ps = nil
+	return ps
 }
 
-// isStale reports whether ps is no longer the run's subscription.
-func (h *wakeHub) isStale(run *subscription, ps *redis.PubSub) bool {
+// isStale reports whether ps is no longer sub's connection.
+func (h *waitlist) isStale(sub *subscription, ps *redis.PubSub) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return run.ps != ps
+	return sub.ps != ps
 }
 
-// suspect is told that a waiter got a lock that was freed without a
-// wake-up. A lease that simply expired does that, but so does a
-// subscription left on a server that no longer hears the releases (a
-// Sentinel failover moves commands, not subscriptions): so the
-// subscription is replaced, at most once per suspectEvery.
-func (h *wakeHub) suspect() {
+// suspect is told that a waiter's check found a grant whose notice never
+// came, or found the waiter skipped as if its Locker were not listening.
+// A subscription left on a server that no longer hears the releases (a
+// Sentinel failover moves commands, not subscriptions) does that: so it is
+// replaced, at most once per suspectEvery.
+func (h *waitlist) suspect(sub *subscription) {
 	h.mu.Lock()
-	if h.run == nil || h.run.ps == nil || time.Since(h.renewed) < suspectEvery {
+	if sub.ps == nil || time.Since(sub.renewed) < suspectEvery {
 		h.mu.Unlock()
 		return
 	}
-	h.renewed = time.Now()
-	ps := h.run.ps
-	h.run.ps = nil
+	sub.renewed = time.Now()
+	ps := sub.ps
+	sub.ps = nil
 	h.mu.Unlock()
 	_ = ps.Close() // the reader sees the error and subscribes anew
 }
 
-// read subscribes and dispatches release notifications until run.stop is
-// closed. It replaces a subscription whose connection went silent.
-func (h *wakeHub) read(run *subscription) {
+func (h *waitlist) subscribe(channel string) *redis.PubSub {
+	if h.cluster {
+		return h.l.client.SSubscribe(h.l.ctx, channel)
+	}
+	return h.l.client.Subscribe(h.l.ctx, channel)
+}
+
+// read subscribes and delivers grant notices until sub.stop is closed. It
+// replaces a subscription whose connection went silent.
+func (h *waitlist) read(sub *subscription) {
 	defer h.wg.Done()
 	answered := false
 	answer := func() {
 		if !answered {
 			answered = true
-			close(run.ready)
+			close(sub.ready)
 		}
 	}
 	defer answer()
@@ -91,12 +116,12 @@ func (h *wakeHub) read(run *subscription) {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {
-		// Subscribe dials; it is called here, never under h.mu.
-		ps := h.l.client.Subscribe(h.l.ctx, h.l.channel)
+		// Subscribing dials; it is done here, never under h.mu.
+		ps := h.subscribe(sub.channel)
 		h.mu.Lock()
-		stopped := h.run != run
+		stopped := h.subs[sub.channel] != sub
 		if !stopped {
-			run.ps = ps
+			sub.ps = ps
 		}
 		h.mu.Unlock()
 		if stopped {
@@ -108,7 +133,7 @@ func (h *wakeHub) read(run *subscription) {
 		for silent < 2 {
 			msg, err := ps.ReceiveTimeout(h.l.ctx, pingEvery)
 			select {
-			case <-run.stop:
+			case <-sub.stop:
 				return // Close or idle: ps is closed by whoever stopped us
 			default:
 			}
@@ -116,13 +141,14 @@ func (h *wakeHub) read(run *subscription) {
 			switch m := msg.(type) {
 			case *redis.Subscription:
 				if answered {
-					// Resubscribed after a reconnect: releases may have been missed.
-					h.wakeAll()
+					// Subscribed again after a reconnect: grants may have
+					// been published to nobody meanwhile.
+					h.checkAll(sub)
 				}
 				answer()
 				silent = 0
 			case *redis.Message:
-				h.wakeHead(m.Payload)
+				h.deliver(m.Payload)
 				silent = 0
 			case *redis.Pong:
 				silent = 0
@@ -132,15 +158,15 @@ func (h *wakeHub) read(run *subscription) {
 					_ = ps.Ping(h.l.ctx)
 					continue
 				}
-				answer() // waiters poll until the subscription is back
+				answer() // waiters check on their timers until it is back
 				timer.Reset(backoff)
 				select {
-				case <-run.stop:
+				case <-sub.stop:
 					return
 				case <-timer.C:
 				}
 				backoff = min(2*backoff, maxResubscribePause)
-				if h.isStale(run, ps) {
+				if h.isStale(sub, ps) {
 					break receive // replaced on purpose: subscribe anew
 				}
 				continue
@@ -150,11 +176,11 @@ func (h *wakeHub) read(run *subscription) {
 		// Silent through a ping, or suspected: start over on a new
 		// connection (to the current master, for a failover client).
 		h.mu.Lock()
-		if h.run == run {
-			run.ps = nil
+		if sub.ps == ps {
+			sub.ps = nil
 		}
 		h.mu.Unlock()
 		_ = ps.Close()
-		h.wakeAll()
+		h.checkAll(sub)
 	}
 }

@@ -1,6 +1,7 @@
 package redlease
 
 import (
+	"strconv"
 	"context"
 	"errors"
 	"fmt"
@@ -120,7 +121,7 @@ func lockOps(ctx context.Context, c redis.UniversalClient, l, l2 *Locker, key st
 		got <- err
 	}()
 	if err := redistest.Poll(5*time.Second, func() error {
-		if !l2.hub.waiting(l2.lockKey(key)) {
+		if !queuedIn(l2, key) {
 			return errors.New("no waiter queued")
 		}
 		return nil
@@ -160,6 +161,9 @@ func queueSuite(t *testing.T, c redis.UniversalClient, names []string) {
 	wg.Wait()
 }
 
+// queueSuiteDelay is how long the suite's delayed message waits.
+const queueSuiteDelay = 2 * time.Second
+
 // queueSuiteBatch is more than one enqueue script call, so EnqueueBatch
 // sends a pipeline.
 const queueSuiteBatch = 1500
@@ -191,7 +195,8 @@ func queueOps(ctx context.Context, c redis.UniversalClient, prefix, name string)
 	if _, err := q.Enqueue(ctx, []byte("dup"), WithID("fixed")); !errors.Is(err, ErrDuplicate) {
 		return fmt.Errorf("duplicate Enqueue: %v, want ErrDuplicate", err)
 	}
-	if _, err := q.Enqueue(ctx, []byte("later"), WithDelay(200*time.Millisecond)); err != nil {
+	// Delayed past the checks of Delayed below, however slow the machine.
+	if _, err := q.Enqueue(ctx, []byte("later"), WithDelay(queueSuiteDelay)); err != nil {
 		return fmt.Errorf("Enqueue WithDelay: %w", err)
 	}
 	var payloads [][]byte
@@ -299,9 +304,19 @@ func sortedKeys[V any](m map[string]V) []string {
 	return ks
 }
 
+// pinName is a lock name in the hash slot of "k": a waiter on it keeps up
+// the subscription that grants of "k" arrive on (one per slot on a Cluster).
+var pinName = func() string {
+	for i := 0; ; i++ {
+		if name := "pin-" + strconv.Itoa(i); nameSlot(name) == nameSlot("k") {
+			return name
+		}
+	}
+}()
+
 // pinnedLockers returns a Locker on each client, under prefix, each with
 // a waiter on a lock that a third Locker (on pinner) holds until the test
-// ends: their release subscriptions stay up meanwhile.
+// ends: their grant subscriptions for "k" stay up meanwhile.
 func pinnedLockers(t *testing.T, clients [2]redis.UniversalClient, pinner redis.UniversalClient, prefix string) [2]*Locker {
 	t.Helper()
 	ctx := context.Background()
@@ -311,14 +326,14 @@ func pinnedLockers(t *testing.T, clients [2]redis.UniversalClient, pinner redis.
 		t.Cleanup(func() { lockers[i].Close() })
 	}
 	pl := NewLocker(pinner, WithPrefix(prefix))
-	pin, err := pl.TryObtain(ctx, "pin", WithTTL(time.Minute))
+	pin, err := pl.TryObtain(ctx, pinName, WithTTL(time.Minute))
 	require.NoError(t, err)
 	pctx, unpin := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	for _, l := range lockers {
 		// Retries only when the pin's lease ends, so an outage meanwhile
 		// does not end the wait.
-		wg.Go(func() { _, _ = l.Obtain(pctx, "pin", WithRetry(LinearBackoff(time.Hour))) })
+		wg.Go(func() { _, _ = l.Obtain(pctx, pinName, WithRetry(LinearBackoff(time.Hour))) })
 	}
 	t.Cleanup(func() {
 		unpin()
@@ -327,16 +342,15 @@ func pinnedLockers(t *testing.T, clients [2]redis.UniversalClient, pinner redis.
 		pl.Close()
 	})
 	for _, l := range lockers {
-		redistest.Eventually(t, 5*time.Second, "a waiter on the pinned lock", func() bool { return l.hub.waiting(pin.rkey) })
+		redistest.Eventually(t, 5*time.Second, "a waiter on the pinned lock", func() bool { return queuedIn(l, pin.name) })
 	}
 	return lockers
 }
 
 // settledHandoffs passes the lock "k" back and forth between two Lockers n
-// times and returns each hand-off's latency in ns. Unlike handoffs, the
-// holder releases only settle after the waiter queued, once the waiter's
-// immediate retry is over, so that only the release's wake-up (or the
-// fallback retry, 16ms at first) can end the wait; gap spaces the
+// times and returns each hand-off's latency in ns. The holder releases
+// settle after the waiter queued, so that only the grant's notice (or the
+// waiter's check, 250ms at first) can end the wait; gap spaces the
 // hand-offs. Each Obtain is bounded to 10s. It may run in any goroutine.
 func settledHandoffs(ctx context.Context, lockers [2]*Locker, n int, settle, gap time.Duration) ([]float64, error) {
 	held, err := lockers[0].TryObtain(ctx, "k")
@@ -357,7 +371,7 @@ func settledHandoffs(ctx context.Context, lockers [2]*Locker, n int, settle, gap
 			lk, err := waiter.Obtain(octx, "k")
 			got <- result{lk, err}
 		}()
-		for deadline := time.Now().Add(5 * time.Second); !waiter.hub.waiting(held.rkey); {
+		for deadline := time.Now().Add(5 * time.Second); !queuedIn(waiter, held.name); {
 			if time.Now().After(deadline) {
 				_ = held.Release(ctx)
 				if r := <-got; r.lk != nil {

@@ -2,41 +2,66 @@ package redlease
 
 import (
 	"context"
-	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/redis/go-redis/v9"
 )
 
-// wakeHub is a Locker's one subscription to release notifications, shared
-// by all its waiters, and their first-come-first-served queues per key. A
-// release wakes only the head of its key's queue, so it costs one attempt
-// per Locker rather than one per waiter. The subscription holds its own
-// connection, so waiting never takes connections from the pool that
-// renewals use.
-type wakeHub struct {
+// waitlist is a Locker's side of the waiter queues kept in Redis: its
+// waiters, by token, and the subscriptions their grants arrive on. A
+// release that finds waiters queued hands the lease to the oldest one still
+// listening and publishes "<fence> <token>" on that waiter's channel only,
+// so each grant wakes one waiter of one Locker, whatever the number waiting.
+//
+// A Locker listens on one channel; on a Redis Cluster, on one shard channel
+// per hash slot it has waiters in, which lives on the lock's own node, so
+// grants never cross the cluster bus. A subscription holds a connection of
+// its own and ends idleLinger after its last waiter left.
+type waitlist struct {
 	l       *Locker
+	node    *node
+	id      string // names this Locker's channels
+	cluster bool   // shard channels (SSUBSCRIBE; releases SPUBLISH)
+
 	mu      sync.Mutex
-	queues  map[string][]*waiter // by lock key; a key with no waiter has no entry
-	run     *subscription        // nil while nobody waits
-	idle    *time.Timer          // ends the subscription when nobody waits
-	renewed time.Time            // when suspect last replaced the subscription
+	waiters map[string]*waiter       // by token
+	subs    map[string]*subscription // by channel
 	closed  bool
 	wg      sync.WaitGroup
-	// cleanups counts best-effort releases in flight, for tests to wait
-	// on; like renewal calls, close does not wait for them.
+	// cleanups counts the queue exits of waiters that gave up, for tests
+	// to wait on; like renewal calls, close does not wait for them.
 	cleanups sync.WaitGroup
 }
 
+// waiter is one Obtain queued in Redis.
 type waiter struct {
-	key     string
-	lk      *Lock         // the lease this waiter will hold
-	wake    chan struct{} // buffered: a release seen while busy is not missed
-	granted chan *Lock    // a hand-off's outcome: the lease, or nil to try again
-	handing bool          // taken out of the queue by a releaser; guarded by mu
-	trying  bool          // making its own attempt: not to be handed to; guarded by mu
-	unsure  bool          // a hand-off to it went unanswered: its token may be in Redis, so it is never handed to again; guarded by mu
+	lk      *Lock
+	entry   string // its member in the lock's queue (see lua/lock.lua)
+	sub     *subscription
+	granted  chan int64    // buffered: the fence of a lease handed to it
+	check    chan struct{} // buffered: grants may have been missed; check Redis now
+	grantTTL time.Duration // how long a lease handed to it lasts until renewed
+	start    time.Time     // when its first attempt was sent: before any grant to it
+}
+
+func newWaitlist(l *Locker, n *node) *waitlist {
+	_, cluster := l.client.(*redis.ClusterClient)
+	return &waitlist{
+		l: l, node: n, id: uuid.NewString(), cluster: cluster,
+		waiters: make(map[string]*waiter), subs: make(map[string]*subscription),
+	}
+}
+
+// channel is where this Locker hears of grants on lock name.
+func (h *waitlist) channel(name string) string {
+	if h.cluster {
+		return h.l.prefix + ":{" + slotTag(nameSlot(name)) + "}:grant:" + h.id
+	}
+	return h.l.prefix + ":grant:" + h.id
 }
 
 func signal(c chan struct{}) {
@@ -46,155 +71,112 @@ func signal(c chan struct{}) {
 	}
 }
 
-// waiting reports whether this Locker has waiters queued on key.
-func (h *wakeHub) waiting(key string) bool {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return len(h.queues[key]) > 0
-}
-
-// beginAcquire reports whether w, at the head of its queue, may try for
-// the lock itself; until endAcquire no releaser hands the lock to it, so
-// the two never race for one lease.
-func (h *wakeHub) beginAcquire(w *waiter) bool {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	q := h.queues[w.key]
-	w.trying = len(q) > 0 && q[0] == w
-	return w.trying
-}
-
-// endAcquire ends w's own attempt. If the attempt decided w's Obtain (done:
-// it got the lock, or an error), w leaves its queue in this same critical
-// section: a waiter whose token may be in Redis is never at the head with
-// trying unset, so no releaser can hand it the lease it already holds.
-func (h *wakeHub) endAcquire(w *waiter, done, acquired bool) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	w.trying = false
-	if done {
-		h.remove(w, acquired)
+// join registers lk as a waiter and starts its channel's subscription if
+// needed. The waiter may queue in Redis once the subscription is ready.
+func (h *waitlist) join(lk *Lock, grantTTL time.Duration) (*waiter, error) {
+	ch := h.channel(lk.name)
+	ms := strconv.FormatInt(grantTTL.Milliseconds(), 10)
+	w := &waiter{
+		lk: lk, entry: ms + " " + ch + " " + lk.token, grantTTL: grantTTL,
+		granted: make(chan int64, 1), check: make(chan struct{}, 1),
 	}
-}
-
-// join queues a waiter on key and returns once the subscription is live (or
-// has failed, in which case the waiter falls back to timed retries).
-func (h *wakeHub) join(ctx context.Context, lk *Lock) (*waiter, error) {
-	key := lk.rkey
-	w := &waiter{key: key, lk: lk, wake: make(chan struct{}, 1), granted: make(chan *Lock, 1)}
 	h.mu.Lock()
+	defer h.mu.Unlock()
 	if h.closed {
-		h.mu.Unlock()
 		return nil, ErrClosed
 	}
-	h.queues[key] = append(h.queues[key], w)
-	if h.idle != nil {
-		h.idle.Stop()
-		h.idle = nil
-	}
-	if h.run == nil {
-		h.run = &subscription{stop: make(chan struct{}), ready: make(chan struct{})}
+	sub := h.subs[ch]
+	if sub == nil {
+		sub = &subscription{channel: ch, stop: make(chan struct{}), ready: make(chan struct{})}
+		h.subs[ch] = sub
 		h.wg.Add(1)
-		go h.read(h.run)
+		go h.read(sub)
 	}
-	ready := h.run.ready
-	h.mu.Unlock()
-	select {
-	case <-ready:
-		return w, nil
-	case <-ctx.Done():
-		h.leave(w, false)
-		return nil, ctx.Err()
+	if sub.idle != nil {
+		sub.idle.Stop()
+		sub.idle = nil
 	}
+	sub.users++
+	w.sub = sub
+	h.waiters[lk.token] = w
+	return w, nil
 }
 
-// leave dequeues w. A head that leaves without the lock passes its turn on.
-func (h *wakeHub) leave(w *waiter, acquired bool) {
+// leave forgets w. If it had queued in Redis without getting the lock, its
+// entry is removed there, and a lease granted to it meanwhile passes on,
+// by a call that does not hold up the Obtain that gives up.
+func (h *waitlist) leave(w *waiter, queued bool) {
 	h.mu.Lock()
-	var unwanted *Lock
-	if w.handing {
-		// A releaser is handing us the lock: wait for the outcome.
-		h.mu.Unlock()
-		unwanted = <-w.granted
-		h.mu.Lock()
-	} else {
-		select {
-		case unwanted = <-w.granted: // handed to us as we gave up
-		default:
-		}
+	delete(h.waiters, w.lk.token)
+	sub := w.sub
+	sub.users--
+	if sub.users == 0 && sub.idle == nil && h.subs[sub.channel] == sub {
+		sub.idle = time.AfterFunc(idleLinger, func() { h.stopIfIdle(sub) })
 	}
-	unsure := w.unsure && !acquired
-	h.remove(w, acquired)
 	h.mu.Unlock()
-	if unwanted != nil {
-		_ = unwanted.Release(context.Background())
-	}
-	if unsure {
-		// A hand-off whose reply was lost may have left our token in Redis:
-		// give it back rather than hold the lock for a whole TTL, without
-		// holding up the Obtain that gives up (the link may be down).
-		h.cleanups.Go(func() { _, _ = h.l.store.release(context.Background(), &w.lk.lease) })
+	if queued {
+		h.cleanups.Go(func() {
+			_, _ = h.node.release(context.Background(), w.lk, w.entry)
+		})
 	}
 }
 
-// remove takes w out of its queue, passing its turn on if it was the head
-// and leaves without the lock; with no waiters left, the subscription ends
-// after idleLinger. Called with mu held.
-func (h *wakeHub) remove(w *waiter, acquired bool) {
-	q := h.queues[w.key]
-	if i := slices.Index(q, w); i >= 0 {
-		q = slices.Delete(q, i, i+1)
-		if len(q) == 0 {
-			delete(h.queues, w.key)
-		} else {
-			h.queues[w.key] = q
-			if i == 0 && !acquired {
-				signal(q[0].wake)
-			}
+// deliver hands a grant notice to its waiter, if it still waits.
+func (h *waitlist) deliver(payload string) {
+	f, token, ok := strings.Cut(payload, " ")
+	fence, err := strconv.ParseInt(f, 10, 64)
+	if !ok || err != nil {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if w := h.waiters[token]; w != nil {
+		select {
+		case w.granted <- fence:
+		default: // one grant per token
 		}
 	}
-	if len(h.queues) == 0 && h.run != nil && h.idle == nil {
-		h.idle = time.AfterFunc(idleLinger, h.stopIfIdle)
+}
+
+// checkAll asks every waiter on sub to check Redis: notices may have been
+// missed while it was not subscribed.
+func (h *waitlist) checkAll(sub *subscription) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, w := range h.waiters {
+		if w.sub == sub {
+			signal(w.check)
+		}
 	}
 }
 
-func (h *wakeHub) close() {
+func (h *waitlist) close() {
 	h.mu.Lock()
 	h.closed = true
-	var ps *redis.PubSub
-	if h.run != nil {
-		ps = h.stopLocked()
-	}
-	if h.idle != nil {
-		h.idle.Stop()
-	}
-	for _, q := range h.queues {
-		for _, w := range q {
-			signal(w.wake)
+	var ps []*redis.PubSub
+	for _, sub := range h.subs {
+		if p := h.stopLocked(sub); p != nil {
+			ps = append(ps, p)
 		}
 	}
+	for _, w := range h.waiters {
+		signal(w.check)
+	}
 	h.mu.Unlock()
-	if ps != nil {
-		_ = ps.Close()
+	for _, p := range ps {
+		_ = p.Close()
 	}
 	h.wg.Wait()
 }
 
-// wakeHead wakes the head waiter of key, if any.
-func (h *wakeHub) wakeHead(key string) {
+// queued reports whether this Locker has a waiter on lock name, for tests.
+func (h *waitlist) queued(name string) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if q := h.queues[key]; len(q) > 0 {
-		signal(q[0].wake)
+	for _, w := range h.waiters {
+		if w.lk.name == name {
+			return true
+		}
 	}
-}
-
-// wakeAll wakes the head waiter of every key: releases may have been
-// missed.
-func (h *wakeHub) wakeAll() {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	for _, q := range h.queues {
-		signal(q[0].wake)
-	}
+	return false
 }

@@ -37,10 +37,17 @@ func newWatchdog(ctx context.Context, renewAll func(context.Context, []renewal) 
 
 // add tracks a lease obtained by a request sent at start.
 func (w *watchdog) add(ls *lease, start time.Time) {
+	w.addSpan(ls, start, ls.ttl)
+}
+
+// addSpan tracks a lease that Redis holds for span after start, a lease
+// handed to a waiter, say; renewals ask for ls.ttl.
+func (w *watchdog) addSpan(ls *lease, start time.Time, span time.Duration) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	ls.deadline = start.Add(ls.ttl - drift(ls.ttl))
-	ls.next = time.Now().Add(renewAfter(ls.ttl))
+	ls.deadline = start.Add(span - drift(span))
+	ls.held = span
+	ls.next = earlier(time.Now().Add(renewAfter(ls.ttl)), start.Add(renewAfter(span)))
 	ls.tracked = true
 	w.leases[ls] = struct{}{}
 	if w.closed {
@@ -181,7 +188,7 @@ func (w *watchdog) loop() {
 				continue
 			}
 			// Renew a little early to share a script call with other leases.
-			if ls.renew && !ls.inflight && !ls.next.After(now.Add(renewEarly(ls.span(ls.ttl)))) {
+			if ls.renew && !ls.inflight && !ls.next.After(now.Add(renewEarly(ls.span(ls.held)))) {
 				ls.inflight = true
 				ls.sending(now, ls.ttl)
 				batch = append(batch, renewal{ls, ls.ttl})
