@@ -296,7 +296,7 @@ func (l *Locker) queue(ctx context.Context, lk *Lock, cfg lockConfig, retry Retr
 		return l.outcome(ctx, lk, ok, pttl, err)
 	}
 	queued = true
-	pttl = -1       // unknown until a check
+	pttl = -1        // unknown until a check
 	granted := false // a check found the lease granted to w
 	var timer *time.Timer
 	defer func() {

@@ -1,11 +1,11 @@
 package redlease
 
 import (
-	"strconv"
 	"context"
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"

@@ -39,9 +39,9 @@ type waitlist struct {
 
 // waiter is one Obtain queued in Redis.
 type waiter struct {
-	lk      *Lock
-	entry   string // its member in the lock's queue (see lua/lock.lua)
-	sub     *subscription
+	lk       *Lock
+	entry    string // its member in the lock's queue (see lua/lock.lua)
+	sub      *subscription
 	granted  chan int64    // buffered: the fence of a lease handed to it
 	check    chan struct{} // buffered: grants may have been missed; check Redis now
 	grantTTL time.Duration // how long a lease handed to it lasts until renewed
