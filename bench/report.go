@@ -53,8 +53,10 @@ func (r *report) headlines() []headline {
 		}
 		return fmt.Sprintf("same holder again: %s %.0f%%, redlease %.0f%%", best, ps, rs)
 	}
-	hs := []headline{
-		{"1. Raw floor", "cycles/s, 1 goroutine (peer: raw SET NX + EVALSHA)", "cycle", "1", "ops", []string{"raw floor"}, nil},
+	var hs []headline
+	for _, n := range r.cfg.cycleGoroutines {
+		hs = append(hs, headline{"1. Raw floor", fmt.Sprintf("cycles/s, %s (peer: raw SET NX + EVALSHA)", plural(n, "goroutine")),
+			"cycle", fmt.Sprint(n), "ops", []string{rawFloorName}, nil})
 	}
 	for _, n := range r.cfg.cycleGoroutines {
 		hs = append(hs, headline{"2. Uncontended cycle", fmt.Sprintf("cycles/s, %s", plural(n, "goroutine")), "cycle", fmt.Sprint(n), "ops", lockPeers, nil})
@@ -229,6 +231,9 @@ func (r *report) writeTable(b *strings.Builder, t *table) {
 		if m.ratio {
 			head = append(head, "× redlease")
 		}
+		if m.against != "" {
+			head = append(head, "× "+m.against)
+		}
 	}
 	b.WriteString("| " + strings.Join(head, " | ") + " |\n")
 	b.WriteString(strings.Repeat("| --- ", len(head)) + "|\n")
@@ -246,6 +251,9 @@ func (r *report) writeTable(b *strings.Builder, t *table) {
 				row = append(row, cellText(med, lo, hi, m))
 				if m.ratio {
 					row = append(row, formatRatio(t.ratio(v, c, m.key)))
+				}
+				if m.against != "" {
+					row = append(row, formatRatio(t.ratioTo(v, c, m.key, m.against)))
 				}
 			}
 			b.WriteString("| " + strings.Join(row, " | ") + " |\n")
