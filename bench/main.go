@@ -62,7 +62,7 @@ func defaultConfig(quick bool) config {
 	c := config{
 		quick: quick, rounds: 3, fastRounds: 5,
 		cycleDur: time.Second, cycleGoroutines: []int{1, 16},
-		handoffDur: time.Second, handoffGoroutines: 8, holds: []time.Duration{0, 100 * time.Microsecond},
+		handoffDur: time.Second, handoffGoroutines: 8, holds: []time.Duration{0, 100 * time.Microsecond, manyLockersHold},
 		watchLocks: 1000, watchTTL: time.Second, watchHold: 3 * time.Second,
 		queueMsgs: 20000, queueConc: []int{1, 16, 64}, queueTimeout: 60 * time.Second,
 		pickupMsgs: 30, pickupGap: 30 * time.Millisecond, pickupWait: 5 * time.Second,
