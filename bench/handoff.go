@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -33,6 +35,10 @@ type handoffContender struct {
 	// make builds the contender for n goroutines on key, on clients it
 	// creates with newClient; close releases what it made.
 	make func(newClient func() *redis.Client, key string, n int) (acquireFunc, func())
+	// goroutines, if set, replaces the scenario's goroutine count; holds,
+	// if set, limits the contender to those holds.
+	goroutines int
+	holds      []time.Duration
 }
 
 // redsyncAcquire wraps a mutex per goroutine: redsync's Mutex is not safe
@@ -92,53 +98,94 @@ func redleaseAcquire(lockers []*redlease.Locker, key string) acquireFunc {
 	}
 }
 
+// redleaseLockers gives each goroutine its own Locker on its own client, as
+// that many processes would have.
+func redleaseLockers(newClient func() *redis.Client, key string, n int) (acquireFunc, func()) {
+	var cs []*redis.Client
+	var ls []*redlease.Locker
+	for range n {
+		c := newClient()
+		cs = append(cs, c)
+		ls = append(ls, redlease.NewLocker(c))
+	}
+	return redleaseAcquire(ls, key), func() {
+		for i := range ls {
+			ls[i].Close()
+			cs[i].Close()
+		}
+	}
+}
+
+const (
+	// manyLockers is the goroutine count of the many-lockers variant: the
+	// crowd a release must not wake all at once.
+	manyLockers = 64
+	// manyLockersHold is the one hold it runs at, where a fair queue of
+	// manyLockers waiters is still a fraction of a run long.
+	manyLockersHold = time.Millisecond
+)
+
+// manyLockersName names the many-lockers variant in tables and plots.
+var manyLockersName = fmt.Sprintf("redlease %d lockers", manyLockers)
+
 var handoffContenders = []handoffContender{
-	{"redlease", "one `Locker` on one client shared by all goroutines, `Obtain(ctx, key)` with default options (woken by the release through pub/sub; fallback retry exponential 16ms–1s)",
-		func(newClient func() *redis.Client, key string, _ int) (acquireFunc, func()) {
+	{name: "redlease", desc: "one `Locker` on one client shared by all goroutines, `Obtain(ctx, key)` with default options (woken by the release through pub/sub; fallback retry exponential 16ms–1s)",
+		make: func(newClient func() *redis.Client, key string, _ int) (acquireFunc, func()) {
 			c := newClient()
 			l := redlease.NewLocker(c)
 			return redleaseAcquire([]*redlease.Locker{l}, key), func() { l.Close(); c.Close() }
 		}},
-	{"redlease 8 lockers", "one `Locker` per goroutine, each on its own client (as 8 processes would be), `Obtain` with default options",
-		func(newClient func() *redis.Client, key string, n int) (acquireFunc, func()) {
-			var cs []*redis.Client
-			var ls []*redlease.Locker
-			for range n {
-				c := newClient()
-				cs = append(cs, c)
-				ls = append(ls, redlease.NewLocker(c))
-			}
-			return redleaseAcquire(ls, key), func() {
-				for i := range ls {
-					ls[i].Close()
-					cs[i].Close()
-				}
-			}
-		}},
-	{"redsync defaults", "`redsync.New(goredis.NewPool(c)).NewMutex(key)` per goroutine, `LockContext`: 32 tries, random 50–250ms between them; a failed try also sends a release",
-		func(newClient func() *redis.Client, key string, n int) (acquireFunc, func()) {
+	{name: "redlease 8 lockers", desc: "one `Locker` per goroutine, each on its own client (as 8 processes would be), `Obtain` with default options",
+		make: redleaseLockers},
+	{name: manyLockersName, goroutines: manyLockers, holds: []time.Duration{manyLockersHold},
+		desc: fmt.Sprintf("as redlease 8 lockers with %d goroutines, each with its own `Locker` and client; runs at hold %s only, interleaved with the others",
+			manyLockers, holdLabel(manyLockersHold)),
+		make: redleaseLockers},
+	{name: "redsync defaults", desc: "`redsync.New(goredis.NewPool(c)).NewMutex(key)` per goroutine, `LockContext`: 32 tries, random 50–250ms between them; a failed try also sends a release",
+		make: func(newClient func() *redis.Client, key string, n int) (acquireFunc, func()) {
 			return redsyncAcquire(newClient, key, n)
 		}},
-	{"redsync tuned", "as above with `WithRetryDelay(1ms)`, `WithTries(1<<30)`",
-		func(newClient func() *redis.Client, key string, n int) (acquireFunc, func()) {
+	{name: "redsync tuned", desc: "as above with `WithRetryDelay(1ms)`, `WithTries(1<<30)`",
+		make: func(newClient func() *redis.Client, key string, n int) (acquireFunc, func()) {
 			return redsyncAcquire(newClient, key, n, redsync.WithRetryDelay(time.Millisecond), redsync.WithTries(1<<30))
 		}},
-	{"redislock defaults", "`Obtain(ctx, key, 30s, opts)` with `LimitRetry(LinearBackoff(100ms), 3)`, the retry its package example (`ExampleClient_Obtain_retry`) shows; its real default, nil options, never retries. A give-up is counted and the goroutine tries again",
-		func(newClient func() *redis.Client, key string, _ int) (acquireFunc, func()) {
+	{name: "redislock defaults", desc: "`Obtain(ctx, key, 30s, opts)` with `LimitRetry(LinearBackoff(100ms), 3)`, the retry its package example (`ExampleClient_Obtain_retry`) shows; its real default, nil options, never retries. A give-up is counted and the goroutine tries again",
+		make: func(newClient func() *redis.Client, key string, _ int) (acquireFunc, func()) {
 			return redislockAcquire(newClient, key, func() redislock.RetryStrategy {
 				return redislock.LimitRetry(redislock.LinearBackoff(100*time.Millisecond), 3)
 			})
 		}},
-	{"redislock tuned", "`Obtain` with `LinearBackoff(1ms)`, retrying until the run ends",
-		func(newClient func() *redis.Client, key string, _ int) (acquireFunc, func()) {
+	{name: "redislock tuned", desc: "`Obtain` with `LinearBackoff(1ms)`, retrying until the run ends",
+		make: func(newClient func() *redis.Client, key string, _ int) (acquireFunc, func()) {
 			return redislockAcquire(newClient, key, func() redislock.RetryStrategy {
 				return redislock.LinearBackoff(time.Millisecond)
 			})
 		}},
 }
 
+// runsAt reports whether the contender runs at hold.
+func (c handoffContender) runsAt(hold time.Duration) bool {
+	return c.holds == nil || slices.Contains(c.holds, hold)
+}
+
+// goroutinesOr is the contender's goroutine count, def unless it sets its own.
+func (c handoffContender) goroutinesOr(def int) int {
+	if c.goroutines > 0 {
+		return c.goroutines
+	}
+	return def
+}
+
 // maxAcquiresPerGoroutine bounds each contending loop in count.
 const maxAcquiresPerGoroutine = 1 << 17
+
+// latCap presizes each goroutine's sample buffers, so that appends rarely
+// allocate during the measured run.
+const latCap = 4096
+
+// releaseTimeout bounds a release, which must not be cut short by the end
+// of the run.
+const releaseTimeout = 5 * time.Second
 
 type handoffResult struct {
 	acquisitions int64
@@ -146,13 +193,20 @@ type handoffResult struct {
 	self         int64     // acquisitions by the goroutine that released last
 	lat          []float64 // µs, sorted: every acquisition after a release
 	latOther     []float64 // µs, sorted: those by another goroutine than the releaser
-	elapsed      time.Duration
-	counts       counts
+	// waits are µs, sorted: from the first acquire call of a goroutine's
+	// turn (give-ups included) to holding the lock; a wait the run's end
+	// cut off counts as far as the end, a lower bound.
+	waits   []float64
+	perG    []int64 // acquisitions per goroutine
+	elapsed time.Duration
+	counts  counts
+	ping    []float64 // µs, sorted: PING round trips right before and after the run
 }
 
 // contend runs n goroutines on one key for d. Each acquisition computes
 // now minus the time the previous holder took just before calling
-// Release: the hand-off latency.
+// Release: the hand-off latency. Each goroutine also records how long it
+// waited for each turn and how many turns it got.
 func contend(ctx context.Context, acquire acquireFunc, n int, d, hold time.Duration) (handoffResult, error) {
 	var (
 		wg          sync.WaitGroup
@@ -168,15 +222,22 @@ func contend(ctx context.Context, acquire acquireFunc, n int, d, hold time.Durat
 	defer cancel()
 	lats := make([][]time.Duration, n)
 	others := make([][]time.Duration, n)
+	waits := make([][]time.Duration, n)
+	res.perG = make([]int64, n)
 	for g := range n {
-		lats[g] = make([]time.Duration, 0, 4096)
-		others[g] = make([]time.Duration, 0, 4096)
+		lats[g] = make([]time.Duration, 0, latCap)
+		others[g] = make([]time.Duration, 0, latCap)
+		waits[g] = make([]time.Duration, 0, latCap)
 		wg.Go(func() {
 			var acq, gaveUp, self int64
+			want := time.Since(base) // when this goroutine began wanting the lock
 			for range maxAcquiresPerGoroutine {
 				release, err := acquire(rctx, g)
 				if err != nil {
 					if rctx.Err() != nil {
+						if want < d {
+							waits[g] = append(waits[g], d-want)
+						}
 						break
 					}
 					if errors.Is(err, errGaveUp) {
@@ -192,6 +253,9 @@ func contend(ctx context.Context, acquire acquireFunc, n int, d, hold time.Durat
 					break
 				}
 				now := time.Since(base)
+				if want < d {
+					waits[g] = append(waits[g], now-want)
+				}
 				if now < d { // count only what was acquired within the run
 					acq++
 					prev := lastHolder.Load()
@@ -208,7 +272,7 @@ func contend(ctx context.Context, acquire acquireFunc, n int, d, hold time.Durat
 				lastHolder.Store(int64(g))
 				spin(hold)
 				lastRelease.Store(int64(time.Since(base)))
-				rctx2, cancel2 := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+				rctx2, cancel2 := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
 				err = release(rctx2)
 				cancel2()
 				if err != nil {
@@ -223,26 +287,73 @@ func contend(ctx context.Context, acquire acquireFunc, n int, d, hold time.Durat
 				if rctx.Err() != nil {
 					break
 				}
+				want = time.Since(base)
 			}
 			mu.Lock()
 			res.acquisitions += acq
 			res.gaveUp += gaveUp
 			res.self += self
+			res.perG[g] = acq
 			mu.Unlock()
 		})
 	}
 	wg.Wait()
 	res.elapsed = min(time.Since(base), d)
-	var all, other []time.Duration
+	var all, other, wait []time.Duration
 	for g := range lats {
 		all = append(all, lats[g]...)
 		other = append(other, others[g]...)
+		wait = append(wait, waits[g]...)
 	}
-	res.lat, res.latOther = durationsToMicros(all), durationsToMicros(other)
+	res.lat, res.latOther, res.waits = durationsToMicros(all), durationsToMicros(other), durationsToMicros(wait)
 	return res, firstErr
 }
 
-func measureHandoff(ctx context.Context, e *env, ct handoffContender, n int, d, hold time.Duration) (handoffResult, error) {
+// fairShare returns the fewest and the most acquisitions any goroutine
+// made, as percentages of a fair share (total ÷ goroutines).
+func fairShare(perG []int64) (lo, hi float64) {
+	var total int64
+	for _, a := range perG {
+		total += a
+	}
+	if total == 0 || len(perG) == 0 {
+		return math.NaN(), math.NaN()
+	}
+	fair := float64(total) / float64(len(perG))
+	return 100 * float64(slices.Min(perG)) / fair, 100 * float64(slices.Max(perG)) / fair
+}
+
+const (
+	// pingsPerSide PINGs are timed right before and right after each
+	// measured run: enough for a steady p50, a few ms in all.
+	pingsPerSide = 50
+	// pingTimeout bounds one PING.
+	pingTimeout = time.Second
+	// boundSlack is what "Lock waiting v2" allows a hand-off above two
+	// round trips (the release's, and the waiter's acquire).
+	boundSlack = 150 * time.Microsecond
+)
+
+// pingBurst times n PINGs on c, one after another.
+func pingBurst(ctx context.Context, c *redis.Client, n int) ([]time.Duration, error) {
+	lat := make([]time.Duration, 0, n)
+	for range n {
+		pctx, cancel := context.WithTimeout(ctx, pingTimeout)
+		t0 := time.Now()
+		err := c.Ping(pctx).Err()
+		rtt := time.Since(t0)
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("PING: %w", err)
+		}
+		lat = append(lat, rtt)
+	}
+	return lat, nil
+}
+
+// measureHandoff runs one measured run of ct with n goroutines; pinger
+// times the round trip right before and right after it.
+func measureHandoff(ctx context.Context, e *env, pinger *redis.Client, ct handoffContender, n int, d, hold time.Duration) (handoffResult, error) {
 	var clients []*redis.Client
 	newClient := func() *redis.Client {
 		c := e.client()
@@ -260,6 +371,11 @@ func measureHandoff(ctx context.Context, e *env, ct handoffContender, n int, d, 
 	if _, err := contend(ctx, acquire, n, min(d/5, 200*time.Millisecond), hold); err != nil {
 		return handoffResult{}, fmt.Errorf("warm-up: %w", err)
 	}
+	// The PINGs stay outside the counted window and off the counted clients.
+	before, err := pingBurst(ctx, pinger, pingsPerSide)
+	if err != nil {
+		return handoffResult{}, err
+	}
 	if err := e.startWindow(ctx); err != nil {
 		return handoffResult{}, err
 	}
@@ -268,8 +384,15 @@ func measureHandoff(ctx context.Context, e *env, ct handoffContender, n int, d, 
 	if err != nil {
 		return res, err
 	}
-	res.counts = cnt
-	return res, cerr
+	if cerr != nil {
+		return res, cerr
+	}
+	after, err := pingBurst(ctx, pinger, pingsPerSide)
+	if err != nil {
+		return res, err
+	}
+	res.counts, res.ping = cnt, durationsToMicros(append(before, after...))
+	return res, nil
 }
 
 // scenarioHandoff runs scenario 3.
@@ -284,59 +407,103 @@ func scenarioHandoff(ctx context.Context, e *env, cfg config, progress func(stri
 		{key: "p50", label: "hand-off p50", unit: unitMicros, ratio: true},
 		{key: "p99", label: "hand-off p99", unit: unitMicros, ratio: true},
 		{key: "p50other", label: "p50 to another goroutine", unit: unitMicros, ratio: true},
+		{key: "bound", label: fmt.Sprintf("p50 bound (2×PING p50 + %v)", boundSlack), unit: unitMicros},
+		{key: "ping", label: "PING p50", unit: unitMicros},
 		{key: "p99other", label: "p99 to another goroutine", unit: unitMicros},
+		{key: "wait", label: "wait p99 (holds)", unit: unitCount},
+		{key: "fairmin", label: "min share (% of fair)", unit: unitPct, higher: true},
+		{key: "fairmax", label: "max share (% of fair)", unit: unitPct},
 		{key: "cmds", label: "cmds/acq", unit: unitCount},
 		{key: "rt", label: "round trips/acq", unit: unitCount},
 		{key: "failed", label: "failed attempts/acq", unit: unitCount},
 		{key: "gaveup", label: "give-ups", unit: unitInt, sum: true},
 		{key: "self", label: "same holder again", unit: unitPct},
 	})
-	t.intro = fmt.Sprintf("%d goroutines contend for ONE key for %v per run (after an unmeasured warm-up). "+
+	t.intro = fmt.Sprintf("%d goroutines contend for ONE key for %v per run (after an unmeasured warm-up); "+
+		"%s runs %d goroutines, at hold %s only. "+
 		"A holder keeps the lock for the hold time (a busy-wait: `time.Sleep` can round 100µs up to a millisecond; 0 = release at once), "+
 		"takes `time.Now()` and calls Release; "+
 		"every acquisition measures now minus that time: the hand-off latency (the first of a run has none). "+
 		"\"to another goroutine\" keeps only acquisitions by a goroutine other than the one that released, i.e. real hand-offs "+
 		"(n/a when there were none). "+
+		"PING p50: a separate client (one connection, not counted) times %d PINGs one after another right before each measured run "+
+		"and %d right after it, outside the counted window; the p50 is over those %d. Bracketing the run rather than pinging during it "+
+		"adds nothing to the measured run, and keeps the contender's own load (a herd of waiters retrying) from inflating its yardstick, "+
+		"while the machine's drift from one second to the next is still caught. "+
+		"p50 bound = 2 × that run's PING p50 + %s (a release's round trip, the waiter's acquire round trip, and slack), "+
+		"to read against \"p50 to another goroutine\"; both are medians over rounds of per-round figures. "+
+		"wait p99 (holds) = p99 over all of a run's waits, each from a goroutine's first acquire call for its turn (give-ups and retries included) "+
+		"to holding the lock, divided by the hold time (n/a for hold 0); a wait still open at the run's end counts up to the end (a lower bound), "+
+		"so a goroutine starved for the whole run shows. "+
+		"min / max share = the fewest and most acquisitions one goroutine made in a run, as a percentage of a fair share (acquisitions ÷ goroutines); "+
+		"100%% / 100%% is perfectly even, \"within ±50%% of fair\" means both between 50%% and 150%%. "+
 		"failed attempts/acq = (Redis `SET` calls − acquisitions) ÷ acquisitions: every contender's acquire sends exactly one `SET` per try, "+
 		"directly or inside its script. give-ups are totals over all rounds of acquires the library abandoned by its own retry policy. "+
-		"same holder again = share of acquisitions by the goroutine that had just released (with 8 goroutines, fair FIFO would give about 0%%).",
-		cfg.handoffGoroutines, cfg.handoffDur)
+		"same holder again = share of acquisitions by the goroutine that had just released (fair FIFO would give about 0%%).",
+		cfg.handoffGoroutines, cfg.handoffDur, manyLockersName, manyLockers, holdLabel(manyLockersHold),
+		pingsPerSide, pingsPerSide, 2*pingsPerSide, boundSlack)
 	for _, ct := range handoffContenders {
 		t.notes = append(t.notes, "**"+ct.name+"**: "+ct.desc+".")
 	}
+	// One connection, not counted as a contender's round trip; dialled now
+	// so that the first run's PINGs do not include a dial.
+	pinger := redis.NewClient(&redis.Options{Addr: e.addr, PoolSize: 1})
+	defer pinger.Close()
+	if err := pinger.Ping(ctx).Err(); err != nil {
+		return t, err
+	}
 	for r := range cfg.fastRounds {
 		for vi, hold := range cfg.holds {
-			for i := range handoffContenders {
-				ct := handoffContenders[(i+r)%len(handoffContenders)]
-				res, err := measureHandoff(ctx, e, ct, cfg.handoffGoroutines, cfg.handoffDur, hold)
+			var cts []handoffContender
+			for _, ct := range handoffContenders {
+				if ct.runsAt(hold) {
+					cts = append(cts, ct)
+				}
+			}
+			for i := range cts {
+				ct := cts[(i+r)%len(cts)]
+				n := ct.goroutinesOr(cfg.handoffGoroutines)
+				res, err := measureHandoff(ctx, e, pinger, ct, n, cfg.handoffDur, hold)
 				if err != nil {
 					if ctx.Err() != nil {
 						return t, ctx.Err()
 					}
 					t.fail(variants[vi], ct.name, r, err)
-					progress(fmt.Sprintf("handoff r%d hold=%s %-18s FAILED: %v", r+1, variants[vi], ct.name, err))
+					progress(fmt.Sprintf("handoff r%d hold=%s %-19s FAILED: %v", r+1, variants[vi], ct.name, err))
 					continue
 				}
 				sets := res.counts.byName["set"]
+				ping := quantile(res.ping, 0.50)
+				fairMin, fairMax := fairShare(res.perG)
 				vals := map[string]float64{
 					"acq":      float64(res.acquisitions) / res.elapsed.Seconds(),
 					"p50":      quantile(res.lat, 0.50),
 					"p99":      quantile(res.lat, 0.99),
 					"p50other": quantile(res.latOther, 0.50),
+					"bound":    2*ping + float64(boundSlack)/float64(time.Microsecond),
+					"ping":     ping,
 					"p99other": quantile(res.latOther, 0.99),
+					"wait":     math.NaN(),
+					"fairmin":  fairMin,
+					"fairmax":  fairMax,
 					"cmds":     perOp(res.counts.total, res.acquisitions),
 					"rt":       perOp(res.counts.rt, res.acquisitions),
 					"failed":   perOp(max(sets-res.acquisitions, 0), res.acquisitions),
 					"gaveup":   float64(res.gaveUp),
 					"self":     100 * perOp(res.self, res.acquisitions),
 				}
+				if hold > 0 {
+					vals["wait"] = quantile(res.waits, 0.99) / (float64(hold) / float64(time.Microsecond))
+				}
 				if res.acquisitions == 0 {
 					vals["acq"] = 0
 				}
 				t.record(variants[vi], ct.name, vals)
 				t.addSamples(variants[vi], ct.name, res.lat)
-				progress(fmt.Sprintf("handoff r%d hold=%-5s %-18s %7.0f acq/s p50 %8.1fµs p99 %8.1fµs cmds/acq %.1f gave up %d",
-					r+1, variants[vi], ct.name, vals["acq"], vals["p50"], vals["p99"], vals["cmds"], res.gaveUp))
+				progress(fmt.Sprintf("handoff r%d hold=%-5s %-19s %7.0f acq/s p50 %s p99 %s other p50 %s bound %s (PING %s) wait p99 %s holds share %s–%s cmds/acq %.1f gave up %d",
+					r+1, variants[vi], ct.name, vals["acq"], format(vals["p50"], unitMicros), format(vals["p99"], unitMicros),
+					format(vals["p50other"], unitMicros), format(vals["bound"], unitMicros), format(ping, unitMicros),
+					format(vals["wait"], unitCount), format(fairMin, unitPct), format(fairMax, unitPct), vals["cmds"], res.gaveUp))
 			}
 		}
 	}

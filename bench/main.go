@@ -1,8 +1,8 @@
 // Command bench compares redlease with redsync, redislock, asynq and a
 // raw go-redis floor on a redis-server it starts for itself on loopback.
 //
-//	go run .                 # full run, under 5 minutes on 2 cores
-//	go run . -quick          # smoke run, about a minute
+//	go run .                 # full run, under 6 minutes on 2 cores
+//	go run . -quick          # smoke run, one to two minutes
 //	go run . -out /tmp/x     # write results.md and plots/ there
 //
 // Every scenario runs every contender interleaved (round 1: A B C D,
@@ -62,7 +62,7 @@ func defaultConfig(quick bool) config {
 	c := config{
 		quick: quick, rounds: 3, fastRounds: 5,
 		cycleDur: time.Second, cycleGoroutines: []int{1, 16},
-		handoffDur: time.Second, handoffGoroutines: 8, holds: []time.Duration{0, 100 * time.Microsecond},
+		handoffDur: time.Second, handoffGoroutines: 8, holds: []time.Duration{0, 100 * time.Microsecond, manyLockersHold},
 		watchLocks: 1000, watchTTL: time.Second, watchHold: 3 * time.Second,
 		queueMsgs: 20000, queueConc: []int{1, 16, 64}, queueTimeout: 60 * time.Second,
 		pickupMsgs: 30, pickupGap: 30 * time.Millisecond, pickupWait: 5 * time.Second,
@@ -82,7 +82,7 @@ func defaultConfig(quick bool) config {
 }
 
 func main() {
-	quick := flag.Bool("quick", false, "smoke run of about a minute (shorter runs, fewer messages)")
+	quick := flag.Bool("quick", false, "smoke run of one to two minutes (shorter runs, fewer messages)")
 	out := flag.String("out", "", "directory for results.md and plots/ (default: the bench module's directory)")
 	rounds := flag.Int("rounds", 0, "interleaved rounds of every scenario, at least 3 (default: 5 for the short scenarios, 3 for the watchdog and queue; 3 with -quick)")
 	quiet := flag.Bool("q", false, "no progress lines on stderr")

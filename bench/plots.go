@@ -23,6 +23,7 @@ type plotFile struct{ title, file string }
 var palette = map[string]color.Color{
 	"redlease":           color.RGBA{R: 200, G: 30, B: 40, A: 255},
 	"redlease 8 lockers": color.RGBA{R: 240, G: 130, B: 40, A: 255},
+	manyLockersName:      color.RGBA{R: 130, G: 60, B: 20, A: 255},
 	"redsync":            color.RGBA{R: 30, G: 90, B: 180, A: 255},
 	"redsync defaults":   color.RGBA{R: 30, G: 90, B: 180, A: 255},
 	"redsync tuned":      color.RGBA{R: 100, G: 170, B: 240, A: 255},
@@ -43,7 +44,7 @@ func colorOf(name string) color.Color {
 // dashes: tuned variants dashed, floors dotted, the rest solid.
 func dashesOf(name string) []vg.Length {
 	switch {
-	case strings.Contains(name, "tuned") || strings.Contains(name, "8 lockers"):
+	case strings.Contains(name, "tuned") || strings.Contains(name, " lockers"):
 		return []vg.Length{vg.Points(6), vg.Points(3)}
 	case strings.Contains(name, "floor"):
 		return []vg.Length{vg.Points(2), vg.Points(2)}
@@ -74,8 +75,12 @@ func (r *report) plots(dir string) ([]plotFile, error) {
 	}
 	if t := r.table("handoff"); t != nil {
 		for _, v := range t.variants {
-			p, err := cdfPlot(t, v, fmt.Sprintf("Hand-off latency, %d goroutines on one key, hold %s", r.cfg.handoffGoroutines, v),
-				"release → next acquire (log scale)", "fraction of hand-offs ≤ x")
+			title := fmt.Sprintf("Hand-off latency, %d goroutines on one key, hold %s", r.cfg.handoffGoroutines, v)
+			if len(t.samples[cellKey{v, manyLockersName}]) > 0 {
+				title = fmt.Sprintf("Hand-off latency, %d goroutines on one key (%s: %d), hold %s",
+					r.cfg.handoffGoroutines, manyLockersName, manyLockers, v)
+			}
+			p, err := cdfPlot(t, v, title, "release → next acquire (log scale)", "fraction of hand-offs ≤ x")
 			name := "handoff_cdf_hold_" + strings.ReplaceAll(strings.ReplaceAll(v, "µ", "u"), ".", "_") + ".png"
 			if err := add("Hand-off latency CDF, hold "+v, name, p, err); err != nil {
 				return nil, err

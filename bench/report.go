@@ -42,7 +42,7 @@ type headline struct {
 func (r *report) headlines() []headline {
 	lockPeers := []string{"redsync", "redislock"}
 	handoffPeers := []string{"redsync defaults", "redsync tuned", "redislock defaults", "redislock tuned"}
-	hold := holdLabel(r.cfg.holds[len(r.cfg.holds)-1])
+	first, hold := holdLabel(r.cfg.holds[0]), holdLabel(r.cfg.holds[len(r.cfg.holds)-1])
 	// Hand-off figures of a library that lets the releaser take the lock
 	// straight back are not hand-offs to a waiter: say how often that was.
 	selfNote := func(t *table, variant, best string) string {
@@ -53,16 +53,22 @@ func (r *report) headlines() []headline {
 		}
 		return fmt.Sprintf("same holder again: %s %.0f%%, redlease %.0f%%", best, ps, rs)
 	}
-	hs := []headline{
-		{"1. Raw floor", "cycles/s, 1 goroutine (peer: raw SET NX + EVALSHA)", "cycle", "1", "ops", []string{"raw floor"}, nil},
+	var hs []headline
+	for _, n := range r.cfg.cycleGoroutines {
+		hs = append(hs, headline{"1. Raw floor", fmt.Sprintf("cycles/s, %s (peer: raw SET NX + EVALSHA)", plural(n, "goroutine")),
+			"cycle", fmt.Sprint(n), "ops", []string{rawFloorName}, nil})
 	}
 	for _, n := range r.cfg.cycleGoroutines {
 		hs = append(hs, headline{"2. Uncontended cycle", fmt.Sprintf("cycles/s, %s", plural(n, "goroutine")), "cycle", fmt.Sprint(n), "ops", lockPeers, nil})
 	}
 	hs = append(hs,
 		headline{"2. Uncontended cycle", "allocs/cycle, 1 goroutine", "cycle", "1", "allocs", lockPeers, nil},
-		headline{"3. Contended hand-off", "acquisitions/s, hold 0", "handoff", "0", "acq", handoffPeers, selfNote},
-		headline{"3. Contended hand-off", "acquisitions/s, hold " + hold, "handoff", hold, "acq", handoffPeers, selfNote},
+		headline{"3. Contended hand-off", "acquisitions/s, hold " + first, "handoff", first, "acq", handoffPeers, selfNote},
+	)
+	if first != hold {
+		hs = append(hs, headline{"3. Contended hand-off", "acquisitions/s, hold " + hold, "handoff", hold, "acq", handoffPeers, selfNote})
+	}
+	hs = append(hs,
 		headline{"3. Contended hand-off", "hand-off p50, hold " + hold, "handoff", hold, "p50", handoffPeers, selfNote},
 		headline{"3. Contended hand-off", "hand-off p50 to another goroutine, hold " + hold, "handoff", hold, "p50other", handoffPeers, nil},
 		headline{"3. Contended hand-off", "hand-off p99, hold " + hold, "handoff", hold, "p99", handoffPeers, selfNote},
@@ -229,11 +235,17 @@ func (r *report) writeTable(b *strings.Builder, t *table) {
 		if m.ratio {
 			head = append(head, "× redlease")
 		}
+		if m.against != "" {
+			head = append(head, "× "+m.against)
+		}
 	}
 	b.WriteString("| " + strings.Join(head, " | ") + " |\n")
 	b.WriteString(strings.Repeat("| --- ", len(head)) + "|\n")
 	for _, v := range t.variants {
 		for _, c := range t.contenders {
+			if _, ran := t.cells[cellKey{v, c}]; !ran {
+				continue // a contender limited to other variants
+			}
 			row := []string{c}
 			if c == "redlease" {
 				row[0] = "**redlease**"
@@ -246,6 +258,9 @@ func (r *report) writeTable(b *strings.Builder, t *table) {
 				row = append(row, cellText(med, lo, hi, m))
 				if m.ratio {
 					row = append(row, formatRatio(t.ratio(v, c, m.key)))
+				}
+				if m.against != "" {
+					row = append(row, formatRatio(t.ratioTo(v, c, m.key, m.against)))
 				}
 			}
 			b.WriteString("| " + strings.Join(row, " | ") + " |\n")

@@ -13,6 +13,9 @@ type metric struct {
 	higher bool // higher is better (for ratios and "best peer")
 	ratio  bool // show a "× redlease" column next to it
 	sum    bool // show the total over rounds (e.g. lost locks), not a median
+	// against, if set, adds a "× <against>" column: the figure over that
+	// contender's, e.g. how close each lock comes to the raw floor.
+	against string
 }
 
 // cellKey names one (variant, contender) pair of a table.
@@ -117,12 +120,17 @@ func (t *table) metric(key string) metric {
 // so pairing them cancels much of the machine's drift between rounds.
 // Summed metrics compare their totals.
 func (t *table) ratio(variant, contender, key string) float64 {
+	return t.ratioTo(variant, contender, key, "redlease")
+}
+
+// ratioTo is ratio against another reference contender than redlease.
+func (t *table) ratioTo(variant, contender, key, refName string) float64 {
 	if t.metric(key).sum {
-		ref, _, _ := t.stat(variant, "redlease", key)
+		ref, _, _ := t.stat(variant, refName, key)
 		v, _, _ := t.stat(variant, contender, key)
 		return v / ref
 	}
-	ref := t.cells[cellKey{variant, "redlease"}][key]
+	ref := t.cells[cellKey{variant, refName}][key]
 	vals := t.cells[cellKey{variant, contender}][key]
 	var rs []float64
 	for i := range min(len(ref), len(vals)) {
