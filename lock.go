@@ -12,6 +12,7 @@ type Lock struct {
 	lease
 	l        *Locker
 	keyList  [3]string // the lease, its slot's fence counter, the lock's waiter queue
+	tokenArg any       // the token, boxed once for the scripts' arguments
 	fence    int64
 	replicas int           // WithReplicaAck
 	wait     time.Duration // WithReplicaAck

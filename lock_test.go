@@ -61,24 +61,24 @@ func TestAcquireIsIdempotentPerToken(t *testing.T) {
 		ctx := context.Background()
 		p := uniq(t)
 		keys := []string{p + ":{k}", p + ":{k}:fence", p + ":{k}:waiters"}
-		first, err := acquireScript.Run(ctx, c, keys, "tok", 1000, "").Int64Slice()
-		require.NoError(t, err)
-		again, err := acquireScript.Run(ctx, c, keys, "tok", 1000, "").Int64Slice()
-		require.NoError(t, err)
-		if first[0] != 1 || again[0] != 1 || first[1] != again[1] {
-			t.Fatalf("first %v, retry %v: want the same success", first, again)
+		acquire := func(token, entry string) (bool, int64) {
+			r, err := acquireScript.Run(ctx, c, keys, token, 1000, entry).Int64()
+			require.NoError(t, err)
+			return acquireReply(r)
 		}
-		other, _ := acquireScript.Run(ctx, c, keys, "other", 1000, "").Int64Slice()
-		if other[0] != 0 || other[1] <= 0 || other[1] > 1000 {
-			t.Fatalf("other token got %v, want {0, pttl}", other)
+		ok1, first := acquire("tok", "")
+		ok2, again := acquire("tok", "")
+		if !ok1 || !ok2 || first != again {
+			t.Fatalf("first %v %d, retry %v %d: want the same success", ok1, first, ok2, again)
+		}
+		if ok, pttl := acquire("other", ""); ok || pttl <= 0 || pttl > 1000 {
+			t.Fatalf("other token got %v %d, want the holder's pttl", ok, pttl)
 		}
 		// A waiter's attempt, resent: it queues once, keeping its ticket.
 		entry := "1000 ch w"
 		for range 2 {
-			res, err := acquireScript.Run(ctx, c, keys, "w", 1000, entry).Int64Slice()
-			require.NoError(t, err)
-			if res[0] != 0 || res[1] != pttlQueued {
-				t.Fatalf("waiter's attempt: %v, want {0, %d}", res, pttlQueued)
+			if ok, v := acquire("w", entry); ok || v != pttlQueued {
+				t.Fatalf("waiter's attempt: %v %d, want queued (%d)", ok, v, pttlQueued)
 			}
 		}
 		if q := c.ZRangeWithScores(ctx, keys[2], 0, -1).Val(); len(q) != 1 || q[0].Member != entry || q[0].Score != 2 {

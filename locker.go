@@ -8,7 +8,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -140,9 +139,10 @@ func (l *Locker) fenceKey(name string) string { return l.lockKeys(name)[1] }
 
 func (l *Locker) newLock(key string, cfg lockConfig, onLost context.CancelCauseFunc) *Lock {
 	keys := l.lockKeys(key)
+	token := newToken()
 	return &Lock{
-		l: l, lease: newLease(key, keys[0], uuid.NewString(), cfg.ttl, cfg.watchdog, onLost),
-		keyList: keys, replicas: cfg.replicas, wait: cfg.wait,
+		l: l, lease: newLease(key, keys[0], token, cfg.ttl, cfg.watchdog, onLost),
+		keyList: keys, tokenArg: token, replicas: cfg.replicas, wait: cfg.wait,
 	}
 }
 
@@ -171,7 +171,7 @@ func (l *Locker) acquire(ctx context.Context, lk *Lock, entry string) (ok bool, 
 func (l *Locker) lockConfig(opts []LockOption) (lockConfig, error) {
 	cfg, err := newLockConfig(opts)
 	if err == nil {
-		err = l.store.check(&cfg)
+		err = l.store.check(cfg)
 	}
 	return cfg, err
 }

@@ -91,7 +91,7 @@ type quorum struct {
 // majority is how many nodes make a quorum.
 func (q *quorum) majority() int { return len(q.nodes)/2 + 1 }
 
-func (q *quorum) check(cfg *lockConfig) error {
+func (q *quorum) check(cfg lockConfig) error {
 	if cfg.replicas > 0 {
 		return fmt.Errorf("%w: WithReplicaAck does not apply to a quorum Locker", ErrInvalidArgument)
 	}

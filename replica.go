@@ -16,16 +16,17 @@ func (n *node) acquireAcked(ctx context.Context, lk *Lock) (bool, int64, error) 
 		return false, 0, err
 	}
 	var wait *redis.Cmd
-	call := scriptCall{keys: lk.keys(), args: []any{lk.token, lk.ttl.Milliseconds(), ""}}
+	call := scriptCall{keys: lk.keys()[:2], args: []any{lk.tokenArg, lk.ttl.Milliseconds(), ""}}
 	acq := runAll(ctx, c, acquireScript, []scriptCall{call}, func(p redis.Pipeliner) {
 		wait = p.Do(ctx, "WAIT", lk.replicas, lk.wait.Milliseconds())
 	})[0]
-	res, err := ints(acq, 2)
+	r, err := acq.Int64()
 	if err != nil {
 		return false, 0, err
 	}
-	if res[0] != codeOK {
-		return false, res[1], nil
+	ok, fence := acquireReply(r)
+	if !ok {
+		return false, fence, nil
 	}
 	if acked, err := wait.Int64(); err != nil || acked < int64(lk.replicas) {
 		_, _ = n.release(context.WithoutCancel(ctx), lk, "") // routed to the same master by key
@@ -34,7 +35,7 @@ func (n *node) acquireAcked(ctx context.Context, lk *Lock) (bool, int64, error) 
 		}
 		return false, 0, fmt.Errorf("%w: %w", ErrNotObtained, err)
 	}
-	return true, res[1], nil
+	return true, fence, nil
 }
 
 // connFor returns a client whose pipelines reach the master holding key on

@@ -131,9 +131,10 @@ func runAll(ctx context.Context, c redis.UniversalClient, s *redis.Script, calls
 	return cmds
 }
 
-// run makes one script call, in a round trip of its own.
+// run makes one script call, in a round trip of its own (and a load, then
+// a second one, if Redis lacks the script).
 func run(ctx context.Context, c redis.UniversalClient, s *redis.Script, keys []string, args ...any) *redis.Cmd {
-	return runAll(ctx, c, s, []scriptCall{{keys, args}})[0]
+	return s.Run(ctx, c, keys, args...)
 }
 
 // ints reads a script's reply of n integers (any number if n < 0).

@@ -13,7 +13,7 @@ import (
 type store interface {
 	// check refuses, before anything is sent, lock options the store
 	// cannot honour.
-	check(cfg *lockConfig) error
+	check(cfg lockConfig) error
 	// acquire makes one attempt to take lk's lease, sent at start: ok and
 	// the fence, or the holder's remaining ms (-1: no TTL), or pttlQueued
 	// when the attempt queued the waiter whose entry it carries ("" not
@@ -41,33 +41,47 @@ const pttlQueued = -2
 // node is one Redis that holds leases.
 type node struct {
 	client  redis.UniversalClient
-	publish string                  // PUBLISH, or SPUBLISH on a Cluster: how grants are announced
+	publish any                     // "PUBLISH", or "SPUBLISH" on a Cluster: how grants are announced (boxed once)
 	slots   func(key string) string // groups keys that one script call may touch together
 }
 
 func newNode(c redis.UniversalClient) *node {
-	n := &node{client: c, publish: "PUBLISH", slots: slotsOf(c)}
+	n := &node{client: c, publish: any("PUBLISH"), slots: slotsOf(c)}
 	if _, ok := c.(*redis.ClusterClient); ok {
-		n.publish = "SPUBLISH"
+		n.publish = any("SPUBLISH")
 	}
 	return n
 }
 
-func (n *node) check(*lockConfig) error { return nil }
+func (n *node) check(lockConfig) error { return nil }
 
 func (n *node) acquire(ctx context.Context, lk *Lock, _ time.Time, entry string) (bool, int64, error) {
 	if lk.replicas > 0 {
 		return n.acquireAcked(ctx, lk)
 	}
-	res, err := ints(run(ctx, n.client, acquireScript, lk.keys(), lk.token, lk.ttl.Milliseconds(), entry), 2)
+	keys := lk.keys()
+	if entry == "" {
+		keys = keys[:2] // no queue
+	}
+	r, err := run(ctx, n.client, acquireScript, keys, lk.tokenArg, lk.ttl.Milliseconds(), entry).Int64()
 	if err != nil {
 		return false, 0, err
 	}
-	return res[0] == codeOK, res[1], nil
+	ok, v := acquireReply(r)
+	return ok, v, nil
+}
+
+// acquireReply decodes lua/lock_acquire.lua's reply: the fence, or the
+// holder's remaining ms (pttlQueued when queued, -1 with no TTL).
+func acquireReply(r int64) (ok bool, v int64) {
+	if r > 0 {
+		return true, r
+	}
+	return false, -3 - r
 }
 
 func (n *node) release(ctx context.Context, lk *Lock, entry string) (int64, error) {
-	return run(ctx, n.client, releaseScript, lk.keys(), lk.token, lk.fence, n.publish, entry).Int64()
+	return run(ctx, n.client, releaseScript, lk.keys(), lk.tokenArg, lk.fence, n.publish, entry).Int64()
 }
 
 // codeGranted: a waiter's check found the lease granted to it.
@@ -83,7 +97,7 @@ func (n *node) wait(ctx context.Context, w *waiter, take bool) (code, v int64, m
 	if take {
 		flag = "1"
 	}
-	res, err := ints(run(ctx, n.client, waitScript, lk.keys(), lk.token, lk.ttl.Milliseconds(), w.entry, n.publish, flag), 3)
+	res, err := ints(run(ctx, n.client, waitScript, lk.keys(), lk.tokenArg, lk.ttl.Milliseconds(), w.entry, n.publish, flag), 3)
 	if err != nil {
 		return 0, 0, false, err
 	}

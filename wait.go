@@ -11,6 +11,11 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
+// subscriptionLinger is how long a subscription outlives its last waiter,
+// so that a Locker whose waits come seconds apart keeps listening: a fresh
+// subscription costs a round trip before the waiter's first check.
+const subscriptionLinger = 5 * time.Second
+
 // waitlist is a Locker's side of the waiter queues kept in Redis: its
 // waiters, by token, and the subscriptions their grants arrive on. A
 // release that finds waiters queued hands the lease to the oldest one still
@@ -20,7 +25,7 @@ import (
 // A Locker listens on one channel; on a Redis Cluster, on one shard channel
 // per hash slot it has waiters in, which lives on the lock's own node, so
 // grants never cross the cluster bus. A subscription holds a connection of
-// its own and ends idleLinger after its last waiter left.
+// its own and ends subscriptionLinger after its last waiter left.
 type waitlist struct {
 	l       *Locker
 	node    *node
@@ -111,7 +116,7 @@ func (h *waitlist) leave(w *waiter, queued bool) {
 	sub := w.sub
 	sub.users--
 	if sub.users == 0 && sub.idle == nil && h.subs[sub.channel] == sub {
-		sub.idle = time.AfterFunc(idleLinger, func() { h.stopIfIdle(sub) })
+		sub.idle = time.AfterFunc(subscriptionLinger, func() { h.stopIfIdle(sub) })
 	}
 	h.mu.Unlock()
 	if queued {

@@ -2,19 +2,21 @@
 -- holds it, a waiter joins the lock's queue in the same call.
 --
 -- KEYS as in lock.lua: lock key, fence counter of the lock's slot (shared
--- by the names in that slot; it never expires, so fences only grow), queue
+-- by the names in that slot; it never expires, so fences only grow), and
+-- the queue, which only a waiter's call passes and touches
 -- ARGV[1] token
 -- ARGV[2] ttl in ms
 -- ARGV[3] the waiter's queue entry (see lock.lua), or "" not to queue
--- returns {1, fence} when the lease is ours. A call resent after a lost
---         reply, or after a grant to us whose notice is late, finds our own
---         token, sets the ttl from now and returns the counter's value: at
---         least our lease's count, so above every earlier lease's fence on
---         this name, and every later lease counts after it or is handed a
---         ticket above it (lock.lua's floor).
---         {0, pttl} when another holds it and we did not queue: its
---         remaining ms, -1 if no TTL. {0, -2} when we are queued (now, or
---         by an earlier run of this call: ZADD NX keeps our place).
+-- returns the fence (at least 1) when the lease is ours. A call resent
+--         after a lost reply, or after a grant to us whose notice is late,
+--         finds our own token, sets the ttl from now and returns the
+--         counter's value: at least our lease's count, so above every
+--         earlier lease's fence on this name, and every later lease counts
+--         after it or is handed a ticket above it (lock.lua's floor).
+--         Otherwise -3 - pttl, one integer being cheaper to read than two:
+--         pttl is -2 when we are queued (now, or by an earlier run of this
+--         call: ZADD NX keeps our place), else the holder's remaining ms,
+--         -1 if it has no TTL.
 --
 -- A waiter counts first: if the lease is taken the count is its fence
 -- (above every earlier lease's on this name, and every later one counts
@@ -29,10 +31,10 @@ if queue then n = redis.call('INCR', KEYS[2]) end
 local holder = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2], 'GET')
 if holder == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return {1, tonumber(redis.call('GET', KEYS[2]))}
+  return tonumber(redis.call('GET', KEYS[2]))
 elseif holder then
-  if not queue then return {0, redis.call('PTTL', KEYS[1])} end
+  if not queue then return -3 - redis.call('PTTL', KEYS[1]) end
   redis.call('ZADD', KEYS[3], 'NX', n, ARGV[3])
-  return {0, -2}
+  return -1
 end
-return {1, n or redis.call('INCR', KEYS[2])}
+return n or redis.call('INCR', KEYS[2])
