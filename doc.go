@@ -50,20 +50,22 @@
 // [Lock.Err] says why. Do cancels its function's context when the lease is
 // lost. A paused process cannot notice in time: that is what fences are for.
 //
-// # Waiting and hand-off
+// # Waiting
 //
-// Obtain's waiters do not poll: they are woken by the holder's release,
-// through one Redis subscription per Locker. Within a Locker, the waiters
-// on a key are served first come, first served, and a release wakes only
-// the first, so it costs one attempt per Locker with waiters, not one per
-// waiter. When the releasing Locker has a waiter on the key, Release
-// normally hands the lease straight to it in one script (new token, fresh
-// TTL, next fence): the waiter holds the lock when Release returns. After 8
-// hand-offs in a row a real release follows, so that waiters in other
-// Lockers (other processes) get their turn. A quorum Locker does not hand
-// off. A waiter that hears nothing tries again when the holder's lease must
-// have ended, or as its [RetryStrategy] says ([WithRetry]); it gives up
-// when its context ends or the strategy says so.
+// Obtain's waiters queue in Redis, first come, first served across every
+// process, and do not poll. The release that frees a lock hands it to the
+// oldest waiter still listening, in the same script (its token, a short
+// grant TTL, the next fence), and tells only that waiter's Locker, so the
+// waiter's Obtain returns without another round trip; while waiters are
+// queued, nobody else can take the lock. A Locker listens on one channel
+// (on a Redis Cluster, one per hash slot it waits in), so a waiter whose
+// process died is skipped at once; one that dies just as the lock reaches
+// it holds it at most its grant TTL ([WithGrantTTL], 2s by default). A
+// waiter checks Redis itself when its [RetryStrategy]'s wait passes
+// ([WithRetry]; by default after 250ms, doubling up to 1s) or when the
+// holder's lease must have ended: after a lost notice, or when the holder
+// crashed. It gives up when its context ends or the strategy says so. A
+// quorum Locker's waiters do not queue: they try again on that schedule.
 //
 // # Quorum locks
 //

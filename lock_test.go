@@ -232,6 +232,10 @@ func TestIdleLockerLeavesNoGoroutine(t *testing.T) {
 		holder.Release(ctx)
 		<-done
 		cl.Close()
+		// The subscription outlives its last waiter by subscriptionLinger.
+		redistest.Eventually(t, subscriptionLinger+2*time.Second, "no goroutine left", func() bool {
+			return goleak.Find(ignore) == nil
+		})
 		goleak.VerifyNone(t, ignore)
 	})
 }

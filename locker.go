@@ -20,7 +20,8 @@ import (
 // holders. Check [Lock.Fence] at the resource where that matters.
 //
 // A Locker runs background goroutines only while it holds leases or has
-// waiters, and they stop shortly after; [Locker.Close] stops them at once.
+// waiters, and they stop shortly after (a subscription 1s after its last
+// waiter); [Locker.Close] stops them at once.
 type Locker struct {
 	client redis.UniversalClient // the only node, or a quorum's first
 	store  store

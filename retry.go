@@ -15,9 +15,10 @@ var defaultRetry = ExponentialBackoff(250*time.Millisecond, time.Second)
 // quorum, or with WithReplicaAck): a release reaches them only through it.
 var pollRetry = ExponentialBackoff(16*time.Millisecond, time.Second)
 
-// RetryStrategy tells Obtain how long it may wait for a wake-up before it
-// tries again, and when to give up. Obtain never waits longer than the
-// holder's remaining lease, whatever the strategy says.
+// RetryStrategy tells Obtain how long it may wait before it checks Redis
+// again (a queued waiter) or tries again (a waiter that does not queue),
+// and when to give up. Once Obtain knows the holder's remaining lease, it
+// never waits longer than that, whatever the strategy says.
 type RetryStrategy interface {
 	// NextBackoff returns the longest wait before retry number n (n starts
 	// at 1), or ok == false to give up.

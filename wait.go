@@ -14,7 +14,7 @@ import (
 // subscriptionLinger is how long a subscription outlives its last waiter,
 // so that a Locker whose waits come seconds apart keeps listening: a fresh
 // subscription costs a round trip before the waiter's first check.
-const subscriptionLinger = 5 * time.Second
+const subscriptionLinger = time.Second
 
 // waitlist is a Locker's side of the waiter queues kept in Redis: its
 // waiters, by token, and the subscriptions their grants arrive on. A
