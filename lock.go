@@ -12,7 +12,7 @@ type Lock struct {
 	lease
 	l        *Locker
 	keyList  [3]string // the lease, its slot's fence counter, the lock's waiter queue
-	tokenArg any       // the token, boxed once for the scripts' arguments
+	ttlMs    int64     // the lease's ttl when obtained, for the scripts
 	fence    int64
 	replicas int           // WithReplicaAck
 	wait     time.Duration // WithReplicaAck
@@ -88,7 +88,7 @@ func (lk *Lock) release(ctx context.Context) (wasLost bool, err error) {
 	if already {
 		return wasLost, notHeld(lk.name, "already released")
 	}
-	code, err := lk.l.store.release(ctx, lk, "")
+	code, err := lk.l.store.release(ctx, lk, nil)
 	if err != nil {
 		return wasLost, fmt.Errorf("redlease: release %q (the lease ends by its TTL): %w", lk.name, err)
 	}

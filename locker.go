@@ -143,7 +143,7 @@ func (l *Locker) newLock(key string, cfg lockConfig, onLost context.CancelCauseF
 	token := newToken()
 	return &Lock{
 		l: l, lease: newLease(key, keys[0], token, cfg.ttl, cfg.watchdog, onLost),
-		keyList: keys, tokenArg: token, replicas: cfg.replicas, wait: cfg.wait,
+		keyList: keys, ttlMs: cfg.ttl.Milliseconds(), replicas: cfg.replicas, wait: cfg.wait,
 	}
 }
 
@@ -151,7 +151,7 @@ func (l *Locker) newLock(key string, cfg lockConfig, onLost context.CancelCauseF
 // entry it carries, if any: ok, or the holder's remaining lease (-1ms
 // when it has no TTL, pttlQueued ms when queued). A lease obtained after
 // Close is given back.
-func (l *Locker) acquire(ctx context.Context, lk *Lock, entry string) (ok bool, pttl time.Duration, err error) {
+func (l *Locker) acquire(ctx context.Context, lk *Lock, entry *string) (ok bool, pttl time.Duration, err error) {
 	start := time.Now()
 	ok, n, err := l.store.acquire(ctx, lk, start, entry)
 	if err != nil {
@@ -190,7 +190,7 @@ func (l *Locker) TryObtain(ctx context.Context, key string, opts ...LockOption) 
 		return nil, err
 	}
 	lk := l.newLock(key, cfg, nil)
-	ok, pttl, err := l.acquire(ctx, lk, "")
+	ok, pttl, err := l.acquire(ctx, lk, nil)
 	switch {
 	case errors.Is(err, ErrClosed):
 		return nil, gaveUp(key, err)
@@ -248,7 +248,7 @@ func (l *Locker) obtain(ctx context.Context, key string, cfg lockConfig, onLost 
 func (l *Locker) poll(ctx context.Context, lk *Lock, retry RetryStrategy) (*Lock, error) {
 	var timer *time.Timer
 	for n := 1; ; n++ {
-		ok, pttl, err := l.acquire(ctx, lk, "")
+		ok, pttl, err := l.acquire(ctx, lk, nil)
 		if ok || err != nil {
 			return l.outcome(ctx, lk, ok, pttl, err)
 		}
@@ -291,7 +291,7 @@ func (l *Locker) queue(ctx context.Context, lk *Lock, cfg lockConfig, retry Retr
 	defer func() { l.waits.leave(w, queued && !acquired) }()
 	listening := w.sub.isReady()
 	w.start = time.Now()
-	ok, pttl, err := l.acquire(ctx, lk, w.entry)
+	ok, pttl, err := l.acquire(ctx, lk, &w.entry)
 	if ok || err != nil {
 		acquired = ok
 		return l.outcome(ctx, lk, ok, pttl, err)

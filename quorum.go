@@ -155,9 +155,9 @@ func (q *quorum) each(ctx context.Context, ttl time.Duration, f func(ctx context
 	return fanOut(ctx, q, nodeLimit(ttl), f, answer{err: errNodeTimeout})
 }
 
-func (q *quorum) acquire(ctx context.Context, lk *Lock, start time.Time, _ string) (bool, int64, error) {
+func (q *quorum) acquire(ctx context.Context, lk *Lock, start time.Time, _ *string) (bool, int64, error) {
 	answers := q.each(ctx, lk.ttl, func(ctx context.Context, n *node) answer {
-		ok, v, err := n.acquire(ctx, lk, start, "")
+		ok, v, err := n.acquire(ctx, lk, start, nil)
 		return answer{ok, v, err}
 	})
 	var won []int
@@ -181,7 +181,7 @@ func (q *quorum) acquire(ctx context.Context, lk *Lock, start time.Time, _ strin
 	}
 	// Give back what this round took, on every node: a reply may have been lost.
 	q.each(context.WithoutCancel(ctx), lk.ttl, func(ctx context.Context, n *node) answer {
-		code, err := n.release(ctx, lk, "")
+		code, err := n.release(ctx, lk, nil)
 		return answer{code == codeOK, code, err}
 	})
 	if len(won)+len(waits) < q.majority() && firstErr != nil {
@@ -265,9 +265,9 @@ func (q *quorum) tally(answers []answer) (int64, error) {
 // codeAnswer wraps one node's code for tally.
 func codeAnswer(code int64, err error) answer { return answer{err == nil, code, err} }
 
-func (q *quorum) release(ctx context.Context, lk *Lock, _ string) (int64, error) {
+func (q *quorum) release(ctx context.Context, lk *Lock, _ *string) (int64, error) {
 	return q.tally(q.each(ctx, lk.ttl, func(ctx context.Context, n *node) answer {
-		return codeAnswer(n.release(ctx, lk, ""))
+		return codeAnswer(n.release(ctx, lk, nil))
 	}))
 }
 

@@ -16,8 +16,8 @@ func (n *node) acquireAcked(ctx context.Context, lk *Lock) (bool, int64, error) 
 		return false, 0, err
 	}
 	var wait *redis.Cmd
-	call := scriptCall{keys: lk.keys()[:2], args: []any{lk.tokenArg, lk.ttl.Milliseconds(), ""}}
-	acq := runAll(ctx, c, acquireScript, []scriptCall{call}, func(p redis.Pipeliner) {
+	call := scriptCall{keys: lk.keys()[:2], args: []any{lk.token, lk.ttlMs, ""}}
+	acq := runAll(ctx, c, acquireScript.Script, []scriptCall{call}, func(p redis.Pipeliner) {
 		wait = p.Do(ctx, "WAIT", lk.replicas, lk.wait.Milliseconds())
 	})[0]
 	r, err := acq.Int64()
@@ -29,7 +29,7 @@ func (n *node) acquireAcked(ctx context.Context, lk *Lock) (bool, int64, error) 
 		return false, fence, nil
 	}
 	if acked, err := wait.Int64(); err != nil || acked < int64(lk.replicas) {
-		_, _ = n.release(context.WithoutCancel(ctx), lk, "") // routed to the same master by key
+		_, _ = n.release(context.WithoutCancel(ctx), lk, nil) // routed to the same master by key
 		if err == nil {
 			err = fmt.Errorf("%d of %d replicas acknowledged within %v", acked, lk.replicas, lk.wait)
 		}

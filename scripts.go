@@ -20,9 +20,9 @@ var luaFiles embed.FS
 
 // Lock scripts.
 var (
-	acquireScript = lockScript("lock_acquire.lua")
-	releaseScript = grantScript("lock_release.lua")
-	waitScript    = grantScript("lock_wait.lua")
+	acquireScript = newHotScript(lockScript("lock_acquire.lua"))
+	releaseScript = newHotScript(grantScript("lock_release.lua"))
+	waitScript    = newHotScript(grantScript("lock_wait.lua"))
 	renewScript   = lockScript("lock_renew.lua")
 	pttlScript    = lockScript("lock_pttl.lua")
 	fenceScript   = lockScript("lock_fence.lua")
@@ -129,6 +129,41 @@ func runAll(ctx context.Context, c redis.UniversalClient, s *redis.Script, calls
 	}
 	send(refused)
 	return cmds
+}
+
+// hotScript is a lock script called on every acquisition or release:
+// through Do, with its SHA1 boxed once and its keys passed as pointers,
+// which go-redis writes without boxing them again (callers pass their other
+// arguments so too where they can), so a call allocates only what go-redis
+// itself must.
+type hotScript struct {
+	*redis.Script
+	sha any
+}
+
+func newHotScript(s *redis.Script) hotScript { return hotScript{s, s.Hash()} }
+
+// numKeys are EVALSHA's key counts, boxed once.
+var numKeys = [...]any{"0", "1", "2", "3"}
+
+// call makes one call of s in a round trip of its own. A call Redis refused
+// with NOSCRIPT did not run: after loading the script it is sent again.
+func (s hotScript) call(ctx context.Context, c redis.UniversalClient, keys []string, args ...any) *redis.Cmd {
+	full := make([]any, 0, 3+len(keys)+len(args))
+	full = append(full, "evalsha", s.sha, numKeys[len(keys)])
+	for i := range keys {
+		full = append(full, &keys[i])
+	}
+	full = append(full, args...)
+	cmd := c.Do(ctx, full...)
+	if err := cmd.Err(); err != nil && isNoScript(err) {
+		if err := s.Load(ctx, c).Err(); err != nil {
+			cmd.SetErr(fmt.Errorf("load script after NOSCRIPT: %w", err))
+			return cmd
+		}
+		cmd = c.Do(ctx, full...)
+	}
+	return cmd
 }
 
 // run makes one script call, in a round trip of its own (and a load, then

@@ -16,13 +16,13 @@ type store interface {
 	check(cfg lockConfig) error
 	// acquire makes one attempt to take lk's lease, sent at start: ok and
 	// the fence, or the holder's remaining ms (-1: no TTL), or pttlQueued
-	// when the attempt queued the waiter whose entry it carries ("" not
+	// when the attempt queued the waiter whose entry it carries (nil not
 	// to queue; only a node queues).
-	acquire(ctx context.Context, lk *Lock, start time.Time, entry string) (ok bool, n int64, err error)
+	acquire(ctx context.Context, lk *Lock, start time.Time, entry *string) (ok bool, n int64, err error)
 	// release ends the lease if it is ours, handing it to the oldest
-	// waiter still listening, if any; entry, if not "", first leaves the
+	// waiter still listening, if any; entry, if not nil, first leaves the
 	// queue (a waiter that gives up).
-	release(ctx context.Context, lk *Lock, entry string) (int64, error)
+	release(ctx context.Context, lk *Lock, entry *string) (int64, error)
 	// renew sets the lease to end ttl from now if it is ours.
 	renew(ctx context.Context, ls *lease, ttl time.Duration) (int64, error)
 	// renewAll renews a watchdog batch: a code or an error per lease.
@@ -55,20 +55,28 @@ func newNode(c redis.UniversalClient) *node {
 
 func (n *node) check(lockConfig) error { return nil }
 
-func (n *node) acquire(ctx context.Context, lk *Lock, _ time.Time, entry string) (bool, int64, error) {
+func (n *node) acquire(ctx context.Context, lk *Lock, _ time.Time, entry *string) (bool, int64, error) {
 	if lk.replicas > 0 {
 		return n.acquireAcked(ctx, lk)
 	}
 	keys := lk.keys()
-	if entry == "" {
+	if entry == nil {
 		keys = keys[:2] // no queue
 	}
-	r, err := run(ctx, n.client, acquireScript, keys, lk.tokenArg, lk.ttl.Milliseconds(), entry).Int64()
+	r, err := acquireScript.call(ctx, n.client, keys, &lk.token, &lk.ttlMs, entryArg(entry)).Int64()
 	if err != nil {
 		return false, 0, err
 	}
 	ok, v := acquireReply(r)
 	return ok, v, nil
+}
+
+// entryArg passes a queue entry, or "" for none, without boxing a string.
+func entryArg(entry *string) any {
+	if entry == nil {
+		return ""
+	}
+	return entry
 }
 
 // acquireReply decodes lua/lock_acquire.lua's reply: the fence, or the
@@ -80,8 +88,8 @@ func acquireReply(r int64) (ok bool, v int64) {
 	return false, -3 - r
 }
 
-func (n *node) release(ctx context.Context, lk *Lock, entry string) (int64, error) {
-	return run(ctx, n.client, releaseScript, lk.keys(), lk.tokenArg, lk.fence, n.publish, entry).Int64()
+func (n *node) release(ctx context.Context, lk *Lock, entry *string) (int64, error) {
+	return releaseScript.call(ctx, n.client, lk.keys(), &lk.token, &lk.fence, n.publish, entryArg(entry)).Int64()
 }
 
 // codeGranted: a waiter's check found the lease granted to it.
@@ -97,7 +105,7 @@ func (n *node) wait(ctx context.Context, w *waiter, take bool) (code, v int64, m
 	if take {
 		flag = "1"
 	}
-	res, err := ints(run(ctx, n.client, waitScript, lk.keys(), lk.tokenArg, lk.ttl.Milliseconds(), w.entry, n.publish, flag), 3)
+	res, err := ints(waitScript.call(ctx, n.client, lk.keys(), &lk.token, &lk.ttlMs, &w.entry, n.publish, flag), 3)
 	if err != nil {
 		return 0, 0, false, err
 	}

@@ -121,7 +121,7 @@ func (h *waitlist) leave(w *waiter, queued bool) {
 	h.mu.Unlock()
 	if queued {
 		h.cleanups.Go(func() {
-			_, _ = h.node.release(context.Background(), w.lk, w.entry)
+			_, _ = h.node.release(context.Background(), w.lk, &w.entry)
 		})
 	}
 }
