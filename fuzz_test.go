@@ -126,6 +126,8 @@ func FuzzOptions(f *testing.F) {
 		}
 		_, err := newLockConfig([]LockOption{WithTTL(dur)})
 		check("WithTTL", err, dur < time.Millisecond)
+		_, err = newLockConfig([]LockOption{WithGrantTTL(dur)})
+		check("WithGrantTTL", err, dur < time.Millisecond)
 		var ec enqueueConfig
 		WithDelay(dur)(&ec)
 		check("WithDelay", ec.err, dur < 0)

@@ -164,6 +164,7 @@ func TestBadInput(t *testing.T) {
 		"zero ttl":          func() error { _, err := NewLocker(c).TryObtain(ctx, "k", WithTTL(0)); return err },
 		"negative ttl":      func() error { _, err := NewLocker(c).Obtain(ctx, "k", WithTTL(-time.Second)); return err },
 		"sub-ms ttl":        func() error { _, err := NewLocker(c).Obtain(ctx, "k", WithTTL(time.Microsecond)); return err },
+		"zero grant ttl":    func() error { _, err := NewLocker(c).Obtain(ctx, "k", WithGrantTTL(0)); return err },
 		"nil retry":         func() error { _, err := NewLocker(c).Obtain(ctx, "k", WithRetry(nil)); return err },
 		"zero linear":       func() error { _, err := NewLocker(c).Obtain(ctx, "k", WithRetry(LinearBackoff(0))); return err },
 		"negative linear":   func() error { _, err := NewLocker(c).Obtain(ctx, "k", WithRetry(LinearBackoff(-1))); return err },

@@ -173,15 +173,3 @@ func (h *waitlist) close() {
 	}
 	h.wg.Wait()
 }
-
-// queued reports whether this Locker has a waiter on lock name, for tests.
-func (h *waitlist) queued(name string) bool {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	for _, w := range h.waiters {
-		if w.lk.name == name {
-			return true
-		}
-	}
-	return false
-}
