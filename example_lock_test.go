@@ -123,9 +123,9 @@ func ExampleLocker_Obtain() {
 	// saving "invoice 42 paid" with fence 1
 }
 
-// Obtain waits while another holds the lock and is woken by the release.
-// Waiters of one Locker are served first come, first served, and a Release
-// normally hands the lease straight to the first of them.
+// Obtain waits while another holds the lock. Waiters queue in Redis, first
+// come, first served across every process, and a Release hands the lease
+// straight to the oldest of them, whose Obtain then returns.
 func ExampleLocker_Obtain_wait() {
 	client, stop := startRedis()
 	defer stop()
