@@ -287,7 +287,8 @@ func (l *Locker) queue(ctx context.Context, lk *Lock, cfg lockConfig, retry Retr
 	if err != nil {
 		return nil, gaveUp(lk.name, err)
 	}
-	queued, acquired := false, false
+	// The attempt may have queued w even if its reply was lost.
+	queued, acquired := true, false
 	defer func() { l.waits.leave(w, queued && !acquired) }()
 	listening := w.sub.isReady()
 	w.start = time.Now()
@@ -296,52 +297,34 @@ func (l *Locker) queue(ctx context.Context, lk *Lock, cfg lockConfig, retry Retr
 		acquired = ok
 		return l.outcome(ctx, lk, ok, pttl, err)
 	}
-	queued = true
-	pttl = -1        // unknown until a check
-	granted := false // a check found the lease granted to w
-	var timer *time.Timer
-	defer func() {
-		if timer != nil {
-			timer.Stop()
-		}
-	}()
+	pttl = -1    // unknown until a check
+	take := false // a check found the lease granted to w: the next one takes it
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
 	for n := 1; ; n++ {
-		if listening {
-			wait, more := retry.NextBackoff(n)
-			if !more {
-				return nil, notObtained(lk.name, pttl)
-			}
-			if timer == nil {
-				timer = time.NewTimer(capWait(wait, pttl))
-			} else {
-				timer.Reset(capWait(wait, pttl))
-			}
-			select {
-			case fence := <-w.granted:
-				ok, err := l.takeGrant(ctx, w, fence)
-				if ok || err != nil {
-					acquired = ok
-					return l.outcome(ctx, lk, ok, 0, err)
-				}
-			case <-w.check:
-			case <-timer.C:
-			case <-ctx.Done():
-				return nil, gaveUp(lk.name, ctx.Err())
-			}
-		} else {
+		wait, more := retry.NextBackoff(n)
+		if !more {
+			return nil, notObtained(lk.name, pttl)
+		}
+		timer.Reset(capWait(wait, pttl))
+		var ready <-chan struct{}
+		if !listening {
 			// Queued before the subscription was up: a grant may have
-			// found nobody listening. Check once it is up.
-			select {
-			case fence := <-w.granted:
-				ok, err := l.takeGrant(ctx, w, fence)
-				if ok || err != nil {
-					acquired = ok
-					return l.outcome(ctx, lk, ok, 0, err)
-				}
-			case <-w.sub.ready:
-			case <-ctx.Done():
-				return nil, gaveUp(lk.name, ctx.Err())
+			// found nobody listening. Check as soon as it is up.
+			ready = w.sub.ready
+		}
+		select {
+		case fence := <-w.granted:
+			ok, err := l.takeGrant(ctx, w, fence)
+			if ok || err != nil {
+				acquired = ok
+				return l.outcome(ctx, lk, ok, 0, err)
 			}
+		case <-w.check:
+		case <-ready:
+		case <-timer.C:
+		case <-ctx.Done():
+			return nil, gaveUp(lk.name, ctx.Err())
 		}
 		if l.closed.Load() {
 			return nil, gaveUp(lk.name, ErrClosed)
@@ -355,60 +338,74 @@ func (l *Locker) queue(ctx context.Context, lk *Lock, cfg lockConfig, retry Retr
 			}
 		default:
 		}
-		start := time.Now()
-		code, v, missed, err := l.waits.node.wait(ctx, w, granted)
-		if missed && listening {
-			l.waits.suspect(w.sub)
-		}
+		ok, granted, ms, err := l.checkWaiter(ctx, w, take, listening)
 		switch {
 		case err != nil:
-			return l.outcome(ctx, lk, false, 0, fmt.Errorf("redlease: obtain %q: %w", lk.name, err))
-		case code == codeOK:
+			return l.outcome(ctx, lk, false, 0, err)
+		case ok:
 			acquired = true
-			lk.fence = v
-			l.wd.add(&lk.lease, start)
 			if err := l.keepUnlessClosed(ctx, lk); err != nil {
 				return nil, gaveUp(lk.name, err)
 			}
 			return lk, nil
 		}
 		listening = true
+		pttl = time.Duration(ms) * time.Millisecond
 		// Granted: the notice should follow; if it has not by the next
 		// check, well within the grant's lease, that check takes it.
-		granted = code == codeGranted
-		pttl = time.Duration(v) * time.Millisecond
+		take = granted
 		if granted {
 			pttl /= 2
 		}
 	}
 }
 
+// checkWaiter runs a waiter's check (lua/lock_wait.lua), taking a lease
+// found granted to it only with take: ok; or granted (and the grant's
+// remaining ms) when its notice should follow; or the holder's remaining
+// ms, -1 if it has no TTL. A Locker found to have missed a grant while
+// listening subscribes anew.
+func (l *Locker) checkWaiter(ctx context.Context, w *waiter, take, listening bool) (ok, granted bool, ms int64, err error) {
+	lk := w.lk
+	start := time.Now()
+	code, v, missed, err := l.waits.node.wait(ctx, w, take)
+	if err != nil {
+		return false, false, 0, fmt.Errorf("redlease: obtain %q: %w", lk.name, err)
+	}
+	if missed && listening {
+		l.waits.suspect(w.sub)
+	}
+	if code == codeOK {
+		lk.fence = v
+		l.wd.add(&lk.lease, start)
+		return true, false, 0, nil
+	}
+	return false, code == codeGranted, v, nil
+}
+
 // grantMargin: a handed-over lease with less than 1/grantMargin of its
-// grant ttl left is renewed before Obtain returns it.
+// grant ttl left by the client's count is taken as a check takes it.
 const grantMargin = 10
 
 // takeGrant accepts a lease a release handed to w with fence. The release
 // set it to last the grant ttl from a moment after w's first attempt was
-// sent. The watchdog renews it to the full ttl in the background; if it is
-// off, or the grant ttl is nearly over by the client's clock, it is renewed
-// here first. It reports false when the lease was lost meanwhile.
+// sent, and the watchdog renews it to the full ttl in the background. If
+// the watchdog is off, or by the client's count the grant ttl is nearly
+// over (the notice may even be from a grant that ended since), the lease
+// is taken by a check instead: it confirms the lease is w's, sets its full
+// ttl and counts a fresh fence. It reports false when the lease is not w's.
 func (l *Locker) takeGrant(ctx context.Context, w *waiter, fence int64) (bool, error) {
 	lk := w.lk
-	lk.fence = fence
 	span := w.grantTTL
 	if !lk.renew || time.Until(w.start.Add(span-drift(span))) < span/grantMargin {
-		start := time.Now()
-		code, err := l.store.renew(ctx, &lk.lease, lk.ttl)
-		if err != nil {
-			return false, fmt.Errorf("redlease: obtain %q: renew the lease handed over: %w", lk.name, err)
+		ok, _, _, err := l.checkWaiter(ctx, w, true, true)
+		if ok {
+			err = l.keepUnlessClosed(ctx, lk)
 		}
-		if code != codeOK {
-			return false, nil
-		}
-		l.wd.add(&lk.lease, start)
-	} else {
-		l.wd.addSpan(&lk.lease, w.start, span)
+		return ok, err
 	}
+	lk.fence = fence
+	l.wd.addSpan(&lk.lease, w.start, span)
 	return true, l.keepUnlessClosed(ctx, lk)
 }
 

@@ -93,11 +93,20 @@ func (h *waitlist) suspect(sub *subscription) {
 	_ = ps.Close() // the reader sees the error and subscribes anew
 }
 
-func (h *waitlist) subscribe(channel string) *redis.PubSub {
-	if h.cluster {
-		return h.l.client.SSubscribe(h.l.ctx, channel)
+// subscribe starts a subscription to channel. On a Cluster it is made on
+// the master of the channel's slot, whatever the client's read routing:
+// a release counts the listeners on its master only, and a waiter that
+// heard a grant on a replica would take a lease the release skipped.
+func (h *waitlist) subscribe(channel string) (*redis.PubSub, error) {
+	cc, ok := h.l.client.(*redis.ClusterClient)
+	if !ok {
+		return h.l.client.Subscribe(h.l.ctx, channel), nil
 	}
-	return h.l.client.Subscribe(h.l.ctx, channel)
+	master, err := cc.MasterForKey(h.l.ctx, channel)
+	if err != nil {
+		return nil, err
+	}
+	return master.SSubscribe(h.l.ctx, channel), nil
 }
 
 // read subscribes and delivers grant notices until sub.stop is closed. It
@@ -115,9 +124,26 @@ func (h *waitlist) read(sub *subscription) {
 	backoff := resubscribePause
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
+	pause := func() bool { // false when stopped
+		timer.Reset(backoff)
+		select {
+		case <-sub.stop:
+			return false
+		case <-timer.C:
+		}
+		backoff = min(2*backoff, maxResubscribePause)
+		return true
+	}
 	for {
 		// Subscribing dials; it is done here, never under h.mu.
-		ps := h.subscribe(sub.channel)
+		ps, err := h.subscribe(sub.channel)
+		if err != nil {
+			answer() // waiters check on their timers until it is up
+			if !pause() {
+				return
+			}
+			continue
+		}
 		h.mu.Lock()
 		stopped := h.subs[sub.channel] != sub
 		if !stopped {
@@ -159,13 +185,9 @@ func (h *waitlist) read(sub *subscription) {
 					continue
 				}
 				answer() // waiters check on their timers until it is back
-				timer.Reset(backoff)
-				select {
-				case <-sub.stop:
+				if !pause() {
 					return
-				case <-timer.C:
 				}
-				backoff = min(2*backoff, maxResubscribePause)
 				if h.isStale(sub, ps) {
 					break receive // replaced on purpose: subscribe anew
 				}
@@ -182,5 +204,8 @@ func (h *waitlist) read(sub *subscription) {
 		h.mu.Unlock()
 		_ = ps.Close()
 		h.checkAll(sub)
+		if !pause() {
+			return
+		}
 	}
 }

@@ -126,21 +126,42 @@ func (h *waitlist) leave(w *waiter, queued bool) {
 	}
 }
 
-// deliver hands a grant notice to its waiter, if it still waits.
+// deliver hands a grant notice ("<fence> <token> <lock key>") to its
+// waiter. A grant to a token nobody waits on or holds (a waiter whose
+// queue entry outlived it: its exit's call failed, or a resent attempt
+// left it) passes the lock on at once instead of holding it up for the
+// grant ttl.
 func (h *waitlist) deliver(payload string) {
-	f, token, ok := strings.Cut(payload, " ")
+	f, rest, _ := strings.Cut(payload, " ")
+	token, lockKey, _ := strings.Cut(rest, " ")
 	fence, err := strconv.ParseInt(f, 10, 64)
-	if !ok || err != nil {
+	if err != nil || token == "" {
 		return
 	}
 	h.mu.Lock()
-	defer h.mu.Unlock()
-	if w := h.waiters[token]; w != nil {
+	w := h.waiters[token]
+	if w != nil {
 		select {
 		case w.granted <- fence:
-		default: // one grant per token
+		default: // one notice per waiter: a check sorts out the rest
 		}
 	}
+	h.mu.Unlock()
+	if w == nil && !h.l.wd.holds(token) {
+		h.passOn(token, lockKey)
+	}
+}
+
+// passOn releases a lease granted to a token nobody waits on, handing it
+// to the next waiter; it does nothing if the lease is no longer token's.
+func (h *waitlist) passOn(token, lockKey string) {
+	base, name, ok := strings.Cut(lockKey, "}:lock:")
+	if !ok {
+		return
+	}
+	lk := &Lock{lease: lease{name: name, rkey: lockKey, token: token}}
+	lk.keyList = [3]string{lockKey, base + "}:fence", base + "}:waiters:" + name}
+	h.cleanups.Go(func() { _, _ = h.node.release(context.Background(), lk, nil) })
 }
 
 // checkAll asks every waiter on sub to check Redis: notices may have been

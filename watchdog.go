@@ -105,6 +105,18 @@ func (w *watchdog) release(ls *lease) (wasLost, already bool) {
 	return wasLost, already
 }
 
+// holds reports whether a tracked lease has token.
+func (w *watchdog) holds(token string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for ls := range w.leases {
+		if ls.token == token {
+			return true
+		}
+	}
+	return false
+}
+
 func (w *watchdog) isReleased(ls *lease) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()

@@ -11,8 +11,9 @@
 -- channel its Locker listens on, and the token it will hold the lease with.
 local LOCK, FENCE, WAITERS = KEYS[1], KEYS[2], KEYS[3]
 
--- A queue with skipped waiters left in it expires after a day without
--- calls, in case no call ever comes back to skip them.
+-- A queue that a call left dead waiters in, or that a waiter checked,
+-- expires after a day without such calls, in case no call ever comes back
+-- to skip them.
 local QUEUE_IDLE = 86400000
 
 local function parse(entry)
@@ -22,17 +23,18 @@ end
 
 -- grant pops waiters, oldest first, and gives the lease to the first one
 -- whose Locker still listens: the lease is set to its token for its grant
--- ms, and its Locker gets "<fence> <token>". A waiter whose ticket is above
--- floor (the fence of the lease the lock passes from) takes its ticket as
--- fence: no fence was counted between them on this lock. Otherwise, or
--- with floor nil (an expired lease: its fence is unknown), a fence is
--- counted. self is the calling waiter's entry, which takes the lease at
--- once for ttl ms instead. Returns the fence and whether the caller got
--- it, or nil when no waiter was found.
+-- ms, and its Locker gets "<fence> <token> <lock key>". A waiter whose
+-- ticket is above floor (the fence of the lease the lock passes from)
+-- takes its ticket as fence: no fence was counted between them on this
+-- lock. Otherwise, or with floor nil (a lease whose fence is unknown), a
+-- fence is counted. self is the calling waiter's entry, which takes the
+-- lease at once for ttl ms instead. Returns the fence and whether the
+-- caller got it; or nil, and true if it gave up after MAX_SKIPPED waiters
+-- nobody listens for (others may still be queued), false if none is left.
 local function grant(floor, publish, self, ttl)
   for _ = 1, MAX_SKIPPED do
     local head = redis.call('ZPOPMIN', WAITERS)
-    if #head == 0 then return nil end
+    if #head == 0 then return nil, false end
     local entry, ticket = head[1], tonumber(head[2])
     local ms, channel, token = parse(entry)
     if token then
@@ -42,12 +44,12 @@ local function grant(floor, publish, self, ttl)
         redis.call('SET', LOCK, token, 'PX', ttl)
         return fence, true
       end
-      if redis.call(publish, channel, fence .. ' ' .. token) > 0 then
+      if redis.call(publish, channel, fence .. ' ' .. token .. ' ' .. LOCK) > 0 then
         redis.call('SET', LOCK, token, 'PX', ms)
         return fence, false
       end
     end
   end
   redis.call('PEXPIRE', WAITERS, QUEUE_IDLE)
-  return nil
+  return nil, true
 end

@@ -18,7 +18,11 @@ if holder ~= ARGV[1] then
   if holder then return -1 end
   return 0
 end
-if not grant(tonumber(ARGV[2]), ARGV[3]) then
+-- A fence of 0 is a lease whose fence its holder never learned (a waiter
+-- that gives up just as the lock reaches it): count one.
+local floor = tonumber(ARGV[2])
+if floor == 0 then floor = nil end
+if not grant(floor, ARGV[3]) then
   redis.call('DEL', LOCK)
 end
 return 1

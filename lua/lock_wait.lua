@@ -41,8 +41,10 @@ if fence then
   if ours then return {1, fence, 0} end
   return {0, redis.call('PTTL', LOCK), 0}
 end
+local exhausted = ours
+if exhausted then return {0, 0, 0} end -- dead waiters left to skip: check again soon
 -- Nobody listening is queued ahead of us: we had been skipped, so our
--- Locker missed the release (or too many waiters were skipped this call).
+-- Locker missed the release.
 local missed = 1 - redis.call('ZREM', WAITERS, ARGV[3])
 redis.call('SET', LOCK, ARGV[1], 'PX', ARGV[2])
 return {1, redis.call('INCR', FENCE), missed}
