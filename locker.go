@@ -297,7 +297,7 @@ func (l *Locker) queue(ctx context.Context, lk *Lock, cfg lockConfig, retry Retr
 		acquired = ok
 		return l.outcome(ctx, lk, ok, pttl, err)
 	}
-	pttl = -1    // unknown until a check
+	pttl = -1     // unknown until a check
 	take := false // a check found the lease granted to w: the next one takes it
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
