@@ -68,13 +68,6 @@ func (h *waitlist) stopLocked(sub *subscription) *redis.PubSub {
 	return ps
 }
 
-// isStale reports whether ps is no longer sub's connection.
-func (h *waitlist) isStale(sub *subscription, ps *redis.PubSub) bool {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return sub.ps != ps
-}
-
 // suspect is told that a waiter's check found a grant whose notice never
 // came, or found the waiter skipped as if its Locker were not listening.
 // A subscription left on a server that no longer hears the releases (a
@@ -184,26 +177,25 @@ func (h *waitlist) read(sub *subscription) {
 					_ = ps.Ping(h.l.ctx)
 					continue
 				}
+				// Closed, suspected or failed: subscribe anew rather than
+				// let go-redis reconnect to the same node, which on a
+				// Cluster may no longer be the slot's master.
 				answer() // waiters check on their timers until it is back
-				if !pause() {
-					return
-				}
-				if h.isStale(sub, ps) {
-					break receive // replaced on purpose: subscribe anew
-				}
-				continue
+				break receive
 			}
 			backoff = resubscribePause
 		}
-		// Silent through a ping, or suspected: start over on a new
-		// connection (to the current master, for a failover client).
+		// Silent through a ping, failed or suspected: start over on a new
+		// connection (to the current master, for a failover or Cluster
+		// client).
 		h.mu.Lock()
 		if sub.ps == ps {
 			sub.ps = nil
 		}
 		h.mu.Unlock()
 		_ = ps.Close()
-		h.checkAll(sub)
+		// Waiters check once subscribed again (see *redis.Subscription):
+		// checking now, while the link may be down, would only fail.
 		if !pause() {
 			return
 		}
