@@ -95,12 +95,18 @@ func applyLockOptions(c lockConfig, opts []LockOption) (lockConfig, error) {
 // lease is renewed every TTL/3, so the TTL bounds how long a crashed holder
 // keeps others waiting. It must be at least one millisecond.
 func WithTTL(d time.Duration) LockOption {
+	return durationOption("ttl", d, func(c *lockConfig) { c.ttl = d })
+}
+
+// durationOption sets a duration of at least one millisecond with set, or
+// records why d is refused.
+func durationOption(what string, d time.Duration, set func(*lockConfig)) LockOption {
 	return func(c *lockConfig) {
 		if d < time.Millisecond {
-			c.err = fmt.Errorf("%w: ttl %v must be at least 1ms", ErrInvalidArgument, d)
+			c.err = fmt.Errorf("%w: %s %v must be at least 1ms", ErrInvalidArgument, what, d)
 			return
 		}
-		c.ttl = d
+		set(c)
 	}
 }
 
@@ -110,13 +116,7 @@ func WithTTL(d time.Duration) LockOption {
 // long a waiter whose process dies just as the lock reaches it holds up the
 // others. It must be at least one millisecond.
 func WithGrantTTL(d time.Duration) LockOption {
-	return func(c *lockConfig) {
-		if d < time.Millisecond {
-			c.err = fmt.Errorf("%w: grant ttl %v must be at least 1ms", ErrInvalidArgument, d)
-			return
-		}
-		c.grantTTL = d
-	}
+	return durationOption("grant ttl", d, func(c *lockConfig) { c.grantTTL = d })
 }
 
 // WithoutWatchdog turns off automatic renewal: the lease ends after its TTL

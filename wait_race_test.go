@@ -210,6 +210,27 @@ func TestSkipLimitKeepsArrivalOrder(t *testing.T) {
 	}
 }
 
+// listeningLocker returns a Locker under prefix on a client with opts
+// whose connections f dials, once its grant subscription is up (it has
+// waited on a lock other held): from then on, f swallows or delays the
+// replies to the first two writes that carry one of its queue entries.
+func listeningLocker(t *testing.T, other *Locker, f *faults, opts *redis.Options, prefix string) *Locker {
+	ctx := context.Background()
+	addr := other.client.(*redis.Client).Options().Addr
+	opts.Addr, opts.Dialer = addr, f.dialer(addr)
+	wc := redis.NewClient(opts)
+	wl := NewLocker(wc, WithPrefix(prefix))
+	t.Cleanup(func() { wl.Close(); wc.Close() })
+	warm, err := other.TryObtain(ctx, "warm")
+	require.NoError(t, err)
+	time.AfterFunc(100*time.Millisecond, func() { warm.Release(ctx) })
+	wlk, err := wl.Obtain(ctx, "warm")
+	require.NoError(t, err)
+	require.NoError(t, wlk.Release(ctx))
+	f.marker.Store([]byte(":grant:" + wl.waits.id + " "))
+	return wl
+}
+
 // End to end: the waiter's queued attempt loses its reply; go-redis resends
 // it after the read timeout. Meanwhile a release granted the waiter the
 // lock (notice buffered), the grant expired unused, another took and
@@ -224,19 +245,7 @@ func TestStaleNoticeAfterLostReplyKeepsFencesGrowing(t *testing.T) {
 		defer l.Close()
 	}
 	f := &faults{delay: 40 * time.Millisecond}
-	wc := redis.NewClient(&redis.Options{Addr: c.Options().Addr, Dialer: f.dialer(c.Options().Addr), ReadTimeout: 400 * time.Millisecond})
-	defer wc.Close()
-	wl := NewLocker(wc, WithPrefix(prefix))
-	defer wl.Close()
-
-	// Warm up the waiter's Locker's subscription (it lingers subscriptionLinger).
-	warm, err := others[0].TryObtain(ctx, "warm")
-	require.NoError(t, err)
-	time.AfterFunc(100*time.Millisecond, func() { warm.Release(ctx) })
-	wlk, err := wl.Obtain(ctx, "warm")
-	require.NoError(t, err)
-	require.NoError(t, wlk.Release(ctx))
-	f.marker.Store([]byte(":grant:" + wl.waits.id + " "))
+	wl := listeningLocker(t, others[0], f, &redis.Options{ReadTimeout: 400 * time.Millisecond}, prefix)
 
 	holder, err := others[0].TryObtain(ctx, "k")
 	require.NoError(t, err)
@@ -336,19 +345,7 @@ func TestFailedFirstAttemptLeavesNoGhost(t *testing.T) {
 		defer l.Close()
 	}
 	f := &faults{}
-	wc := redis.NewClient(&redis.Options{Addr: c.Options().Addr, Dialer: f.dialer(c.Options().Addr), ReadTimeout: 300 * time.Millisecond, MaxRetries: -1})
-	defer wc.Close()
-	wl := NewLocker(wc, WithPrefix(prefix))
-	defer wl.Close()
-	// Warm up the Locker's subscription (it lingers after its last waiter).
-	warm, err := others[0].TryObtain(ctx, "warm")
-	require.NoError(t, err)
-	time.AfterFunc(100*time.Millisecond, func() { warm.Release(ctx) })
-	wlk, err := wl.Obtain(ctx, "warm")
-	require.NoError(t, err)
-	require.NoError(t, wlk.Release(ctx))
-	f.marker.Store([]byte(":grant:" + wl.waits.id + " "))
-	f.seen.Store(0)
+	wl := listeningLocker(t, others[0], f, &redis.Options{ReadTimeout: 300 * time.Millisecond, MaxRetries: -1}, prefix)
 
 	holder, err := others[0].TryObtain(ctx, "k")
 	require.NoError(t, err)

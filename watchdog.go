@@ -24,6 +24,7 @@ type watchdog struct {
 	closed  bool
 	wakeAt  time.Time     // when the loop will look again
 	wake    chan struct{} // asks the loop to look now
+	timer   *time.Timer   // the loop's; set and reset under mu
 	wg      sync.WaitGroup
 	// calls counts renewal calls in flight, for tests to wait on. close
 	// does not wait for them: a call stuck on a dead link ends by the
@@ -83,8 +84,11 @@ func (w *watchdog) endLocked(ls *lease, cause error) {
 	if cause != nil && ls.onLost != nil {
 		ls.onLost(cause)
 	}
-	if len(w.leases) == 0 {
-		w.signal() // let the loop start its idle countdown
+	if len(w.leases) == 0 && w.timer != nil {
+		// Let the loop start its idle countdown soon, without waking it
+		// now: a lock taken and released in a loop would wake it each time.
+		w.timer.Reset(idleLinger)
+		w.wakeAt = time.Now().Add(idleLinger)
 	}
 }
 
@@ -181,14 +185,21 @@ func (w *watchdog) close() {
 
 func (w *watchdog) loop() {
 	defer w.wg.Done()
+	w.mu.Lock()
 	timer := time.NewTimer(time.Hour)
-	defer timer.Stop()
+	w.timer = timer
+	w.mu.Unlock()
+	stopLocked := func() { // the loop ends; called with mu held
+		w.running = false
+		timer.Stop()
+		w.timer = nil
+	}
 	var idleSince time.Time
 	for {
 		now := time.Now()
 		w.mu.Lock()
 		if w.closed {
-			w.running = false
+			stopLocked()
 			w.mu.Unlock()
 			return
 		}
@@ -218,7 +229,7 @@ func (w *watchdog) loop() {
 				idleSince = now
 			}
 			if now.Sub(idleSince) >= idleLinger {
-				w.running = false
+				stopLocked()
 				w.mu.Unlock()
 				return
 			}
@@ -227,13 +238,13 @@ func (w *watchdog) loop() {
 			idleSince = time.Time{}
 		}
 		w.wakeAt = wakeAt
+		timer.Reset(time.Until(wakeAt)) // under mu, as endLocked resets it
 		w.mu.Unlock()
 
 		if len(batch) > 0 {
 			w.calls.Add(1)
 			go w.renew(batch)
 		}
-		timer.Reset(time.Until(wakeAt))
 		select {
 		case <-timer.C:
 		case <-w.wake:
