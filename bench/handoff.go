@@ -379,8 +379,20 @@ func measureHandoff(ctx context.Context, e *env, pinger *redis.Client, ct handof
 	if err := e.startWindow(ctx); err != nil {
 		return handoffResult{}, err
 	}
+	// Commands are counted until the run's end, as acquisitions are: what
+	// the waiters still queued then send as they give up is left out.
+	var (
+		cnt  counts
+		cerr error
+	)
+	counted := make(chan struct{})
+	stop := time.AfterFunc(d, func() { cnt, cerr = e.endWindow(ctx); close(counted) })
 	res, err := contend(ctx, acquire, n, d, hold)
-	cnt, cerr := e.endWindow(ctx)
+	if stop.Stop() { // the run ended early (an error)
+		cnt, cerr = e.endWindow(ctx)
+	} else {
+		<-counted
+	}
 	if err != nil {
 		return res, err
 	}
@@ -437,8 +449,11 @@ func scenarioHandoff(ctx context.Context, e *env, cfg config, progress func(stri
 		"so a goroutine starved for the whole run shows. "+
 		"min / max share = the fewest and most acquisitions one goroutine made in a run, as a percentage of a fair share (acquisitions ÷ goroutines); "+
 		"100%% / 100%% is perfectly even, \"within ±50%% of fair\" means both between 50%% and 150%%. "+
+		"cmds/acq and round trips/acq count what was sent until the run's end, as acquisitions are counted: "+
+		"what waiters still queued then send as the end cancels them is left out. "+
 		"failed attempts/acq = (Redis `SET` calls − acquisitions) ÷ acquisitions: every contender's acquire sends exactly one `SET` per try, "+
-		"directly or inside its script. give-ups are totals over all rounds of acquires the library abandoned by its own retry policy. "+
+		"directly or inside its script; redlease's release also `SET`s the lease it hands to the next waiter, so its 1.0 is the one "+
+		"attempt per acquisition that found the lock held and queued. give-ups are totals over all rounds of acquires the library abandoned by its own retry policy. "+
 		"same holder again = share of acquisitions by the goroutine that had just released (fair FIFO would give about 0%%).",
 		cfg.handoffGoroutines, cfg.handoffDur, manyLockersName, manyLockers, holdLabel(manyLockersHold),
 		pingsPerSide, pingsPerSide, 2*pingsPerSide, boundSlack)
