@@ -176,6 +176,9 @@ func (c handoffContender) goroutinesOr(def int) int {
 	return def
 }
 
+// warmupSettle is the pause between a warm-up and its measured run.
+const warmupSettle = 100 * time.Millisecond
+
 // maxAcquiresPerGoroutine bounds each contending loop in count.
 const maxAcquiresPerGoroutine = 1 << 17
 
@@ -371,6 +374,9 @@ func measureHandoff(ctx context.Context, e *env, pinger *redis.Client, ct handof
 	if _, err := contend(ctx, acquire, n, min(d/5, 200*time.Millisecond), hold); err != nil {
 		return handoffResult{}, fmt.Errorf("warm-up: %w", err)
 	}
+	// What the warm-up's end set off (waiters that gave up leaving their
+	// queue, in the background) settles before the counted window.
+	time.Sleep(warmupSettle)
 	// The PINGs stay outside the counted window and off the counted clients.
 	before, err := pingBurst(ctx, pinger, pingsPerSide)
 	if err != nil {
