@@ -639,3 +639,107 @@ func TestRunAllResendsOnlyRefusedCalls(t *testing.T) {
 		}
 	}
 }
+
+// A graceful failover (CLUSTER FAILOVER on the replica) keeps the
+// subscription's connection open: Redis sends SUNSUBSCRIBE instead of
+// dropping it. The reader must subscribe anew on the new master.
+func TestClusterGracefulFailoverKeepsGrantsHeard(t *testing.T) {
+	tc := redistest.NewClusterT(t)
+	ctx := context.Background()
+	cc := tc.Client(t, func(o *redis.ClusterOptions) { o.ClusterStateReloadInterval = 250 * time.Millisecond })
+	prefix := uniq(t)
+	a := NewLocker(cc, WithPrefix(prefix))
+	defer a.Close()
+	b := NewLocker(tc.Client(t, func(o *redis.ClusterOptions) { o.ClusterStateReloadInterval = 250 * time.Millisecond }), WithPrefix(prefix))
+	defer b.Close()
+	held, err := a.TryObtain(ctx, "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyMaster := redistest.MasterOf(t, cc, "k")
+	var replica string
+	for _, s := range cc.ClusterSlots(ctx).Val() {
+		if s.Nodes[0].Addr == keyMaster {
+			replica = s.Nodes[1].Addr
+		}
+	}
+	oldm := redis.NewClient(&redis.Options{Addr: keyMaster})
+	defer oldm.Close()
+	newm := redis.NewClient(&redis.Options{Addr: replica})
+	defer newm.Close()
+	channel := b.waits.channel("k")
+	wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	got := make(chan time.Time, 1)
+	go func() {
+		lk, err := b.Obtain(wctx, "k", WithRetry(LinearBackoff(5*time.Second)))
+		if err == nil {
+			got <- time.Now()
+			_ = lk.Release(ctx)
+		}
+	}()
+	redistest.Eventually(t, 5*time.Second, "subscribed on old master", func() bool {
+		return oldm.PubSubShardNumSub(ctx, channel).Val()[channel] == 1
+	})
+	if err := newm.Do(ctx, "cluster", "failover").Err(); err != nil {
+		t.Fatal(err)
+	}
+	redistest.Eventually(t, 10*time.Second, "replica promoted", func() bool {
+		for _, s := range newm.ClusterSlots(ctx).Val() {
+			if s.Nodes[0].Addr == replica {
+				return true
+			}
+		}
+		return false
+	})
+	time.Sleep(1500 * time.Millisecond) // state reloads, reader had every chance
+	t.Logf("after failover: old master numsub %v, new master numsub %v",
+		oldm.PubSubShardNumSub(ctx, channel).Val()[channel], newm.PubSubShardNumSub(ctx, channel).Val()[channel])
+	start := time.Now()
+	if err := held.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case at := <-got:
+		t.Logf("waiter got the lock %v after release", at.Sub(start))
+		if at.Sub(start) > 500*time.Millisecond {
+			t.Errorf("waiter's grant notice was not heard after a graceful failover (took %v)", at.Sub(start))
+		}
+	case <-time.After(15 * time.Second):
+		t.Errorf("waiter never got the lock")
+	}
+}
+
+// After SCRIPT FLUSH (or a failover to a replica that never loaded the
+// script), a lock call refused with NOSCRIPT is sent again as EVAL to the
+// key's own node: a node down elsewhere in the cluster does not fail it, as
+// loading the script on every node would.
+func TestClusterNoScriptWithANodeDown(t *testing.T) {
+	tc := redistest.NewClusterT(t)
+	ctx := context.Background()
+	cc := tc.Client(t, nil)
+	l := NewLocker(cc, WithPrefix(uniq(t)))
+	defer l.Close()
+	lk, err := l.TryObtain(ctx, "k") // warm state
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = lk.Release(ctx)
+	keyMaster := redistest.MasterOf(t, cc, "k")
+	var other string
+	for _, s := range cc.ClusterSlots(ctx).Val() {
+		if s.Nodes[0].Addr != keyMaster && len(s.Nodes) > 1 {
+			other = s.Nodes[1].Addr // a replica of another shard
+		}
+	}
+	tc.Node(other).Kill()
+	m := tc.Node(keyMaster).Client(t)
+	if err := m.ScriptFlush(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	lk, err = l.TryObtain(ctx, "k")
+	if err != nil {
+		t.Fatalf("TryObtain with replica %s (another shard) down after SCRIPT FLUSH on %s: %v", other, keyMaster, err)
+	}
+	_ = lk.Release(ctx)
+}

@@ -320,6 +320,7 @@ func (l *Locker) queue(ctx context.Context, lk *Lock, cfg lockConfig, retry Retr
 				acquired = ok
 				return l.outcome(ctx, lk, ok, 0, err)
 			}
+			continue // takeGrant checked Redis: the lease was not w's
 		case <-w.check:
 		case <-ready:
 		case <-timer.C:
@@ -336,6 +337,7 @@ func (l *Locker) queue(ctx context.Context, lk *Lock, cfg lockConfig, retry Retr
 				acquired = ok
 				return l.outcome(ctx, lk, ok, 0, err)
 			}
+			continue
 		default:
 		}
 		ok, granted, ms, err := l.checkWaiter(ctx, w, take, listening)
@@ -398,7 +400,9 @@ func (l *Locker) takeGrant(ctx context.Context, w *waiter, fence int64) (bool, e
 	lk := w.lk
 	span := w.grantTTL
 	if !lk.renew || time.Until(w.start.Add(span-drift(span))) < span/grantMargin {
-		ok, _, _, err := l.checkWaiter(ctx, w, true, true)
+		// A notice of a grant that has ended says nothing of the
+		// subscription: no suspicion (listening false).
+		ok, _, _, err := l.checkWaiter(ctx, w, true, false)
 		if ok {
 			err = l.keepUnlessClosed(ctx, lk)
 		}

@@ -20,9 +20,9 @@ var luaFiles embed.FS
 
 // Lock scripts.
 var (
-	acquireScript = newHotScript(lockScript("lock_acquire.lua"))
-	releaseScript = newHotScript(grantScript("lock_release.lua"))
-	waitScript    = newHotScript(grantScript("lock_wait.lua"))
+	acquireScript = newHotScript("lock_acquire.lua", "")
+	releaseScript = newHotScript("lock_release.lua", lockPrelude)
+	waitScript    = newHotScript("lock_wait.lua", lockPrelude)
 	renewScript   = lockScript("lock_renew.lua")
 	pttlScript    = lockScript("lock_pttl.lua")
 	fenceScript   = lockScript("lock_fence.lua")
@@ -67,8 +67,6 @@ const maxSkippedWaiters = 16
 // lockPrelude opens the scripts that may hand a lock to a waiter:
 // MAX_SKIPPED, then lua/lock.lua.
 var lockPrelude = "local MAX_SKIPPED = " + strconv.Itoa(maxSkippedWaiters) + "\n" + lua("lock.lua")
-
-func grantScript(name string) *redis.Script { return redis.NewScript(lockPrelude + lua(name)) }
 
 // queuePrelude opens every queue script: DONE_MEMORY, then lua/queue.lua.
 var queuePrelude = "local DONE_MEMORY = " + strconv.FormatInt(doneMemory.Milliseconds(), 10) + "\n" + lua("queue.lua")
@@ -138,16 +136,21 @@ func runAll(ctx context.Context, c redis.UniversalClient, s *redis.Script, calls
 // itself must.
 type hotScript struct {
 	*redis.Script
-	sha any
+	sha, src any
 }
 
-func newHotScript(s *redis.Script) hotScript { return hotScript{s, s.Hash()} }
+func newHotScript(name string, prelude string) hotScript {
+	src := prelude + lua(name)
+	s := redis.NewScript(src)
+	return hotScript{s, s.Hash(), src}
+}
 
 // numKeys are EVALSHA's key counts, boxed once.
 var numKeys = [...]any{"0", "1", "2", "3"}
 
 // call makes one call of s in a round trip of its own. A call Redis refused
-// with NOSCRIPT did not run: after loading the script it is sent again.
+// with NOSCRIPT did not run: it is sent again as EVAL with the script's
+// text, to the same node, which then keeps the script.
 func (s hotScript) call(ctx context.Context, c redis.UniversalClient, keys []string, args ...any) *redis.Cmd {
 	full := make([]any, 0, 3+len(keys)+len(args))
 	full = append(full, "evalsha", s.sha, numKeys[len(keys)])
@@ -157,10 +160,7 @@ func (s hotScript) call(ctx context.Context, c redis.UniversalClient, keys []str
 	full = append(full, args...)
 	cmd := c.Do(ctx, full...)
 	if err := cmd.Err(); err != nil && isNoScript(err) {
-		if err := s.Load(ctx, c).Err(); err != nil {
-			cmd.SetErr(fmt.Errorf("load script after NOSCRIPT: %w", err))
-			return cmd
-		}
+		full[0], full[1] = "eval", s.src
 		cmd = c.Do(ctx, full...)
 	}
 	return cmd

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
 )
 
 // failLoad makes every SCRIPT LOAD fail.
@@ -43,4 +44,25 @@ func TestRunAllReportsAFailedLoad(t *testing.T) {
 			t.Errorf("call %d: err = %v, want the load's error", i, cmd.Err())
 		}
 	}
+}
+
+// A lock call refused with NOSCRIPT (a restarted Redis, SCRIPT FLUSH) is
+// sent again as EVAL, and runs once.
+func TestLockCallAfterScriptFlush(t *testing.T) {
+	backends(t, func(t *testing.T, c *redis.Client) {
+		ctx := context.Background()
+		l := NewLocker(c, WithPrefix(uniq(t)))
+		defer l.Close()
+		lk, err := l.TryObtain(ctx, "k")
+		require.NoError(t, err)
+		require.NoError(t, c.ScriptFlush(ctx).Err())
+		require.NoError(t, lk.Release(ctx))
+		require.NoError(t, c.ScriptFlush(ctx).Err())
+		lk, err = l.TryObtain(ctx, "k")
+		require.NoError(t, err)
+		if lk.Fence() != 2 {
+			t.Fatalf("fence %d after a flush, want 2: the acquire ran other than once", lk.Fence())
+		}
+		require.NoError(t, lk.Release(ctx))
+	})
 }

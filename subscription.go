@@ -159,6 +159,11 @@ func (h *waitlist) read(sub *subscription) {
 			var nerr net.Error
 			switch m := msg.(type) {
 			case *redis.Subscription:
+				if m.Count == 0 {
+					// Unsubscribed by the server: a Cluster moved the slot
+					// (a graceful failover, a migration). Subscribe anew.
+					break receive
+				}
 				if answered {
 					// Subscribed again after a reconnect: grants may have
 					// been published to nobody meanwhile.
