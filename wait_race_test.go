@@ -13,6 +13,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
+
+	"github.com/redlease/redlease/internal/redistest"
 )
 
 // Races of waiting found by review: stale and lost notices, waiters that
@@ -98,8 +100,8 @@ func (c *faultConn) Read(b []byte) (int, error) {
 
 // A waiter granted the lock (with a counted fence, because the releasing
 // holder's fence is above its ticket) that gives up before taking it
-// passes the lock on with floor 0 (lk.fence was never set): the next
-// waiter then takes its raw ticket as fence, below the previous holder's.
+// passes the lock on without knowing its fence (0): the next waiter still
+// gets a fence above the previous holder's, not its raw ticket.
 func TestGiveUpAfterGrantKeepsFencesGrowing(t *testing.T) {
 	func(t *testing.T, c *redis.Client) {
 		ctx := context.Background()
@@ -129,12 +131,10 @@ func TestGiveUpAfterGrantKeepsFencesGrowing(t *testing.T) {
 	}(t, realRedis(t)) // real Redis: the holder's lease must expire
 }
 
-// A grant notice that is still unread when the grant expires and the
-// waiter is granted again (after its queued attempt was resent on a lost
-// reply) keeps its place in w.granted: deliver drops the second notice, and
-// takeGrant's renewal (the grant's time is up) succeeds on the second
-// grant, so the lock is returned with the first grant's fence, below the
-// fence of the holder in between.
+// A grant notice still unread when its grant expires, while the waiter is
+// granted again (its queued attempt was resent on a lost reply) and the
+// second notice is dropped: the stale notice's fence must not be returned,
+// as it is below the fence of the holder in between.
 // The steps drive queue()'s own calls in the order that interleaving runs
 // them: the attempt (and its resend), then takeGrant on the buffered notice.
 func TestStaleNoticeKeepsFencesGrowing(t *testing.T) {
@@ -160,9 +160,7 @@ func TestStaleNoticeKeepsFencesGrowing(t *testing.T) {
 	}
 	require.EqualValues(t, -1, send()) // queued; say its reply is lost
 	require.NoError(t, holder.Release(ctx))
-	for len(w.granted) == 0 { // the first grant's notice arrives meanwhile
-		time.Sleep(time.Millisecond)
-	}
+	redistest.Eventually(t, 5*time.Second, "the first grant's notice", func() bool { return len(w.granted) > 0 })
 	time.Sleep(150 * time.Millisecond) // the grant expires, unused
 	x, err := ls[2].TryObtain(ctx, "k")
 	require.NoError(t, err)
@@ -179,10 +177,8 @@ func TestStaleNoticeKeepsFencesGrowing(t *testing.T) {
 	}
 }
 
-// lock_wait.lua reads "grant found nobody" as "nobody listening is queued
-// ahead of us", but grant also gives up after MAX_SKIPPED dead entries: a
-// waiter behind them then takes the lock ahead of live waiters queued
-// before it.
+// A check that skips MAX_SKIPPED dead waiters and gives up does not take
+// the lock for its waiter ahead of live waiters queued before it.
 func TestSkipLimitKeepsArrivalOrder(t *testing.T) {
 	c := realRedis(t)
 	ctx := context.Background()
@@ -234,8 +230,8 @@ func listeningLocker(t *testing.T, other *Locker, f *faults, opts *redis.Options
 // End to end: the waiter's queued attempt loses its reply; go-redis resends
 // it after the read timeout. Meanwhile a release granted the waiter the
 // lock (notice buffered), the grant expired unused, another took and
-// released the lock, granting the waiter again (notice dropped). Obtain
-// returns the first grant's fence, below the holder's in between.
+// released the lock, granting the waiter again (notice dropped). Obtain's
+// fence is above the holder's in between.
 func TestStaleNoticeAfterLostReplyKeepsFencesGrowing(t *testing.T) {
 	c := realRedis(t)
 	ctx := context.Background()
@@ -251,26 +247,24 @@ func TestStaleNoticeAfterLostReplyKeepsFencesGrowing(t *testing.T) {
 	require.NoError(t, err)
 	got := make(chan *Lock, 1)
 	go func() {
-		lk, err := wl.Obtain(ctx, "k", WithGrantTTL(100*time.Millisecond))
+		octx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		lk, err := wl.Obtain(octx, "k", WithGrantTTL(100*time.Millisecond))
 		if err != nil {
 			t.Error(err)
 		}
 		got <- lk
 	}()
 	queue := wl.lockKeys("k")[2]
-	for c.ZCard(ctx, queue).Val() == 0 {
-		time.Sleep(time.Millisecond)
-	}
+	queued := func() bool { return c.ZCard(ctx, queue).Val() > 0 }
+	redistest.Eventually(t, 5*time.Second, "the waiter queued", queued)
 	require.NoError(t, holder.Release(ctx)) // first grant; Obtain is still reading the lost reply
 	time.Sleep(150 * time.Millisecond)      // it expires unused
 	x, err := others[1].TryObtain(ctx, "k")
 	require.NoError(t, err)
-	for c.ZCard(ctx, queue).Val() == 0 { // the resend queues the waiter again
-		time.Sleep(time.Millisecond)
-	}
+	redistest.Eventually(t, 5*time.Second, "the resend queued the waiter again", queued)
 	require.NoError(t, x.Release(ctx)) // second grant, while the resend's reply is on its way
-	lk := <-got
-	require.NotNil(t, lk)
+	lk := receive(t, got, 10*time.Second)
 	defer lk.Release(ctx)
 	t.Logf("holder %d, in between %d, waiter %d", holder.Fence(), x.Fence(), lk.Fence())
 	if lk.Fence() <= x.Fence() {
@@ -284,12 +278,10 @@ func cpuTime() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-// A waiter that queued before its Locker's subscription was up waits only
-// for the subscription, a grant or ctx: while the subscription's dials fail
-// with a timeout error, answer() is never called (timeouts count as
-// "silent"), so the waiter never checks Redis. The release skips it (no
-// receiver), and Obtain waits until ctx ends with the lock free. Meanwhile
-// the reader resubscribes in a loop with no pause.
+// A waiter that queued before its Locker's subscription was up, while the
+// subscription's dials time out, still checks Redis on its retry schedule:
+// the release skipped it (nobody listening), and its check takes the free
+// lock. The reader pauses between attempts to subscribe (CPU is logged).
 func TestWaiterChecksWhileItsSubscriptionIsDown(t *testing.T) {
 	c := realRedis(t)
 	ctx := context.Background()
@@ -317,9 +309,7 @@ func TestWaiterChecksWhileItsSubscriptionIsDown(t *testing.T) {
 		done <- err
 	}()
 	queue := wl.lockKeys("k")[2]
-	for c.ZCard(ctx, queue).Val() == 0 {
-		time.Sleep(time.Millisecond)
-	}
+	redistest.Eventually(t, 5*time.Second, "the waiter queued", func() bool { return c.ZCard(ctx, queue).Val() > 0 })
 	require.NoError(t, holder.Release(ctx)) // skips the waiter: nobody listens
 	cpu0, wall0 := cpuTime(), time.Now()
 	err = <-done
@@ -331,11 +321,10 @@ func TestWaiterChecksWhileItsSubscriptionIsDown(t *testing.T) {
 }
 
 // An Obtain whose first (queueing) attempt fails with an error (reply lost,
-// retries used up; or ctx ends mid-call with ContextTimeoutEnabled) returns
-// with queued=false, so leave sends no cleanup: the entry stays in Redis.
-// While its Locker still listens (other waiters, or its linger), the
-// next release grants the lock to that dead Obtain: nobody can take it for
-// the grant ttl.
+// retries used up; or ctx ends mid-call with ContextTimeoutEnabled) leaves
+// the queue all the same: were its entry left while its Locker still
+// listens (other waiters, or its linger), the next release would grant the
+// lock to that dead Obtain, and nobody could take it for the grant ttl.
 func TestFailedFirstAttemptLeavesNoGhost(t *testing.T) {
 	c := realRedis(t)
 	ctx := context.Background()
@@ -349,7 +338,11 @@ func TestFailedFirstAttemptLeavesNoGhost(t *testing.T) {
 
 	holder, err := others[0].TryObtain(ctx, "k")
 	require.NoError(t, err)
-	_, err = wl.Obtain(ctx, "k")
+	// Its reply lost, the attempt fails; were the reply to get through,
+	// the Obtain would end with its context: either way it fails.
+	octx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	_, err = wl.Obtain(octx, "k")
+	cancel()
 	t.Logf("Obtain: %v", err)
 	require.Error(t, err)
 	wl.waits.cleanups.Wait()
@@ -391,11 +384,11 @@ func TestKnownIssuePatternSubscriberMakesDeadWaitersLookAlive(t *testing.T) {
 	}
 }
 
-// With ClusterOptions.ReadOnly, go-redis puts a shard subscription on a
-// replica. SPUBLISH on the master counts 0 receivers there, so grant()
-// skips the waiter (no SET) - but the message still reaches the replica's
-// subscriber, and takeGrant accepts it without asking Redis: Obtain returns
-// a lock Redis does not hold, and a TryObtain gets the same lock.
+// With ClusterOptions.ReadOnly, go-redis would put a shard subscription on
+// a replica, where SPUBLISH on the master counts no receiver but the
+// message still arrives: a skipped grant would be taken for real. The
+// subscription is made on the slot's master instead, so the lock Obtain
+// returns is the one Redis holds.
 func TestClusterReadOnlyClientHearsOnlyRealGrants(t *testing.T) {
 	cc := startCluster(t)
 	ro := cluster.Client(t, func(o *redis.ClusterOptions) { o.ReadOnly = true })
@@ -416,9 +409,7 @@ func TestClusterReadOnlyClientHearsOnlyRealGrants(t *testing.T) {
 		got <- lk
 	}()
 	queue := a.lockKeys("k")[2]
-	for cc.ZCard(ctx, queue).Val() == 0 {
-		time.Sleep(time.Millisecond)
-	}
+	redistest.Eventually(t, 5*time.Second, "the waiter queued", func() bool { return cc.ZCard(ctx, queue).Val() > 0 })
 	time.Sleep(200 * time.Millisecond) // the subscription is up
 	require.NoError(t, holder.Release(ctx))
 	var lk *Lock
