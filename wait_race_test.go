@@ -235,11 +235,8 @@ func listeningLocker(t *testing.T, other *Locker, f *faults, opts *redis.Options
 func TestStaleNoticeAfterLostReplyKeepsFencesGrowing(t *testing.T) {
 	c := realRedis(t)
 	ctx := context.Background()
-	prefix := uniq(t)
-	others := []*Locker{NewLocker(c, WithPrefix(prefix)), NewLocker(c, WithPrefix(prefix))}
-	for _, l := range others {
-		defer l.Close()
-	}
+	others := lockers(t, c.Options().Addr, 2)
+	prefix := others[0].prefix
 	f := &faults{delay: 40 * time.Millisecond}
 	wl := listeningLocker(t, others[0], f, &redis.Options{ReadTimeout: 400 * time.Millisecond}, prefix)
 
@@ -328,11 +325,8 @@ func TestWaiterChecksWhileItsSubscriptionIsDown(t *testing.T) {
 func TestFailedFirstAttemptLeavesNoGhost(t *testing.T) {
 	c := realRedis(t)
 	ctx := context.Background()
-	prefix := uniq(t)
-	others := []*Locker{NewLocker(c, WithPrefix(prefix)), NewLocker(c, WithPrefix(prefix))}
-	for _, l := range others {
-		defer l.Close()
-	}
+	others := lockers(t, c.Options().Addr, 2)
+	prefix := others[0].prefix
 	f := &faults{}
 	wl := listeningLocker(t, others[0], f, &redis.Options{ReadTimeout: 300 * time.Millisecond, MaxRetries: -1}, prefix)
 
