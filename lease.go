@@ -19,6 +19,7 @@ import (
 type lease struct {
 	name   string // for errors: the lock's key or the message's id
 	rkey   string // the lease's key in Redis (a message's id for claims)
+	skey   string // a lock's shared leases (lua/lock.lua SHARED), which renewals read too
 	shard  int    // for claims: the index of the message's queue shard
 	token  string
 	lost   chan struct{}

@@ -11,8 +11,10 @@ import (
 type Lock struct {
 	lease
 	l        *Locker
-	keyList  [3]string // the lease, its slot's fence counter, the lock's waiter queue
+	keyList  [4]string // the lease, its slot's fence counter, the lock's waiter queue, its shared leases
 	ttlMs    int64     // the lease's ttl when obtained, for the scripts
+	limit    int64     // a shared lease's WithLimit, 0: none
+	shared   bool
 	fence    int64
 	replicas int           // WithReplicaAck
 	wait     time.Duration // WithReplicaAck

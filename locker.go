@@ -120,16 +120,18 @@ func (l *Locker) check(key string) error {
 // share a slot.
 
 // lockKeys returns lock name's keys in the order lua/lock.lua names them:
-// the lease, the fence counter and the waiter queue. The fence counter is
-// shared by every name in the name's slot, so at most clusterSlots counters
-// exist per prefix; as it only grows, each name's fences still strictly
-// increase. The three are cut from one string: one allocation.
-func (l *Locker) lockKeys(name string) [3]string {
+// the lease, the fence counter, the waiter queue and the shared leases. The
+// fence counter is shared by every name in the name's slot, so at most
+// clusterSlots counters exist per prefix; as it only grows, each name's
+// fences still strictly increase. The four are cut from one string: one
+// allocation.
+func (l *Locker) lockKeys(name string) [4]string {
 	base := l.prefix + ":{" + slotTag(nameSlot(name)) + "}:"
-	all := base + "lock:" + name + base + "fence" + base + "waiters:" + name
+	all := base + "lock:" + name + base + "fence" + base + "waiters:" + name + base + "shared:" + name
 	lock := len(base) + len("lock:") + len(name)
 	fence := lock + len(base) + len("fence")
-	return [3]string{all[:lock], all[lock:fence], all[fence:]}
+	waiters := fence + len(base) + len("waiters:") + len(name)
+	return [4]string{all[:lock], all[lock:fence], all[fence:waiters], all[waiters:]}
 }
 
 // lockKey is the key of the lease on lock name.
@@ -141,10 +143,13 @@ func (l *Locker) fenceKey(name string) string { return l.lockKeys(name)[1] }
 func (l *Locker) newLock(key string, cfg lockConfig, onLost context.CancelCauseFunc) *Lock {
 	keys := l.lockKeys(key)
 	token := newToken()
-	return &Lock{
+	lk := &Lock{
 		l: l, lease: newLease(key, keys[0], token, cfg.ttl, cfg.watchdog, onLost),
 		keyList: keys, ttlMs: cfg.ttl.Milliseconds(), replicas: cfg.replicas, wait: cfg.wait,
+		shared: cfg.shared, limit: int64(cfg.limit),
 	}
+	lk.skey = keys[3]
+	return lk
 }
 
 // acquire makes one attempt to take the lock, queueing the waiter whose
@@ -168,13 +173,21 @@ func (l *Locker) acquire(ctx context.Context, lk *Lock, entry *string) (ok bool,
 	return true, 0, nil
 }
 
-// lockConfig applies a call's options.
-func (l *Locker) lockConfig(opts []LockOption) (lockConfig, error) {
-	cfg, err := newLockConfig(opts)
-	if err == nil {
-		err = l.store.check(cfg)
+// lockConfig checks a call's key and applies its options, for a shared
+// lease or an exclusive one.
+func (l *Locker) lockConfig(key string, opts []LockOption, shared bool) (lockConfig, error) {
+	if err := l.check(key); err != nil {
+		return lockConfig{}, err
 	}
-	return cfg, err
+	cfg, err := newLockConfig(opts)
+	if err != nil {
+		return cfg, err
+	}
+	if cfg.limit > 0 && !shared {
+		return cfg, fmt.Errorf("%w: WithLimit applies to shared leases only", ErrInvalidArgument)
+	}
+	cfg.shared = shared
+	return cfg, l.store.check(cfg)
 }
 
 // TryObtain makes one attempt to take the lock. If another holds it, or
@@ -182,10 +195,11 @@ func (l *Locker) lockConfig(opts []LockOption) (lockConfig, error) {
 // [ErrClosed] in the latter case). The lease lasts [WithTTL] (default 30s) and
 // is renewed by the watchdog until Release unless [WithoutWatchdog] is given.
 func (l *Locker) TryObtain(ctx context.Context, key string, opts ...LockOption) (*Lock, error) {
-	if err := l.check(key); err != nil {
-		return nil, err
-	}
-	cfg, err := l.lockConfig(opts)
+	return l.tryObtain(ctx, key, opts, false)
+}
+
+func (l *Locker) tryObtain(ctx context.Context, key string, opts []LockOption, shared bool) (*Lock, error) {
+	cfg, err := l.lockConfig(key, opts, shared)
 	if err != nil {
 		return nil, err
 	}
@@ -215,10 +229,7 @@ func (l *Locker) TryObtain(ctx context.Context, key string, opts ...LockOption) 
 // [WithGrantTTL] for waiters that die. A quorum Locker's waiters do not
 // queue: they try again on that schedule.
 func (l *Locker) Obtain(ctx context.Context, key string, opts ...LockOption) (*Lock, error) {
-	if err := l.check(key); err != nil {
-		return nil, err
-	}
-	cfg, err := l.lockConfig(opts)
+	cfg, err := l.lockConfig(key, opts, false)
 	if err != nil {
 		return nil, err
 	}
@@ -443,14 +454,15 @@ func (l *Locker) outcome(ctx context.Context, lk *Lock, ok bool, pttl time.Durat
 // context is cancelled the moment the lease is lost; Do then returns an
 // error that errors.Is [ErrNotHeld], joined with fn's own error. A Redis
 // error from the release is returned too.
-func (l *Locker) Do(ctx context.Context, key string, fn func(ctx context.Context) error, opts ...LockOption) (err error) {
+func (l *Locker) Do(ctx context.Context, key string, fn func(ctx context.Context) error, opts ...LockOption) error {
+	return l.do(ctx, key, fn, opts, false)
+}
+
+func (l *Locker) do(ctx context.Context, key string, fn func(ctx context.Context) error, opts []LockOption, shared bool) (err error) {
 	if fn == nil {
 		return fmt.Errorf("%w: nil function", ErrInvalidArgument)
 	}
-	if err := l.check(key); err != nil {
-		return err
-	}
-	cfg, err := l.lockConfig(opts)
+	cfg, err := l.lockConfig(key, opts, shared)
 	if err != nil {
 		return err
 	}

@@ -71,6 +71,8 @@ type lockConfig struct {
 	retry    RetryStrategy // nil: the Locker's default
 	replicas int           // WithReplicaAck
 	wait     time.Duration // WithReplicaAck
+	limit    int           // WithLimit; 0: none given
+	shared   bool          // set by the shared calls, not by an option
 	err      error
 }
 
@@ -140,6 +142,26 @@ func WithReplicaAck(replicas int, timeout time.Duration) LockOption {
 			return
 		}
 		c.replicas, c.wait = replicas, timeout
+	}
+}
+
+// MaxLimit is the largest [WithLimit].
+const MaxLimit = 1 << 20
+
+// WithLimit makes a shared lease one of at most n on its lock: a semaphore
+// of n permits, each a lease that expires if its holder crashes. Without
+// it any number of shared leases hold a lock at once. Callers sharing a
+// lock name should give the same n: each acquisition compares the number
+// of shared leases held with its own n. It applies to
+// [Locker.TryObtainShared], ObtainShared and DoShared only; n must be
+// between 1 and [MaxLimit].
+func WithLimit(n int) LockOption {
+	return func(c *lockConfig) {
+		if n < 1 || n > MaxLimit {
+			c.err = fmt.Errorf("%w: limit %d must be between 1 and %d", ErrInvalidArgument, n, MaxLimit)
+			return
+		}
+		c.limit = n
 	}
 }
 

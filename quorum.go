@@ -95,6 +95,9 @@ func (q *quorum) check(cfg lockConfig) error {
 	if cfg.replicas > 0 {
 		return fmt.Errorf("%w: WithReplicaAck does not apply to a quorum Locker", ErrInvalidArgument)
 	}
+	if cfg.shared {
+		return fmt.Errorf("%w: shared leases are not supported by a quorum Locker", ErrInvalidArgument)
+	}
 	return nil
 }
 

@@ -16,8 +16,11 @@ func (n *node) acquireAcked(ctx context.Context, lk *Lock) (bool, int64, error) 
 		return false, 0, err
 	}
 	var wait *redis.Cmd
-	call := scriptCall{keys: lk.keys()[:2], args: []any{lk.token, lk.ttlMs, ""}}
-	acq := runAll(ctx, c, acquireScript.Script, []scriptCall{call}, func(p redis.Pipeliner) {
+	script, call := acquireScript.Script, scriptCall{keys: lk.keys()[:2], args: []any{lk.token, lk.ttlMs, ""}}
+	if lk.shared {
+		script, call = sharedScript.Script, scriptCall{keys: lk.keys(), args: []any{lk.token, lk.ttlMs, lk.limit, "", n.publish}}
+	}
+	acq := runAll(ctx, c, script, []scriptCall{call}, func(p redis.Pipeliner) {
 		wait = p.Do(ctx, "WAIT", lk.replicas, lk.wait.Milliseconds())
 	})[0]
 	r, err := acq.Int64()

@@ -21,6 +21,7 @@ var luaFiles embed.FS
 // Lock scripts.
 var (
 	acquireScript = newHotScript("lock_acquire.lua", "")
+	sharedScript  = newHotScript("lock_shared.lua", lockPrelude)
 	releaseScript = newHotScript("lock_release.lua", lockPrelude)
 	waitScript    = newHotScript("lock_wait.lua", lockPrelude)
 	renewScript   = lockScript("lock_renew.lua")
@@ -61,12 +62,17 @@ func lua(name string) string {
 func lockScript(name string) *redis.Script { return redis.NewScript(lua(name)) }
 
 // maxSkippedWaiters bounds the waiters one script call skips because their
-// Locker no longer listens, so no call is O(waiters).
-const maxSkippedWaiters = 16
+// Locker no longer listens, and maxGrantedWaiters the shared waiters it
+// lets in, so no call is O(waiters): waiters' checks go on from there.
+const (
+	maxSkippedWaiters = 16
+	maxGrantedWaiters = 256
+)
 
 // lockPrelude opens the scripts that may hand a lock to a waiter:
-// MAX_SKIPPED, then lua/lock.lua.
-var lockPrelude = "local MAX_SKIPPED = " + strconv.Itoa(maxSkippedWaiters) + "\n" + lua("lock.lua")
+// MAX_SKIPPED, MAX_GRANTS, then lua/lock.lua.
+var lockPrelude = "local MAX_SKIPPED = " + strconv.Itoa(maxSkippedWaiters) + "\n" +
+	"local MAX_GRANTS = " + strconv.Itoa(maxGrantedWaiters) + "\n" + lua("lock.lua")
 
 // queuePrelude opens every queue script: DONE_MEMORY, then lua/queue.lua.
 var queuePrelude = "local DONE_MEMORY = " + strconv.FormatInt(doneMemory.Milliseconds(), 10) + "\n" + lua("queue.lua")
@@ -146,7 +152,7 @@ func newHotScript(name string, prelude string) hotScript {
 }
 
 // numKeys are EVALSHA's key counts, boxed once.
-var numKeys = [...]any{"0", "1", "2", "3"}
+var numKeys = [...]any{"0", "1", "2", "3", "4"}
 
 // call makes one call of s in a round trip of its own. A call Redis refused
 // with NOSCRIPT did not run: it is sent again as EVAL with the script's

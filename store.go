@@ -59,11 +59,17 @@ func (n *node) acquire(ctx context.Context, lk *Lock, _ time.Time, entry *string
 	if lk.replicas > 0 {
 		return n.acquireAcked(ctx, lk)
 	}
-	keys := lk.keys()
-	if entry == nil {
-		keys = keys[:2] // no queue
+	var cmd *redis.Cmd
+	if lk.shared {
+		cmd = sharedScript.call(ctx, n.client, lk.keys(), &lk.token, &lk.ttlMs, &lk.limit, entryArg(entry), n.publish)
+	} else {
+		keys := lk.keys()[:3]
+		if entry == nil {
+			keys = keys[:2] // no queue
+		}
+		cmd = acquireScript.call(ctx, n.client, keys, &lk.token, &lk.ttlMs, entryArg(entry))
 	}
-	r, err := acquireScript.call(ctx, n.client, keys, &lk.token, &lk.ttlMs, entryArg(entry)).Int64()
+	r, err := cmd.Int64()
 	if err != nil {
 		return false, 0, err
 	}
@@ -113,7 +119,7 @@ func (n *node) wait(ctx context.Context, w *waiter, take bool) (code, v int64, m
 }
 
 func (n *node) renew(ctx context.Context, ls *lease, ttl time.Duration) (int64, error) {
-	codes, err := ints(run(ctx, n.client, renewScript, []string{ls.rkey}, ls.token, ttl.Milliseconds()), 1)
+	codes, err := ints(run(ctx, n.client, renewScript, []string{ls.rkey, ls.skey}, ls.token, ttl.Milliseconds()), 1)
 	if err != nil {
 		return 0, err
 	}
@@ -126,10 +132,10 @@ func (n *node) renewAll(ctx context.Context, batch []renewal) ([]int64, []error)
 	groups := groupBatch(batch, func(ls *lease) string { return n.slots(ls.rkey) }, renewBatchSize)
 	calls := make([]scriptCall, len(groups))
 	for g, idx := range groups {
-		keys := make([]string, len(idx))
+		keys := make([]string, 0, 2*len(idx))
 		args := make([]any, 0, 2*len(idx))
-		for j, i := range idx {
-			keys[j] = batch[i].ls.rkey
+		for _, i := range idx {
+			keys = append(keys, batch[i].ls.rkey, batch[i].ls.skey)
 			args = append(args, batch[i].ls.token, batch[i].ttl.Milliseconds())
 		}
 		calls[g] = scriptCall{keys, args}
@@ -138,5 +144,5 @@ func (n *node) renewAll(ctx context.Context, batch []renewal) ([]int64, []error)
 }
 
 func (n *node) pttl(ctx context.Context, ls *lease) (int64, error) {
-	return run(ctx, n.client, pttlScript, []string{ls.rkey}, ls.token).Int64()
+	return run(ctx, n.client, pttlScript, []string{ls.rkey, ls.skey}, ls.token).Int64()
 }

@@ -81,6 +81,9 @@ func signal(c chan struct{}) {
 func (h *waitlist) join(lk *Lock, grantTTL time.Duration) (*waiter, error) {
 	ch := h.channel(lk.name)
 	ms := strconv.FormatInt(grantTTL.Milliseconds(), 10)
+	if lk.shared {
+		ms += ":" + strconv.FormatInt(lk.limit, 10)
+	}
 	w := &waiter{
 		lk: lk, entry: ms + " " + ch + " " + lk.token, grantTTL: grantTTL,
 		granted: make(chan int64, 1), check: make(chan struct{}, 1),
@@ -160,7 +163,7 @@ func (h *waitlist) passOn(token, lockKey string) {
 		return
 	}
 	lk := &Lock{lease: lease{name: name, rkey: lockKey, token: token}}
-	lk.keyList = [3]string{lockKey, base + "}:fence", base + "}:waiters:" + name}
+	lk.keyList = [4]string{lockKey, base + "}:fence", base + "}:waiters:" + name, base + "}:shared:" + name}
 	h.cleanups.Go(func() { _, _ = h.node.release(context.Background(), lk, nil) })
 }
 

@@ -1,0 +1,66 @@
+-- Takes a shared lease on a lock if it fits: the lock is free or held by
+-- shared leases, fewer than the limit, and no waiter is queued (an
+-- exclusive waiter holds back new shared leases, so a stream of them cannot
+-- starve it). Otherwise a waiter joins the queue in the same call.
+--
+-- KEYS as in lock.lua
+-- ARGV[1] token
+-- ARGV[2] ttl in ms
+-- ARGV[3] the most shared leases the lock may have with this one, 0: any
+-- ARGV[4] the waiter's queue entry (see lock.lua), or "" not to queue
+-- ARGV[5] PUBLISH, or SPUBLISH on a Redis Cluster
+-- returns the fence (at least 1) when the lease is ours: the counter's
+--         value, at least every earlier lease's fence on this name, and
+--         every later exclusive lease counts above it. A call resent after
+--         a lost reply, or after a grant to us whose notice is late, finds
+--         our lease, sets the ttl from now and answers so again.
+--         Otherwise -3 - pttl as lock_acquire.lua: pttl is -2 when we are
+--         queued (ZADD NX keeps a resent call's place), else how long until
+--         the lock may change: the exclusive holder's remaining ms, or the
+--         earliest shared lease's (-1: no TTL).
+--
+-- Waiters queued ahead are let in first (admit): they may fit now that
+-- shared leases ended, or a dead exclusive waiter may hold them back.
+local token, ttl, limit, entry = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local self = nil
+if entry ~= '' then self = entry end
+local t = now()
+local holder = redis.call('GET', LOCK)
+local state, count = 'held', 0
+if not holder then
+  state = 'free'
+elseif holder == '' then
+  local ends = redis.call('ZSCORE', SHARED, token)
+  if ends and tonumber(ends) > t then
+    redis.call('ZADD', SHARED, t + ttl, token)
+    cover(t)
+    return current()
+  end
+  state, count = 'shared', shares(t)
+  if count == 0 then -- every shared lease ended
+    redis.call('DEL', LOCK)
+    state = 'free'
+  end
+end
+if state ~= 'held' and redis.call('EXISTS', WAITERS) == 1 then
+  local fence, more
+  fence, more, state, count = admit(state, count, nil, ARGV[5], self, ttl, t)
+  if fence then return fence end
+end
+if fits(limit, state, count) and redis.call('EXISTS', WAITERS) == 0 then
+  if state == 'free' then redis.call('DEL', SHARED) end -- ended leases
+  redis.call('ZADD', SHARED, t + ttl, token)
+  cover(t)
+  return current()
+end
+if self then
+  redis.call('ZADD', WAITERS, 'NX', redis.call('INCR', FENCE), self)
+  return -1
+end
+if state == 'shared' then
+  local first = redis.call('ZRANGE', SHARED, 0, 0, 'WITHSCORES')
+  return -3 - (tonumber(first[2]) - t)
+end
+local pttl = redis.call('PTTL', LOCK)
+if pttl == -2 then pttl = -1 end -- free, with waiters left to let in: unknown
+return -3 - pttl
