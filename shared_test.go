@@ -301,3 +301,31 @@ func TestSharedBadInput(t *testing.T) {
 	require.Empty(t, c.Keys(ctx, "*").Val(), "bad input wrote keys")
 	require.Empty(t, m2.Keys(), "bad input wrote keys")
 }
+
+// An uncontended shared cycle is one script call to take the lease and one
+// to release it, without a PUBLISH.
+func TestSharedCycleCost(t *testing.T) {
+	c := realRedis(t)
+	ctx := context.Background()
+	l := NewLocker(c, WithPrefix(uniq(t)))
+	defer l.Close()
+	lk, err := l.TryObtainShared(ctx, "k") // loads the scripts
+	require.NoError(t, err)
+	require.NoError(t, lk.Release(ctx))
+	const cycles = 100
+	before := commandStats(t, c)
+	for range cycles {
+		lk, err := l.TryObtainShared(ctx, "k")
+		require.NoError(t, err)
+		require.NoError(t, lk.Release(ctx))
+	}
+	delta, total := commandsSince(t, c, before)
+	t.Logf("%d cycles: %v, %.2f commands per cycle", cycles, delta, float64(total)/cycles)
+	require.Equal(t, int64(2*cycles), delta["evalsha"], "one script call to take, one to release")
+	require.Zero(t, delta["publish"])
+	require.Equal(t, int64(sharedCycleCommands*cycles), total)
+}
+
+// sharedCycleCommands is what an uncontended TryObtainShared and Release
+// cost in Redis commands, counting those inside the scripts.
+const sharedCycleCommands = 15

@@ -8,7 +8,8 @@
 -- LOCK holds the exclusive holder's token, or "" while shared leases hold
 -- the lock: SHARED scores their tokens by when each ends, on Redis's clock
 -- (TIME, in ms), and LOCK lasts until the latest of them ends. Without
--- LOCK the lock is free, whatever SHARED still lists.
+-- LOCK the lock is free, whatever SHARED still lists: ended leases, which
+-- the next call that counts shared leases drops.
 --
 -- WAITERS is a sorted set: one member per queued waiter, scored by its
 -- ticket, a value of the fence counter taken when it queued, so the oldest
@@ -122,7 +123,6 @@ local function admit(state, count, floor, publish, self, ttl, t)
       skipped = skipped + 1
     else
       t = t or now()
-      if state == 'free' then redis.call('DEL', SHARED) end -- ended leases
       local fence = current()
       if entry == self then
         mine, ms = fence, ttl

@@ -30,11 +30,12 @@ local ends = redis.call('ZSCORE', SHARED, ARGV[1])
 if not ends then return 0 end
 redis.call('ZREM', SHARED, ARGV[1])
 if tonumber(ends) <= t then return 0 end
-local count = shares(t)
-local state = 'shared'
-if count == 0 then
-  state = 'free'
-  redis.call('DEL', LOCK)
+local state, count = 'free', 0
+local last = redis.call('ZRANGE', SHARED, -1, -1, 'WITHSCORES')
+if #last > 0 and tonumber(last[2]) > t then
+  state, count = 'shared', shares(t)
+else
+  redis.call('DEL', LOCK) -- that was the last live shared lease
 end
 admit(state, count, nil, ARGV[3], nil, nil, t)
 return 1

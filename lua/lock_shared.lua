@@ -42,15 +42,20 @@ elseif holder == '' then
     state = 'free'
   end
 end
-if state ~= 'held' and redis.call('EXISTS', WAITERS) == 1 then
+local queued = state ~= 'held' and redis.call('EXISTS', WAITERS) == 1
+if queued then
   local fence, more
   fence, more, state, count = admit(state, count, nil, ARGV[5], self, ttl, t)
   if fence then return fence end
+  queued = redis.call('EXISTS', WAITERS) == 1
 end
-if fits(limit, state, count) and redis.call('EXISTS', WAITERS) == 0 then
-  if state == 'free' then redis.call('DEL', SHARED) end -- ended leases
+if not queued and fits(limit, state, count) then
   redis.call('ZADD', SHARED, t + ttl, token)
-  cover(t)
+  if state == 'free' then
+    redis.call('SET', LOCK, '', 'PX', ttl) -- the only live one
+  else
+    cover(t)
+  end
   return current()
 end
 if self then

@@ -64,7 +64,6 @@ if not redis.call('ZSCORE', WAITERS, entry) then
       return {1, redis.call('INCR', FENCE), 1}
     end
     t = t or now()
-    if state == 'free' then redis.call('DEL', SHARED) end -- ended leases
     redis.call('ZADD', SHARED, t + ttl, token)
     cover(t)
     return {1, current(), 1}
