@@ -67,6 +67,20 @@
 // crashed. It gives up when its context ends or the strategy says so. A
 // quorum Locker's waiters do not queue: they try again on that schedule.
 //
+// # Shared leases
+//
+// [Locker.TryObtainShared], [Locker.ObtainShared] and [Locker.DoShared]
+// take a shared lease: a read-write lock's read side, or with [WithLimit]
+// one of n permits of a semaphore. One name is one lock: an exclusive
+// lease and shared leases exclude each other, and shared leases hold it
+// together. Each shared lease is a lease in full (TTL, watchdog, Lost,
+// Refresh, Release), so a crashed holder's share ends with its TTL while
+// the others keep theirs. Waiting writers come first: while an exclusive
+// Obtain waits, new shared leases queue behind it, so readers cannot
+// starve it. A shared lease's fence is the fence counter when it was
+// granted: at least every earlier lease's fence, below every later
+// exclusive lease's.
+//
 // # Quorum locks
 //
 // [NewQuorumLocker] returns a Locker with the same API whose leases live on
