@@ -328,4 +328,18 @@ func TestSharedCycleCost(t *testing.T) {
 
 // sharedCycleCommands is what an uncontended TryObtainShared and Release
 // cost in Redis commands, counting those inside the scripts.
-const sharedCycleCommands = 15
+const sharedCycleCommands = 16
+
+// A shared holder that crashed leaves no key behind once its lease ends,
+// even if nobody touches the lock again.
+func TestCrashedShareLeavesNoKey(t *testing.T) {
+	c := realRedis(t)
+	ctx := context.Background()
+	l := lockers(t, c.Options().Addr, 1)[0]
+	_, err := l.TryObtainShared(ctx, "k", WithTTL(50*time.Millisecond), WithoutWatchdog())
+	require.NoError(t, err)
+	keys := l.lockKeys("k")
+	redistest.Eventually(t, 2*time.Second, "keys expired", func() bool {
+		return c.Exists(ctx, keys[0], keys[2], keys[3]).Val() == 0
+	})
+}

@@ -43,11 +43,13 @@ local function shares(t)
   return redis.call('ZCARD', SHARED)
 end
 
--- cover makes LOCK last until the latest shared lease ends; SHARED holds
--- only leases that end after t.
+-- cover makes LOCK, and SHARED (so that a crashed holder's entry does not
+-- outlive it), last until the latest shared lease ends, which is after t.
 local function cover(t)
   local last = redis.call('ZRANGE', SHARED, -1, -1, 'WITHSCORES')
-  redis.call('SET', LOCK, '', 'PX', tonumber(last[2]) - t)
+  local ms = tonumber(last[2]) - t
+  redis.call('SET', LOCK, '', 'PX', ms)
+  redis.call('PEXPIRE', SHARED, ms)
 end
 
 -- current is the fence of a shared lease: the counter's value, at least

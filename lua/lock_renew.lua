@@ -24,6 +24,7 @@ for i = 1, #KEYS / 2 do
       redis.call('ZADD', shared, t + ttl, token)
       local last = redis.call('ZRANGE', shared, -1, -1, 'WITHSCORES')
       redis.call('SET', lock, '', 'PX', tonumber(last[2]) - t)
+      redis.call('PEXPIRE', shared, tonumber(last[2]) - t)
       codes[i] = 1
     end
   elseif holder then

@@ -53,6 +53,7 @@ if not queued and fits(limit, state, count) then
   redis.call('ZADD', SHARED, t + ttl, token)
   if state == 'free' then
     redis.call('SET', LOCK, '', 'PX', ttl) -- the only live one
+    redis.call('PEXPIRE', SHARED, ttl)
   else
     cover(t)
   end
