@@ -343,3 +343,97 @@ func TestCrashedShareLeavesNoKey(t *testing.T) {
 		return c.Exists(ctx, keys[0], keys[2], keys[3]).Val() == 0
 	})
 }
+
+// Fences through a queue of both kinds: an exclusive waiter queued behind
+// a shared one gets a fence above the shared lease's, though its ticket
+// was counted before that lease was granted.
+func TestFencesAcrossMixedQueue(t *testing.T) {
+	backends(t, func(t *testing.T, c *redis.Client) {
+		ctx := context.Background()
+		ls := lockers(t, c.Options().Addr, 3)
+		slow := WithRetry(LinearBackoff(time.Minute))
+		e1, err := ls[0].TryObtain(ctx, "k")
+		require.NoError(t, err)
+		s := waitForShared(t, ctx, ls[1], "k", slow)
+		e2 := waitFor(t, ctx, ls[2], "k", slow)
+		require.NoError(t, e1.Release(ctx))
+		s1 := receive(t, s, 2*time.Second)
+		require.GreaterOrEqual(t, s1.Fence(), e1.Fence())
+		require.NoError(t, s1.Release(ctx))
+		w := receive(t, e2, 2*time.Second)
+		require.Greater(t, w.Fence(), s1.Fence())
+		require.NoError(t, w.Release(ctx))
+	})
+}
+
+// A release with more shared waiters queued than one call lets in lets the
+// first maxGrantedWaiters in at once; the others get in at their next check.
+func TestReleaseLetsManySharedWaitersIn(t *testing.T) {
+	c := realRedis(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	l := lockers(t, c.Options().Addr, 1)[0]
+	ex, err := l.TryObtain(ctx, "k")
+	require.NoError(t, err)
+	const n = maxGrantedWaiters + 20
+	got := make(chan *Lock, n)
+	for range n {
+		go func() {
+			lk, err := l.ObtainShared(ctx, "k", WithRetry(LinearBackoff(300*time.Millisecond)))
+			if err != nil {
+				t.Error(err)
+			}
+			got <- lk
+		}()
+	}
+	queue := l.lockKeys("k")[2]
+	redistest.Eventually(t, 10*time.Second, "all queued", func() bool { return c.ZCard(ctx, queue).Val() == n })
+	require.NoError(t, ex.Release(ctx))
+	require.Equal(t, int64(maxGrantedWaiters), c.ZCard(ctx, l.lockKeys("k")[3]).Val(), "one release lets in as many as one call may")
+	for range n {
+		select {
+		case lk := <-got:
+			require.NotNil(t, lk)
+			require.True(t, lk.Shared())
+		case <-ctx.Done():
+			t.Fatal("shared waiters left waiting")
+		}
+	}
+	require.Zero(t, c.ZCard(ctx, queue).Val())
+	require.Equal(t, int64(n), c.ZCard(ctx, l.lockKeys("k")[3]).Val())
+}
+
+// A release that makes room for k shared waiters lets k in, in the same
+// step: an exclusive release lets in as many as the limit allows, a shared
+// release one more.
+func TestReleaseLetsInWhatFits(t *testing.T) {
+	backends(t, func(t *testing.T, c *redis.Client) {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel() // the last waiter never fits
+		ls := lockers(t, c.Options().Addr, 2)
+		keys := ls[0].lockKeys("k")
+		ex, err := ls[0].TryObtain(ctx, "k")
+		require.NoError(t, err)
+		var waits []<-chan *Lock
+		for i := range 5 {
+			waits = append(waits, waitForShared(t, ctx, ls[i%2], "k", WithLimit(3), WithRetry(LinearBackoff(time.Minute))))
+			redistest.Eventually(t, 5*time.Second, "queued", func() bool { return c.ZCard(ctx, keys[2]).Val() == int64(i+1) })
+		}
+		require.NoError(t, ex.Release(ctx))
+		require.Equal(t, int64(3), c.ZCard(ctx, keys[3]).Val(), "shared leases right after the exclusive release")
+		require.Equal(t, int64(2), c.ZCard(ctx, keys[2]).Val(), "waiters left")
+		first := receive(t, waits[0], 2*time.Second)
+		for _, w := range waits[1:3] {
+			receive(t, w, 2*time.Second)
+		}
+		require.NoError(t, first.Release(ctx))
+		require.Equal(t, int64(3), c.ZCard(ctx, keys[3]).Val())
+		require.Equal(t, int64(1), c.ZCard(ctx, keys[2]).Val())
+		receive(t, waits[3], 2*time.Second)
+		select {
+		case <-waits[4]:
+			t.Fatal("a fourth shared lease past the limit")
+		case <-time.After(50 * time.Millisecond):
+		}
+	})
+}
