@@ -451,17 +451,19 @@ func TestEveryContextEndWaitsForTheJob(t *testing.T) {
 func TestEveryClose(t *testing.T) {
 	mr, c := newMini(t)
 	l := NewLocker(c)
-	runs := 0
+	var runs atomic.Int32
 	done := make(chan error, 1)
 	go func() {
-		done <- l.Every(context.Background(), "job", time.Hour, func(context.Context) error { runs++; return nil })
+		done <- l.Every(context.Background(), "job", time.Hour, func(context.Context) error { runs.Add(1); return nil })
 	}()
-	redistest.Eventually(t, 5*time.Second, "the first slot's claim", func() bool { return mr.Exists(l.everyKey("job")) })
+	redistest.Eventually(t, 5*time.Second, "the first slot's run, and the lock given back", func() bool {
+		return runs.Load() == 1 && !mr.Exists(l.lockKey("job"))
+	})
 	require.NoError(t, l.Close())
 	select {
 	case err := <-done:
-		if !errors.Is(err, ErrClosed) || runs != 1 {
-			t.Fatalf("Every returned %v after %d runs, want ErrClosed after 1", err, runs)
+		if !errors.Is(err, ErrClosed) || runs.Load() != 1 {
+			t.Fatalf("Every returned %v after %d runs, want ErrClosed after 1", err, runs.Load())
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("Every did not return within 5s of Close")
