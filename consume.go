@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -64,10 +65,26 @@ type consumer struct {
 	idle     chan struct{} // passes the waiting role to an idle worker
 }
 
+// report passes an error Consume recovered from to WithErrorHandler's
+// handler or, without one, to the Queue's logger; an error that only says
+// Consume's context ended is no failure, and is not logged.
 func (c *consumer) report(err error) {
-	if c.onError != nil && err != nil {
+	switch {
+	case err == nil:
+	case c.onError != nil:
 		c.onError(err)
+	case c.ctx.Err() != nil && errors.Is(err, c.ctx.Err()):
+	default:
+		c.q.logger().Warn("redlease: consume", "queue", c.q.name, "err", err)
 	}
+}
+
+// logger is where the Queue reports: WithLogger's, or slog's default.
+func (q *Queue) logger() *slog.Logger {
+	if q.log != nil {
+		return q.log
+	}
+	return slog.Default()
 }
 
 // work claims and handles messages until ctx ends. A message whose

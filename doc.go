@@ -14,6 +14,9 @@
 //		return buildReport(ctx) // ctx is cancelled if the lease is lost
 //	})
 //
+// [Locker.Every] runs a periodic job under the lock of its name, at most
+// once per period across every process that runs it.
+//
 // # Leases
 //
 // A lease lasts its TTL ([WithTTL], default [DefaultTTL]) unless it is

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"reflect"
 	"sync/atomic"
 	"time"
@@ -27,7 +28,8 @@ type Locker struct {
 	store  store
 	waits  *waitlist // nil for a quorum, whose waiters poll
 	prefix string
-	err    error // from a bad client or option, returned by every call
+	log    *slog.Logger // WithLogger's; nil: slog.Default()
+	err    error        // from a bad client or option, returned by every call
 
 	ctx    context.Context // ends on Close; bounds background calls
 	cancel context.CancelFunc
@@ -45,7 +47,7 @@ func NewLocker(client redis.UniversalClient, opts ...Option) *Locker {
 			o.applyLocker(&cfg)
 		}
 	}
-	l := &Locker{client: client, prefix: cfg.prefix, err: cfg.err}
+	l := &Locker{client: client, prefix: cfg.prefix, log: cfg.log, err: cfg.err}
 	if err := checkClient(client); err != nil {
 		l.err = err
 	}

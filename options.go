@@ -2,6 +2,7 @@ package redlease
 
 import (
 	"fmt"
+	"log/slog"
 	"strings"
 	"time"
 )
@@ -27,6 +28,7 @@ type Option interface {
 
 type lockerConfig struct {
 	prefix string
+	log    *slog.Logger // nil: slog.Default()
 	err    error
 }
 
@@ -58,6 +60,35 @@ func validPrefix(prefix string) error {
 		return fmt.Errorf("%w: prefix %q must be non-empty and free of '{' and '}'", ErrInvalidArgument, prefix)
 	}
 	return nil
+}
+
+// WithLogger sets where a Locker or Queue reports the errors it recovers
+// from by itself (default: [slog.Default], as it is when each line is
+// logged). [Locker.Every] logs its function's errors and panics at Error
+// level and its own Redis errors at Warn level, with the attributes name,
+// slot (when known) and err. [Queue.Consume], when no [WithErrorHandler] is
+// given, logs at Warn level, with the attributes queue and err, what it
+// would pass to the handler. A nil logger is an error.
+func WithLogger(log *slog.Logger) Option { return loggerOption{log} }
+
+type loggerOption struct{ log *slog.Logger }
+
+var errNilLogger = fmt.Errorf("%w: nil logger", ErrInvalidArgument)
+
+func (o loggerOption) applyLocker(c *lockerConfig) {
+	if o.log == nil {
+		c.err = errNilLogger
+		return
+	}
+	c.log = o.log
+}
+
+func (o loggerOption) applyQueue(c *queueConfig) {
+	if o.log == nil {
+		c.err = errNilLogger
+		return
+	}
+	c.log = o.log
 }
 
 // LockOption configures one [Locker.TryObtain], Obtain or Do call. An invalid option
@@ -218,6 +249,7 @@ type queueConfig struct {
 	lease       time.Duration
 	maxAttempts int
 	backoff     func(attempt int) time.Duration
+	log         *slog.Logger // nil: slog.Default()
 	err         error
 }
 
@@ -336,7 +368,9 @@ func WithConcurrency(n int) ConsumeOption {
 
 // WithErrorHandler receives the errors Consume recovers from by itself:
 // Redis errors while claiming, acking or reclaiming, and handler errors and
-// panics (each message is nacked all the same). It must not block.
+// panics (each message is nacked all the same). It must not block. Without
+// it, Consume logs them to the Queue's logger ([WithLogger]), except those
+// that only say Consume's context ended.
 func WithErrorHandler(f func(error)) ConsumeOption {
 	return func(c *consumeConfig) { c.onError = f }
 }

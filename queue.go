@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"hash/fnv"
+	"log/slog"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -39,6 +40,7 @@ type Queue struct {
 	lease       time.Duration
 	maxAttempts int
 	backoff     func(attempt int) time.Duration
+	log         *slog.Logger // WithLogger's; nil: slog.Default()
 	err         error
 	wd          watchdog // renews the claims of Consume's handlers
 }
@@ -52,7 +54,7 @@ func NewQueue(client redis.UniversalClient, name string, opts ...QueueOption) *Q
 			o.applyQueue(&cfg)
 		}
 	}
-	q := &Queue{client: client, name: name, lease: cfg.lease, maxAttempts: cfg.maxAttempts, backoff: cfg.backoff, err: cfg.err}
+	q := &Queue{client: client, name: name, lease: cfg.lease, maxAttempts: cfg.maxAttempts, backoff: cfg.backoff, log: cfg.log, err: cfg.err}
 	switch {
 	case isNil(client):
 		q.err = fmt.Errorf("%w: nil redis client", ErrInvalidArgument)

@@ -27,6 +27,7 @@ var (
 	renewScript   = lockScript("lock_renew.lua")
 	pttlScript    = lockScript("lock_pttl.lua")
 	fenceScript   = lockScript("lock_fence.lua")
+	everyScript   = lockScript("every.lua")
 )
 
 // Queue scripts: each is lua/queue.lua's prelude followed by its body.
