@@ -10,12 +10,16 @@
 // runs a function and releases it. The first two return a [Lock], which the
 // holder gives back with [Lock.Release].
 //
-//	err := locker.Do(ctx, "nightly-report", func(ctx context.Context) error {
-//		return buildReport(ctx) // ctx is cancelled if the lease is lost
+//	err := locker.Do(ctx, "invoice:42", func(ctx context.Context) error {
+//		return charge(ctx, 42) // ctx is cancelled if the lease is lost
 //	})
 //
-// [Locker.Every] runs a periodic job under the lock of its name, at most
-// once per period across every process that runs it.
+// Do in every process runs the function in every process, one after
+// another. For a job that must run once per period across a fleet, use
+// [Locker.Every]: it runs the job under the lock of its name, at most once
+// per period slot on Redis's clock, on one of the processes that call it.
+//
+//	err := locker.Every(ctx, "nightly-report", 24*time.Hour, buildReport)
 //
 // # Leases
 //

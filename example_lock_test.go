@@ -76,19 +76,19 @@ func ExampleLocker_Do() {
 
 	// Run a function while holding the lock. Its context is cancelled if
 	// the lease is lost; the lock is always released.
-	err := locker.Do(ctx, "nightly-report", func(ctx context.Context) error {
-		fmt.Println("building the report")
+	err := locker.Do(ctx, "invoice:42", func(ctx context.Context) error {
+		fmt.Println("charging invoice 42")
 		return nil
 	})
 	fmt.Println("err:", err)
 
 	// The function's error is Do's.
-	err = locker.Do(ctx, "nightly-report", func(ctx context.Context) error {
+	err = locker.Do(ctx, "invoice:42", func(ctx context.Context) error {
 		return errors.New("disk full")
 	})
 	fmt.Println("err:", err)
 	// Output:
-	// building the report
+	// charging invoice 42
 	// err: <nil>
 	// err: disk full
 }
