@@ -1,9 +1,10 @@
 // Command bench compares redlease with redsync, redislock, asynq and a
 // raw go-redis floor on a redis-server it starts for itself on loopback.
 //
-//	go run .                 # full run, under 6 minutes on 2 cores
+//	go run .                 # full run, about 6½ minutes on 2 cores
 //	go run . -quick          # smoke run, one to two minutes
 //	go run . -out /tmp/x     # write results.md and plots/ there
+//	go run . -only shared    # some scenarios only
 //
 // Every scenario runs every contender interleaved (round 1: A B C D,
 // round 2: B C D A, ...), so drift over the run hits all contenders alike;
@@ -22,6 +23,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -55,7 +57,48 @@ type config struct {
 	pickupGap  time.Duration
 	pickupWait time.Duration
 
+	streamDur time.Duration // one run of the writer-under-readers scenario
+
 	budget time.Duration // the whole run is cancelled past this
+	steps  []scenario    // what runs, in order
+}
+
+// scenario is one step of a run: it measures and returns one table.
+type scenario struct {
+	name string // for -only
+	run  func(context.Context, *env, config, func(string)) (*table, error)
+}
+
+// scenarios lists every step in the order a full run takes them.
+var scenarios = []scenario{
+	{"cycle", scenarioCycle}, {"handoff", scenarioHandoff}, {"watchdog", scenarioWatchdog},
+	{"queue", scenarioQueue}, {"pickup", scenarioPickup}, {"shared", scenarioShared}, {"writer", scenarioWriter},
+}
+
+func scenarioNames() []string {
+	return contenderNames(scenarios, func(s scenario) string { return s.name })
+}
+
+// pickScenarios resolves -only: every scenario when empty, else the named
+// ones in the order of a full run.
+func pickScenarios(only string) ([]scenario, error) {
+	if only == "" {
+		return scenarios, nil
+	}
+	want := map[string]bool{}
+	for name := range strings.SplitSeq(only, ",") {
+		if !slices.Contains(scenarioNames(), name) {
+			return nil, fmt.Errorf("-only: no scenario %q (have %s)", name, strings.Join(scenarioNames(), ","))
+		}
+		want[name] = true
+	}
+	var steps []scenario
+	for _, s := range scenarios {
+		if want[s.name] {
+			steps = append(steps, s)
+		}
+	}
+	return steps, nil
 }
 
 func defaultConfig(quick bool) config {
@@ -66,7 +109,8 @@ func defaultConfig(quick bool) config {
 		watchLocks: 1000, watchTTL: time.Second, watchHold: 3 * time.Second,
 		queueMsgs: 20000, queueConc: []int{1, 16, 64}, queueTimeout: 60 * time.Second,
 		pickupMsgs: 30, pickupGap: 30 * time.Millisecond, pickupWait: 5 * time.Second,
-		budget: 10 * time.Minute,
+		streamDur: 2 * time.Second,
+		budget:    10 * time.Minute,
 	}
 	if quick {
 		c.cycleDur = 400 * time.Millisecond
@@ -75,6 +119,7 @@ func defaultConfig(quick bool) config {
 		c.queueMsgs = 5000
 		c.queueTimeout = 30 * time.Second
 		c.pickupMsgs = 10
+		c.streamDur = time.Second
 		c.fastRounds = 3
 		c.budget = 4 * time.Minute
 	}
@@ -86,6 +131,7 @@ func main() {
 	out := flag.String("out", "", "directory for results.md and plots/ (default: the bench module's directory)")
 	rounds := flag.Int("rounds", 0, "interleaved rounds of every scenario, at least 3 (default: 5 for the short scenarios, 3 for the watchdog and queue; 3 with -quick)")
 	quiet := flag.Bool("q", false, "no progress lines on stderr")
+	only := flag.String("only", "", "comma-separated scenarios to run (default all): "+strings.Join(scenarioNames(), ","))
 	flag.Parse()
 
 	cfg := defaultConfig(*quick)
@@ -99,6 +145,10 @@ func main() {
 		os.Exit(2)
 	}
 	cfg.out = dir
+	if cfg.steps, err = pickScenarios(*only); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(2)
+	}
 	progress := func(s string) {
 		if !*quiet {
 			fmt.Fprintf(os.Stderr, "%s %s\n", time.Now().Format("15:04:05"), s)
@@ -164,11 +214,8 @@ func run(cfg config, progress func(string)) (err error) {
 	defer e.admin.Close()
 
 	rep := &report{cfg: cfg, machine: describeMachine(srv.version), started: began}
-	steps := []func(context.Context, *env, config, func(string)) (*table, error){
-		scenarioCycle, scenarioHandoff, scenarioWatchdog, scenarioQueue, scenarioPickup,
-	}
-	for _, step := range steps {
-		t, err := step(ctx, e, cfg, progress)
+	for _, step := range cfg.steps {
+		t, err := step.run(ctx, e, cfg, progress)
 		if t != nil {
 			rep.tables = append(rep.tables, t)
 		}

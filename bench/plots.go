@@ -32,6 +32,8 @@ var palette = map[string]color.Color{
 	"redislock tuned":    color.RGBA{R: 120, G: 200, B: 100, A: 255},
 	"asynq":              color.RGBA{R: 120, G: 50, B: 160, A: 255},
 	"raw floor":          color.RGBA{R: 90, G: 90, B: 90, A: 255},
+	readersWriterName:    color.RGBA{R: 200, G: 30, B: 40, A: 255},
+	writerAloneName:      color.RGBA{R: 90, G: 90, B: 90, A: 255},
 }
 
 func colorOf(name string) color.Color {
@@ -97,6 +99,13 @@ func (r *report) plots(dir string) ([]plotFile, error) {
 		p, err := cdfPlot(t, "", "Idle pick-up latency (enqueue call → handler start)",
 			"pick-up latency (log scale)", "fraction of messages ≤ x")
 		if err := add("Idle pick-up latency CDF", "pickup_cdf.png", p, err); err != nil {
+			return nil, err
+		}
+	}
+	if t := r.table("writer"); t != nil {
+		p, err := cdfPlot(t, "", fmt.Sprintf("Writer's wait, Obtain every %v, with and without %d readers holding %v each",
+			stream.writerEvery, stream.readers, stream.readerHold), "Obtain call → holding (log scale)", "fraction of writer acquisitions ≤ x")
+		if err := add("Writer's wait under a stream of readers, CDF", "writer_wait_cdf.png", p, err); err != nil {
 			return nil, err
 		}
 	}

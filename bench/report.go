@@ -233,7 +233,7 @@ func (r *report) writeTable(b *strings.Builder, t *table) {
 	for _, m := range t.metrics {
 		head = append(head, m.label)
 		if m.ratio {
-			head = append(head, "× redlease")
+			head = append(head, "× "+t.ref)
 		}
 		if m.against != "" {
 			head = append(head, "× "+m.against)
@@ -247,8 +247,8 @@ func (r *report) writeTable(b *strings.Builder, t *table) {
 				continue // a contender limited to other variants
 			}
 			row := []string{c}
-			if c == "redlease" {
-				row[0] = "**redlease**"
+			if c == t.ref {
+				row[0] = "**" + c + "**"
 			}
 			if t.variantLabel != "" {
 				row = append(row, v)

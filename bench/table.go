@@ -23,8 +23,11 @@ type cellKey struct{ variant, contender string }
 
 // table collects one scenario's per-round figures.
 type table struct {
-	id, title    string
-	intro        string   // what was measured, built from the run's parameters
+	id, title string
+	intro     string // what was measured, built from the run's parameters
+	// ref is the contender the "× ref" columns divide by: "redlease"
+	// unless a scenario compares variants of redlease with one of them.
+	ref          string
 	variantLabel string   // header of the variant column; "" when there is one variant
 	variants     []string // e.g. goroutine counts; [""] when there is one
 	contenders   []string
@@ -40,7 +43,7 @@ func newTable(id, title string, variantLabel string, variants, contenders []stri
 		variants = []string{""}
 	}
 	return &table{
-		id: id, title: title, variantLabel: variantLabel, variants: variants,
+		id: id, title: title, ref: "redlease", variantLabel: variantLabel, variants: variants,
 		contenders: contenders, metrics: metrics,
 		cells: map[cellKey]map[string][]float64{}, samples: map[cellKey][]float64{},
 	}
@@ -115,15 +118,15 @@ func (t *table) metric(key string) metric {
 	panic("unknown metric " + key)
 }
 
-// ratio compares contender with redlease in the same variant: the median
+// ratio compares contender with t.ref in the same variant: the median
 // over rounds of the per-round ratio. A round's runs are adjacent in time,
 // so pairing them cancels much of the machine's drift between rounds.
 // Summed metrics compare their totals.
 func (t *table) ratio(variant, contender, key string) float64 {
-	return t.ratioTo(variant, contender, key, "redlease")
+	return t.ratioTo(variant, contender, key, t.ref)
 }
 
-// ratioTo is ratio against another reference contender than redlease.
+// ratioTo is ratio against another reference contender than t.ref.
 func (t *table) ratioTo(variant, contender, key, refName string) float64 {
 	if t.metric(key).sum {
 		ref, _, _ := t.stat(variant, refName, key)

@@ -1,0 +1,232 @@
+// Command cyclecmp measures redlease's uncontended exclusive cycle
+// (TryObtain + Release, each goroutine on its own key) against a running
+// redis-server, so that compare.sh can build it against two versions of
+// the library and run them in turns. It uses only API that every version
+// has.
+//
+//	cyclecmp run -addr 127.0.0.1:6379 -goroutines 1,16 -dur 1s
+//	cyclecmp summary FILE   # lines "round version goroutines cycles/s"
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"math"
+	"os"
+	"runtime/debug"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/redlease/redlease"
+)
+
+const (
+	// maxCyclesPerGoroutine bounds each loop in count as well as time.
+	maxCyclesPerGoroutine = 1 << 20
+	// runSlack bounds a run past its length, should Redis stop answering.
+	runSlack = 30 * time.Second
+	// libPath is the module whose replace the summary line reports.
+	libPath = "github.com/redlease/redlease"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, "usage: cyclecmp run [flags] | cyclecmp summary FILE")
+		os.Exit(2)
+	}
+	var err error
+	switch os.Args[1] {
+	case "run":
+		err = runCmd(os.Args[2:])
+	case "summary":
+		if len(os.Args) != 3 {
+			err = errors.New("usage: cyclecmp summary FILE")
+		} else {
+			err = summary(os.Args[2])
+		}
+	default:
+		err = fmt.Errorf("unknown command %q", os.Args[1])
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "cyclecmp:", err)
+		os.Exit(1)
+	}
+}
+
+// runCmd prints one line per goroutine count: "goroutines cycles/s".
+func runCmd(args []string) error {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	addr := fs.String("addr", "", "redis-server address (required)")
+	gs := fs.String("goroutines", "1,16", "comma-separated goroutine counts")
+	dur := fs.Duration("dur", time.Second, "length of each measured run")
+	warm := fs.Duration("warmup", 200*time.Millisecond, "unmeasured run before each measured one")
+	lib := fs.Bool("lib", false, "print where the redlease module came from, and exit")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *lib {
+		fmt.Println(libSource())
+		return nil
+	}
+	if *addr == "" {
+		return errors.New("-addr is required")
+	}
+	ctx := context.Background()
+	c := redis.NewClient(&redis.Options{Addr: *addr})
+	defer c.Close()
+	l := redlease.NewLocker(c)
+	defer l.Close()
+	for f := range strings.SplitSeq(*gs, ",") {
+		n, err := strconv.Atoi(f)
+		if err != nil || n < 1 {
+			return fmt.Errorf("bad goroutine count %q", f)
+		}
+		prefix := fmt.Sprintf("cyclecmp-%d-%d-%d", os.Getpid(), n, time.Now().UnixNano())
+		if _, err := cycles(ctx, l, prefix, n, *warm); err != nil {
+			return fmt.Errorf("warm-up: %w", err)
+		}
+		rate, err := cycles(ctx, l, prefix, n, *dur)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("%d %.1f\n", n, rate)
+	}
+	return nil
+}
+
+// libSource names the redlease module this binary was built with,
+// including its replacement directory.
+func libSource() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "unknown"
+	}
+	for _, d := range bi.Deps {
+		if d.Path == libPath {
+			if d.Replace != nil {
+				return d.Path + " => " + d.Replace.Path
+			}
+			return d.Path + " " + d.Version
+		}
+	}
+	return "unknown"
+}
+
+// cycles runs TryObtain + Release on n goroutines, each on its own key,
+// for d, and returns cycles per second.
+func cycles(ctx context.Context, l *redlease.Locker, prefix string, n int, d time.Duration) (float64, error) {
+	rctx, cancel := context.WithTimeout(ctx, d+runSlack)
+	defer cancel()
+	var (
+		wg       sync.WaitGroup
+		mu       sync.Mutex
+		total    int64
+		firstErr error
+	)
+	start := time.Now()
+	deadline := start.Add(d)
+	for g := range n {
+		key := prefix + ":" + strconv.Itoa(g)
+		wg.Go(func() {
+			var done int64
+			var err error
+			for range maxCyclesPerGoroutine {
+				if !time.Now().Before(deadline) {
+					break
+				}
+				var lk *redlease.Lock
+				if lk, err = l.TryObtain(rctx, key); err != nil {
+					break
+				}
+				if err = lk.Release(rctx); err != nil {
+					break
+				}
+				done++
+			}
+			mu.Lock()
+			total += done
+			if firstErr == nil {
+				firstErr = err
+			}
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	return float64(total) / time.Since(start).Seconds(), firstErr
+}
+
+// summary reads "round version goroutines cycles/s" lines (version "old"
+// or "new") and prints, per goroutine count, each version's median
+// cycles/s and the median, min and max over rounds of new ÷ old.
+func summary(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	type key struct {
+		round, goroutines int
+		version           string
+	}
+	rates := map[key]float64{}
+	var counts, rounds []int
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		var k key
+		var rate float64
+		if _, err := fmt.Sscan(sc.Text(), &k.round, &k.version, &k.goroutines, &rate); err != nil {
+			return fmt.Errorf("bad line %q: %w", sc.Text(), err)
+		}
+		rates[k] = rate
+		if !slices.Contains(counts, k.goroutines) {
+			counts = append(counts, k.goroutines)
+		}
+		if !slices.Contains(rounds, k.round) {
+			rounds = append(rounds, k.round)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return err
+	}
+	fmt.Println("| goroutines | old cycles/s | new cycles/s | new ÷ old (median [min–max] of per-round ratios) | rounds |")
+	fmt.Println("| --- | --- | --- | --- | --- |")
+	for _, n := range counts {
+		var olds, news, ratios []float64
+		for _, r := range rounds {
+			o, okO := rates[key{r, n, "old"}]
+			nw, okN := rates[key{r, n, "new"}]
+			if !okO || !okN || o == 0 {
+				continue
+			}
+			olds, news, ratios = append(olds, o), append(news, nw), append(ratios, nw/o)
+		}
+		om, olo, ohi := spread(olds)
+		nm, nlo, nhi := spread(news)
+		rm, rlo, rhi := spread(ratios)
+		fmt.Printf("| %d | %.0f [%.0f–%.0f] | %.0f [%.0f–%.0f] | ×%.3f [%.3f–%.3f] | %d |\n",
+			n, om, olo, ohi, nm, nlo, nhi, rm, rlo, rhi, len(ratios))
+	}
+	return nil
+}
+
+// spread returns the median, minimum and maximum of vals.
+func spread(vals []float64) (med, lo, hi float64) {
+	if len(vals) == 0 {
+		return math.NaN(), math.NaN(), math.NaN()
+	}
+	v := slices.Sorted(slices.Values(vals))
+	n := len(v)
+	med = v[n/2]
+	if n%2 == 0 {
+		med = (v[n/2-1] + v[n/2]) / 2
+	}
+	return med, v[0], v[n-1]
+}
