@@ -437,3 +437,24 @@ func TestReleaseLetsInWhatFits(t *testing.T) {
 		}
 	})
 }
+
+// WithReplicaAck on a shared lease waits for replicas as on an exclusive
+// one, and gives the share back when too few acknowledge.
+func TestSharedReplicaAck(t *testing.T) {
+	master, replica := redistest.OwnReplicated(t)
+	c := redis.NewClient(&redis.Options{Addr: master.Addr})
+	defer c.Close()
+	rc := redis.NewClient(&redis.Options{Addr: replica.Addr})
+	defer rc.Close()
+	ctx := context.Background()
+	l := NewLocker(c)
+	defer l.Close()
+	lk, err := l.TryObtainShared(ctx, "k", WithReplicaAck(1, time.Second), WithLimit(1))
+	require.NoError(t, err)
+	require.True(t, lk.Shared())
+	require.NoError(t, rc.ZScore(ctx, l.lockKeys("k")[3], lk.Token()).Err(), "the replica lacks an acknowledged share")
+	_, err = l.TryObtainShared(ctx, "k", WithReplicaAck(2, 100*time.Millisecond))
+	require.ErrorIs(t, err, ErrNotObtained)
+	require.Equal(t, int64(1), c.ZCard(ctx, l.lockKeys("k")[3]).Val(), "a refused replica-acked share was kept")
+	require.NoError(t, lk.Release(ctx))
+}
