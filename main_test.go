@@ -23,6 +23,9 @@ func TestMain(m *testing.M) {
 	if env := os.Getenv(waitChildEnv); env != "" {
 		os.Exit(waitChild(env))
 	}
+	if env := os.Getenv(sharedChildEnv); env != "" {
+		os.Exit(sharedChild(env))
+	}
 	// go-redis logs every refused dial and Sentinel switch; the fault and
 	// failover tests cause thousands on purpose.
 	redis.SetLogger(verboseOnly{})
