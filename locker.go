@@ -293,6 +293,10 @@ func capWait(wait, pttl time.Duration) time.Duration {
 	return wait
 }
 
+// listenWait bounds how long a waiter waits for its Locker's subscription
+// before it queues all the same: a subscription takes a round trip.
+const listenWait = time.Second
+
 // queue makes an attempt that queues lk in Redis if the lock is held, then
 // waits for the grant, checking Redis on the retry schedule.
 func (l *Locker) queue(ctx context.Context, lk *Lock, cfg lockConfig, retry RetryStrategy) (*Lock, error) {
@@ -300,32 +304,52 @@ func (l *Locker) queue(ctx context.Context, lk *Lock, cfg lockConfig, retry Retr
 	if err != nil {
 		return nil, gaveUp(lk.name, err)
 	}
-	// The attempt may have queued w even if its reply was lost.
-	queued, acquired := true, false
+	queued, acquired := false, false
 	defer func() { l.waits.leave(w, queued && !acquired) }()
-	listening := w.sub.isReady()
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	known, at := time.Duration(-1), time.Time{} // how long until the lock may change, as of at
+	if !w.sub.isReady() {
+		// Queue only once w's Locker listens: a release, or a shared
+		// attempt's look for dead waiters, would take w for dead. Until
+		// then, an attempt that does not queue. ready closes when the
+		// subscription is up or its attempt failed; listenWait bounds a
+		// stalled one.
+		ok, pttl, err := l.acquire(ctx, lk, nil)
+		if ok || err != nil {
+			acquired = ok
+			return l.outcome(ctx, lk, ok, pttl, err)
+		}
+		known, at = pttl, time.Now()
+		timer.Reset(listenWait)
+		select {
+		case <-w.sub.ready:
+		case <-timer.C:
+		case <-ctx.Done():
+			return nil, gaveUp(lk.name, ctx.Err())
+		case <-l.ctx.Done():
+			return nil, gaveUp(lk.name, ErrClosed)
+		}
+	}
+	// The attempt may queue w even if its reply is lost.
+	queued = true
 	w.start = time.Now()
 	ok, pttl, err := l.acquire(ctx, lk, &w.entry)
 	if ok || err != nil {
 		acquired = ok
 		return l.outcome(ctx, lk, ok, pttl, err)
 	}
-	pttl = -1     // unknown until a check
+	pttl = -1 // unknown until a check, unless the first attempt said
+	if known >= 0 {
+		pttl = max(known-time.Since(at), 0)
+	}
 	take := false // a check found the lease granted to w: the next one takes it
-	timer := time.NewTimer(time.Hour)
-	defer timer.Stop()
 	for n := 1; ; n++ {
 		wait, more := retry.NextBackoff(n)
 		if !more {
 			return nil, notObtained(lk.name, pttl)
 		}
 		timer.Reset(capWait(wait, pttl))
-		var ready <-chan struct{}
-		if !listening {
-			// Queued before the subscription was up: a grant may have
-			// found nobody listening. Check as soon as it is up.
-			ready = w.sub.ready
-		}
 		select {
 		case fence := <-w.granted:
 			ok, err := l.takeGrant(ctx, w, fence)
@@ -335,7 +359,6 @@ func (l *Locker) queue(ctx context.Context, lk *Lock, cfg lockConfig, retry Retr
 			}
 			continue // takeGrant checked Redis: the lease was not w's
 		case <-w.check:
-		case <-ready:
 		case <-timer.C:
 		case <-ctx.Done():
 			return nil, gaveUp(lk.name, ctx.Err())
@@ -353,7 +376,7 @@ func (l *Locker) queue(ctx context.Context, lk *Lock, cfg lockConfig, retry Retr
 			continue
 		default:
 		}
-		ok, granted, ms, err := l.checkWaiter(ctx, w, take, listening)
+		ok, granted, ms, err := l.checkWaiter(ctx, w, take, true)
 		switch {
 		case err != nil:
 			return l.outcome(ctx, lk, false, 0, err)
@@ -364,7 +387,6 @@ func (l *Locker) queue(ctx context.Context, lk *Lock, cfg lockConfig, retry Retr
 			}
 			return lk, nil
 		}
-		listening = true
 		pttl = time.Duration(ms) * time.Millisecond
 		// Granted: the notice should follow; if it has not by the next
 		// check, well within the grant's lease, that check takes it.

@@ -231,9 +231,7 @@ func TestSharedKilledWriterStopsBlockingReaders(t *testing.T) {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
 	}()
-	// Queued and listening: a writer queued before its Locker's
-	// subscription is up is taken for dead (see
-	// TestSharedAttemptOvertakesWriterNotYetSubscribed).
+	// Queued, hence listening (TestWriterQueuesOnceListening).
 	redistest.Eventually(t, 10*time.Second, "the child writer queued and subscribed", func() bool {
 		return c.ZCard(ctx, queue).Val() == 1 && len(c.PubSubChannels(ctx, prefix+":grant:*").Val()) == 1
 	})
@@ -251,20 +249,11 @@ func TestSharedKilledWriterStopsBlockingReaders(t *testing.T) {
 	require.NoError(t, r.Release(ctx))
 }
 
-// Known issue: a writer queued before its Locker's subscription is up is
-// taken for a dead one. Obtain queues in Redis (lua/lock_acquire.lua) at
-// once, while join starts the subscription in the background; a shared
-// attempt in between (lua/lock_shared.lua, admit in lua/lock.lua) finds
-// nobody on the writer's channel (PUBSUB NUMSUB 0), pops the live writer
-// from the queue and takes a shared lease: TryObtainShared succeeds while
-// an exclusive Obtain is queued, contrary to writer preference. The
-// writer's check once subscribed (lua/lock_wait.lua) queues it again, at
-// the back. Here the writer's Locker dials new connections (its
-// subscription's) 500ms late, which makes the window deterministic; it is
-// a round trip wide otherwise, for every Locker's first waiter, and after
-// each 1s without waiters.
-func TestSharedAttemptOvertakesWriterNotYetSubscribed(t *testing.T) {
-	knownIssue(t, "a writer queued before its subscription is up is skipped as dead by a shared attempt")
+// An Obtain queues in Redis only once its Locker listens: a shared
+// attempt's look for dead waiters (PUBSUB NUMSUB in lua/lock.lua's admit)
+// would otherwise take a live writer for dead and overtake it. Here the
+// writer's Locker dials new connections (its subscription's) 500ms late.
+func TestWriterQueuesOnceListening(t *testing.T) {
 	c := realRedis(t)
 	ctx := context.Background()
 	prefix := uniq(t)

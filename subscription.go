@@ -177,6 +177,9 @@ func (h *waitlist) read(sub *subscription) {
 			case *redis.Pong:
 				silent = 0
 			case nil:
+				// Not subscribed yet: that failed (a dial that timed
+				// out, say), and waiters need not wait for it.
+				answer()
 				if errors.As(err, &nerr) && nerr.Timeout() {
 					silent++
 					_ = ps.Ping(h.l.ctx)

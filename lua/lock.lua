@@ -69,6 +69,20 @@ local function fits(limit, state, count)
   return state ~= 'held' and (limit == 0 or count < limit)
 end
 
+-- wake is how long until the lock may change for a waiter that does not
+-- fit: the earliest shared lease's remaining ms in state 'shared' (a
+-- crashed holder's share ends then), else the lock's (-1: no TTL, or free
+-- with waiters left to let in).
+local function wake(state, t)
+  if state == 'shared' then
+    t = t or now()
+    shares(t)
+    local first = redis.call('ZRANGE', SHARED, 0, 0, 'WITHSCORES')
+    if #first > 0 then return tonumber(first[2]) - t end
+  end
+  return math.max(redis.call('PTTL', LOCK), -1)
+end
+
 -- listening asks whether anyone listens on a waiter's channel.
 local function listening(publish, channel)
   local sub = 'NUMSUB'

@@ -1,7 +1,8 @@
 -- Ends a lease if it is ours, exclusive or shared: the waiters it makes
 -- room for get the lock (admit, lock.lua); a lock left free is deleted,
 -- without a PUBLISH. A waiter that gives up calls it too, with its entry:
--- it leaves the queue, and a lease granted to it meanwhile passes on.
+-- it leaves the queue, a lease granted to it meanwhile passes on, and the
+-- shared waiters it held back (an exclusive waiter) are let in.
 --
 -- KEYS as in lock.lua
 -- ARGV[1] token
@@ -13,7 +14,7 @@
 --
 -- A resend after a lost reply finds the lease gone or passed on, and says
 -- so: the caller cannot tell that from a lease it lost.
-if ARGV[4] ~= '' then redis.call('ZREM', WAITERS, ARGV[4]) end
+local left = ARGV[4] ~= '' and redis.call('ZREM', WAITERS, ARGV[4]) == 1
 local holder = redis.call('GET', LOCK)
 if holder == ARGV[1] then
   local floor = tonumber(ARGV[2])
@@ -21,21 +22,26 @@ if holder == ARGV[1] then
   local _, _, state = admit('free', 0, floor, ARGV[3])
   if state == 'free' then redis.call('DEL', LOCK) end
   return 1
-elseif holder ~= '' then
-  if holder then return -1 end
+elseif holder and holder ~= '' then
+  return -1
+elseif not holder then
+  if left then admit('free', 0, nil, ARGV[3]) end -- waiters left after an expiry
   return 0
 end
 local t = now()
 local ends = redis.call('ZSCORE', SHARED, ARGV[1])
-if not ends then return 0 end
-redis.call('ZREM', SHARED, ARGV[1])
-if tonumber(ends) <= t then return 0 end
+if ends then redis.call('ZREM', SHARED, ARGV[1]) end
+local ours = ends and tonumber(ends) > t
+if not ours and not left then return 0 end
 local state, count = 'free', 0
 local last = redis.call('ZRANGE', SHARED, -1, -1, 'WITHSCORES')
 if #last > 0 and tonumber(last[2]) > t then
   state, count = 'shared', shares(t)
 else
-  redis.call('DEL', LOCK) -- that was the last live shared lease
+  -- No live shared lease is left: only ended ones, which go too.
+  redis.call('DEL', LOCK)
+  if #last > 0 then redis.call('DEL', SHARED) end
 end
 admit(state, count, nil, ARGV[3], nil, nil, t)
-return 1
+if ours then return 1 end
+return 0

@@ -63,10 +63,4 @@ if self then
   redis.call('ZADD', WAITERS, 'NX', redis.call('INCR', FENCE), self)
   return -1
 end
-if state == 'shared' then
-  local first = redis.call('ZRANGE', SHARED, 0, 0, 'WITHSCORES')
-  return -3 - (tonumber(first[2]) - t)
-end
-local pttl = redis.call('PTTL', LOCK)
-if pttl == -2 then pttl = -1 end -- free, with waiters left to let in: unknown
-return -3 - pttl
+return -3 - wake(state, t)

@@ -71,4 +71,5 @@ if not redis.call('ZSCORE', WAITERS, entry) then
   redis.call('ZADD', WAITERS, redis.call('INCR', FENCE), entry)
 end
 redis.call('PEXPIRE', WAITERS, QUEUE_IDLE)
-return {0, redis.call('PTTL', LOCK), missed}
+if limit == '' then return {0, math.max(redis.call('PTTL', LOCK), -1), missed} end
+return {0, wake(state, t), missed}
