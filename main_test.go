@@ -2,7 +2,9 @@ package redlease
 
 import (
 	"context"
+	"flag"
 	"fmt"
+	"log/slog"
 	"os"
 	"strconv"
 	"strings"
@@ -29,6 +31,12 @@ func TestMain(m *testing.M) {
 	// go-redis logs every refused dial and Sentinel switch; the fault and
 	// failover tests cause thousands on purpose.
 	redis.SetLogger(verboseOnly{})
+	// Consume logs what it recovers from to slog.Default when no error
+	// handler is given; tests that check logging give their own logger.
+	flag.Parse()
+	if !testing.Verbose() {
+		slog.SetDefault(slog.New(slog.DiscardHandler))
+	}
 	code := m.Run()
 	stopRealRedis()
 	stopCluster()
