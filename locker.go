@@ -293,10 +293,6 @@ func capWait(wait, pttl time.Duration) time.Duration {
 	return wait
 }
 
-// listenWait bounds how long a waiter waits for its Locker's subscription
-// before it queues all the same: a subscription takes a round trip.
-const listenWait = time.Second
-
 // queue makes an attempt that queues lk in Redis if the lock is held, then
 // waits for the grant, checking Redis on the retry schedule.
 func (l *Locker) queue(ctx context.Context, lk *Lock, cfg lockConfig, retry RetryStrategy) (*Lock, error) {
@@ -309,19 +305,19 @@ func (l *Locker) queue(ctx context.Context, lk *Lock, cfg lockConfig, retry Retr
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	known, at := time.Duration(-1), time.Time{} // how long until the lock may change, as of at
-	if !w.sub.isReady() {
-		// Queue only once w's Locker listens: a release, or a shared
-		// attempt's look for dead waiters, would take w for dead. Until
-		// then, an attempt that does not queue. ready closes when the
-		// subscription is up or its attempt failed; listenWait bounds a
-		// stalled one.
+	// Queue only once w's Locker listens: a release, or a shared attempt's
+	// look for dead waiters, would take w for dead. Until then, poll
+	// without queueing. ready closes when the subscription is up or its
+	// first try failed, which the client's dial and read timeouts bound.
+	for n := 1; !w.sub.isReady(); n++ {
 		ok, pttl, err := l.acquire(ctx, lk, nil)
 		if ok || err != nil {
 			acquired = ok
 			return l.outcome(ctx, lk, ok, pttl, err)
 		}
 		known, at = pttl, time.Now()
-		timer.Reset(listenWait)
+		wait, _ := pollRetry.NextBackoff(n)
+		timer.Reset(capWait(wait, pttl))
 		select {
 		case <-w.sub.ready:
 		case <-timer.C:

@@ -5,6 +5,7 @@ import (
 	"embed"
 	"fmt"
 	"strconv"
+	"strings"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -146,8 +147,18 @@ type hotScript struct {
 	sha, src any
 }
 
+// A hot script's body may open with a fast path that needs no prelude: the
+// prelude goes after the line preludeHere, or first if there is none, so
+// the fast path does not pay for defining the prelude's functions.
+const preludeHere = "-- prelude\n"
+
 func newHotScript(name string, prelude string) hotScript {
-	src := prelude + lua(name)
+	body := lua(name)
+	fast, rest, ok := strings.Cut(body, preludeHere)
+	if !ok {
+		fast, rest = "", body
+	}
+	src := fast + prelude + rest
 	s := redis.NewScript(src)
 	return hotScript{s, s.Hash(), src}
 }

@@ -106,13 +106,16 @@ end
 -- behind shared leases holds back every later waiter, unless nobody
 -- listens for it any more.
 --
+-- popped, if given, is the head a caller already popped.
+--
 -- Returns the fence if self was admitted; whether it stopped with dead
 -- waiters or waiters that fit still queued (a later call goes on); and the
 -- lock's state and count afterwards.
-local function admit(state, count, floor, publish, self, ttl, t)
+local function admit(state, count, floor, publish, self, ttl, t, popped)
   local skipped, granted, mine = 0, 0, nil
   while skipped < MAX_SKIPPED and granted < MAX_GRANTS do
-    local head = redis.call('ZPOPMIN', WAITERS)
+    local head = popped or redis.call('ZPOPMIN', WAITERS)
+    popped = nil
     if #head == 0 then break end
     local entry, ticket = head[1], tonumber(head[2])
     local ms, limit, channel, token = parse(entry)

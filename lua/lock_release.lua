@@ -14,12 +14,23 @@
 --
 -- A resend after a lost reply finds the lease gone or passed on, and says
 -- so: the caller cannot tell that from a lease it lost.
+--
+-- The common case comes first, before lock.lua's prelude, whose functions
+-- it does not need: our exclusive lease, nobody waiting.
+local holder, head = redis.call('GET', KEYS[1]), nil
+if holder == ARGV[1] and ARGV[4] == '' then
+  head = redis.call('ZPOPMIN', KEYS[3])
+  if #head == 0 then
+    redis.call('DEL', KEYS[1])
+    return 1
+  end
+end
+-- prelude
 local left = ARGV[4] ~= '' and redis.call('ZREM', WAITERS, ARGV[4]) == 1
-local holder = redis.call('GET', LOCK)
 if holder == ARGV[1] then
   local floor = tonumber(ARGV[2])
   if floor == 0 then floor = nil end
-  local _, _, state = admit('free', 0, floor, ARGV[3])
+  local _, _, state = admit('free', 0, floor, ARGV[3], nil, nil, nil, head)
   if state == 'free' then redis.call('DEL', LOCK) end
   return 1
 elseif holder and holder ~= '' then
