@@ -6,22 +6,14 @@ import (
 	"fmt"
 	"log"
 
-	"github.com/alicebob/miniredis/v2"
-	"github.com/redis/go-redis/v9"
-
 	"github.com/redlease/redlease"
 )
 
 // Readers share a lock; a writer excludes them, and while it waits new
 // readers wait behind it.
 func ExampleLocker_ObtainShared() {
-	mr, err := miniredis.Run()
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer mr.Close()
-	client := redis.NewClient(&redis.Options{Addr: mr.Addr()})
-	defer client.Close()
+	client, stop := startRedis()
+	defer stop()
 	locker := redlease.NewLocker(client)
 	defer locker.Close()
 	ctx := context.Background()
@@ -63,13 +55,8 @@ func ExampleLocker_ObtainShared() {
 // every process; each permit is a lease, so a crashed holder's permit comes
 // back when its TTL ends.
 func ExampleWithLimit() {
-	mr, err := miniredis.Run()
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer mr.Close()
-	client := redis.NewClient(&redis.Options{Addr: mr.Addr()})
-	defer client.Close()
+	client, stop := startRedis()
+	defer stop()
 	locker := redlease.NewLocker(client)
 	defer locker.Close()
 	ctx := context.Background()
@@ -98,18 +85,13 @@ func ExampleWithLimit() {
 // DoShared runs a function under a shared lease, cancelling its context if
 // the lease is lost.
 func ExampleLocker_DoShared() {
-	mr, err := miniredis.Run()
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer mr.Close()
-	client := redis.NewClient(&redis.Options{Addr: mr.Addr()})
-	defer client.Close()
+	client, stop := startRedis()
+	defer stop()
 	locker := redlease.NewLocker(client)
 	defer locker.Close()
 	ctx := context.Background()
 
-	err = locker.DoShared(ctx, "catalog", func(ctx context.Context) error {
+	err := locker.DoShared(ctx, "catalog", func(ctx context.Context) error {
 		fmt.Println("serving reads")
 		return nil
 	})

@@ -7,7 +7,6 @@ import (
 	"math/bits"
 	"math/rand/v2"
 	"sort"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -131,27 +130,6 @@ func (h *history) addOp(client int, in, out any, call, ret time.Time) {
 		ClientId: client, Input: in, Output: out,
 		Call: call.Sub(h.start).Nanoseconds(), Return: ret.Sub(h.start).Nanoseconds(),
 	})
-}
-
-// checkRW is history.check with rwModel.
-func (h *history) checkRW(t *testing.T) {
-	t.Helper()
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	res := porcupine.CheckOperationsTimeout(rwModel, h.ops, 30*time.Second)
-	t.Logf("linearizability: %d operations: %v", len(h.ops), res)
-	if res == porcupine.Illegal {
-		ops := append([]porcupine.Operation(nil), h.ops...)
-		sort.Slice(ops, func(i, j int) bool { return ops[i].Call < ops[j].Call })
-		var b strings.Builder
-		for _, op := range ops {
-			fmt.Fprintf(&b, "[%9d, %9d] %s\n", op.Call/1000, op.Return/1000, rwModel.DescribeOperation(op.Input, op.Output))
-		}
-		t.Fatalf("history is not linearizable (times in µs):\n%s", b.String())
-	}
-	if res == porcupine.Unknown {
-		t.Fatal("linearizability check timed out")
-	}
 }
 
 // believedUntil is when the holder of lk stops believing it holds it: when
@@ -364,7 +342,7 @@ func TestSharedHistoryLinearizable(t *testing.T) {
 				if got[0] == 0 || got[1] == 0 {
 					t.Errorf("no exclusive (%d) or no shared (%d) lease obtained: the history checks little", got[0], got[1])
 				}
-				h.checkRW(t)
+				h.checkModel(t, rwModel)
 			})
 		}
 	})

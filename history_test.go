@@ -113,18 +113,22 @@ func (h *history) lost(client int, lk *Lock) {
 }
 
 // check fails the test, printing the history, if it is not linearizable.
-func (h *history) check(t *testing.T) {
+func (h *history) check(t *testing.T) { h.checkModel(t, lockModel) }
+
+// checkModel fails the test, printing the history, if it is not
+// linearizable against model.
+func (h *history) checkModel(t *testing.T, model porcupine.Model) {
 	t.Helper()
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	res := porcupine.CheckOperationsTimeout(lockModel, h.ops, 30*time.Second)
+	res := porcupine.CheckOperationsTimeout(model, h.ops, 30*time.Second)
 	t.Logf("linearizability: %d operations: %v", len(h.ops), res)
 	if res == porcupine.Illegal {
 		ops := append([]porcupine.Operation(nil), h.ops...)
 		sort.Slice(ops, func(i, j int) bool { return ops[i].Call < ops[j].Call })
 		var b strings.Builder
 		for _, op := range ops {
-			fmt.Fprintf(&b, "[%9d, %9d] %s\n", op.Call/1000, op.Return/1000, lockModel.DescribeOperation(op.Input, op.Output))
+			fmt.Fprintf(&b, "[%9d, %9d] %s\n", op.Call/1000, op.Return/1000, model.DescribeOperation(op.Input, op.Output))
 		}
 		t.Fatalf("history is not linearizable (times in µs):\n%s", b.String())
 	}

@@ -3,12 +3,10 @@ package redlease
 import (
 	"bufio"
 	"context"
-	"net"
 	"os"
 	"os/exec"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -231,7 +229,7 @@ func TestSharedKilledWriterStopsBlockingReaders(t *testing.T) {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
 	}()
-	// Queued, hence listening (TestWriterQueuesOnceListening).
+	// Queued, hence listening (TestSlowSubscriptionWriterIsNotOvertaken).
 	redistest.Eventually(t, 10*time.Second, "the child writer queued and subscribed", func() bool {
 		return c.ZCard(ctx, queue).Val() == 1 && len(c.PubSubChannels(ctx, prefix+":grant:*").Val()) == 1
 	})
@@ -247,50 +245,4 @@ func TestSharedKilledWriterStopsBlockingReaders(t *testing.T) {
 	require.Zero(t, c.ZCard(ctx, queue).Val(), "the killed writer is still queued")
 	require.NoError(t, lk.Release(ctx))
 	require.NoError(t, r.Release(ctx))
-}
-
-// An Obtain queues in Redis only once its Locker listens: a shared
-// attempt's look for dead waiters (PUBSUB NUMSUB in lua/lock.lua's admit)
-// would otherwise take a live writer for dead and overtake it. Here the
-// writer's Locker dials new connections (its subscription's) 500ms late.
-func TestWriterQueuesOnceListening(t *testing.T) {
-	c := realRedis(t)
-	ctx := context.Background()
-	prefix := uniq(t)
-	var slow atomic.Bool
-	wc := redis.NewClient(&redis.Options{Addr: c.Options().Addr, Dialer: func(ctx context.Context, network, addr string) (net.Conn, error) {
-		if slow.Load() {
-			time.Sleep(500 * time.Millisecond)
-		}
-		var d net.Dialer
-		return d.DialContext(ctx, network, addr)
-	}})
-	defer wc.Close()
-	require.NoError(t, wc.Ping(ctx).Err()) // one pooled connection: the attempts' own
-	wl := NewLocker(wc, WithPrefix(prefix))
-	defer wl.Close()
-	l := lockers(t, c.Options().Addr, 1)[0]
-	r, err := l.TryObtainShared(ctx, "k")
-	require.NoError(t, err)
-	slow.Store(true)
-	octx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	writer := make(chan *Lock, 1)
-	go func() {
-		w, _ := wl.Obtain(octx, "k")
-		writer <- w
-	}()
-	queue := l.lockKeys("k")[2]
-	redistest.Eventually(t, 5*time.Second, "the writer queued", func() bool { return c.ZCard(ctx, queue).Val() == 1 })
-	lk, err := l.TryObtainShared(ctx, "k")
-	if err == nil {
-		t.Errorf("a shared lease overtook the queued writer (its subscription was not up yet); %d waiters left queued", c.ZCard(ctx, queue).Val())
-		require.NoError(t, lk.Release(ctx))
-	} else {
-		require.ErrorIs(t, err, ErrNotObtained)
-	}
-	require.NoError(t, r.Release(ctx))
-	w := <-writer
-	require.NotNil(t, w, "the writer did not get the lock")
-	require.NoError(t, w.Release(ctx))
 }

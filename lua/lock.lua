@@ -52,6 +52,21 @@ local function cover(t)
   redis.call('PEXPIRE', SHARED, ms)
 end
 
+-- sharedState is the state of a lock whose LOCK is "": 'shared' with the
+-- count of live shared leases, or 'free' (LOCK deleted) when all ended.
+local function sharedState(t)
+  local count = shares(t)
+  if count > 0 then return 'shared', count end
+  redis.call('DEL', LOCK)
+  return 'free', 0
+end
+
+-- keep sets a shared lease of ours to end ttl after t.
+local function keep(token, ttl, t)
+  redis.call('ZADD', SHARED, t + ttl, token)
+  cover(t)
+end
+
 -- current is the fence of a shared lease: the counter's value, at least
 -- every fence counted before, and below every exclusive fence counted
 -- after. A counter not made yet counts its first.

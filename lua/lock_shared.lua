@@ -32,15 +32,10 @@ if not holder then
 elseif holder == '' then
   local ends = redis.call('ZSCORE', SHARED, token)
   if ends and tonumber(ends) > t then
-    redis.call('ZADD', SHARED, t + ttl, token)
-    cover(t)
+    keep(token, ttl, t)
     return current()
   end
-  state, count = 'shared', shares(t)
-  if count == 0 then -- every shared lease ended
-    redis.call('DEL', LOCK)
-    state = 'free'
-  end
+  state, count = sharedState(t)
 end
 local queued = state ~= 'held' and redis.call('EXISTS', WAITERS) == 1
 if queued then

@@ -38,15 +38,10 @@ elseif holder == '' then
   local ends = redis.call('ZSCORE', SHARED, token)
   if ends and tonumber(ends) > t then
     if ARGV[5] ~= '1' then return {2, tonumber(ends) - t, 0} end
-    redis.call('ZADD', SHARED, t + ttl, token)
-    cover(t)
+    keep(token, ttl, t)
     return {1, current(), 1}
   end
-  state, count = 'shared', shares(t)
-  if count == 0 then -- every shared lease ended
-    redis.call('DEL', LOCK)
-    state = 'free'
-  end
+  state, count = sharedState(t)
 end
 if state ~= 'held' then
   local fence, more
@@ -63,9 +58,7 @@ if not redis.call('ZSCORE', WAITERS, entry) then
       redis.call('SET', LOCK, token, 'PX', ttl)
       return {1, redis.call('INCR', FENCE), 1}
     end
-    t = t or now()
-    redis.call('ZADD', SHARED, t + ttl, token)
-    cover(t)
+    keep(token, ttl, t or now())
     return {1, current(), 1}
   end
   redis.call('ZADD', WAITERS, redis.call('INCR', FENCE), entry)
