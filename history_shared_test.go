@@ -98,14 +98,9 @@ var rwModel = porcupine.Model{
 				drop()
 				return true, s
 			case opWrite:
-				ok := out.(bool)
-				if ok != (i.fence >= s.wrote) {
-					return false, s
-				}
-				if ok {
-					s.wrote = i.fence
-				}
-				return true, s
+				var legal bool
+				legal, s.wrote = fencedWrite(s.wrote, i.fence, out.(bool))
+				return legal, s
 			}
 		}
 		return false, s

@@ -67,14 +67,9 @@ var lockModel = porcupine.Model{
 			}
 			return true, s
 		case opWrite:
-			ok := out.(bool)
-			if ok != (i.fence >= s.wrote) {
-				return false, s
-			}
-			if ok {
-				s.wrote = i.fence
-			}
-			return true, s
+			var legal bool
+			legal, s.wrote = fencedWrite(s.wrote, i.fence, out.(bool))
+			return legal, s
 		}
 		return false, s
 	},
@@ -82,6 +77,19 @@ var lockModel = porcupine.Model{
 		i := in.(lockInput)
 		return fmt.Sprintf("%v by %d (fence %d) -> %v", [...]string{"acquire", "release", "lost", "write"}[i.kind], i.client, i.fence, out)
 	},
+}
+
+// fencedWrite steps the fenced register: a write is accepted exactly when
+// its fence is at least the highest accepted before. It returns whether
+// the outcome is legal and the highest accepted fence after it.
+func fencedWrite(wrote, fence int64, accepted bool) (bool, int64) {
+	if accepted != (fence >= wrote) {
+		return false, wrote
+	}
+	if accepted {
+		wrote = fence
+	}
+	return true, wrote
 }
 
 // history records operations from many goroutines.

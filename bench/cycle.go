@@ -157,6 +157,18 @@ func runCycles(ctx context.Context, op cycleFunc, n int, d time.Duration, lat []
 }
 
 // measureCycle runs one measured run of a contender at n goroutines.
+// values are a cycle run's figures as the cycle tables name them.
+func (res cycleResult) values() map[string]float64 {
+	return map[string]float64{
+		"ops":    float64(res.cycles) / res.elapsed.Seconds(),
+		"p50":    quantile(res.lat, 0.50),
+		"p99":    quantile(res.lat, 0.99),
+		"cmds":   perOp(res.counts.total, res.cycles),
+		"rt":     perOp(res.counts.rt, res.cycles),
+		"allocs": perOp(int64(res.mallocs), res.cycles),
+	}
+}
+
 func measureCycle(ctx context.Context, e *env, ct cycleContender, n int, d time.Duration) (cycleResult, error) {
 	c := e.client()
 	defer c.Close()
@@ -258,14 +270,7 @@ func scenarioCycle(ctx context.Context, e *env, cfg config, progress func(string
 					progress(fmt.Sprintf("cycle r%d g=%d %-10s FAILED: %v", r+1, n, ct.name, err))
 					continue
 				}
-				vals := map[string]float64{
-					"ops":    float64(res.cycles) / res.elapsed.Seconds(),
-					"p50":    quantile(res.lat, 0.50),
-					"p99":    quantile(res.lat, 0.99),
-					"cmds":   perOp(res.counts.total, res.cycles),
-					"rt":     perOp(res.counts.rt, res.cycles),
-					"allocs": perOp(int64(res.mallocs), res.cycles),
-				}
+				vals := res.values()
 				t.record(variants[vi], ct.name, vals)
 				progress(fmt.Sprintf("cycle r%d g=%-2d %-10s %8.0f cycles/s p50 %6.1fµs cmds/op %.2f allocs/op %.0f",
 					r+1, n, ct.name, vals["ops"], vals["p50"], vals["cmds"], vals["allocs"]))

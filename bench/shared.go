@@ -151,14 +151,7 @@ func scenarioShared(ctx context.Context, e *env, cfg config, progress func(strin
 					progress(fmt.Sprintf("shared r%d g=%d %-27s FAILED: %v", r+1, n, ct.name, err))
 					continue
 				}
-				vals := map[string]float64{
-					"ops":    float64(res.cycles) / res.elapsed.Seconds(),
-					"p50":    quantile(res.lat, 0.50),
-					"p99":    quantile(res.lat, 0.99),
-					"cmds":   perOp(res.counts.total, res.cycles),
-					"rt":     perOp(res.counts.rt, res.cycles),
-					"allocs": perOp(int64(res.mallocs), res.cycles),
-				}
+				vals := res.values()
 				if n == 1 {
 					mixes[ct.name] = commandMix(res.counts, res.cycles)
 				}
