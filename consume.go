@@ -80,12 +80,7 @@ func (c *consumer) report(err error) {
 }
 
 // logger is where the Queue reports: WithLogger's, or slog's default.
-func (q *Queue) logger() *slog.Logger {
-	if q.log != nil {
-		return q.log
-	}
-	return slog.Default()
-}
+func (q *Queue) logger() *slog.Logger { return orDefault(q.log) }
 
 // work claims and handles messages until ctx ends. A message whose
 // handler succeeded is acked in the same round trip as the next claim.

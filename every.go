@@ -128,12 +128,7 @@ func (l *Locker) everyKey(name string) string {
 }
 
 // logger is where the Locker reports: WithLogger's, or slog's default.
-func (l *Locker) logger() *slog.Logger {
-	if l.log != nil {
-		return l.log
-	}
-	return slog.Default()
-}
+func (l *Locker) logger() *slog.Logger { return orDefault(l.log) }
 
 // everyJob is one call of Every.
 type everyJob struct {

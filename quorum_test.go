@@ -178,14 +178,21 @@ func TestQuorumMutualExclusion(t *testing.T) {
 	}
 }
 
+// replicatedClients returns clients of a master and of its one replica,
+// started for the test.
+func replicatedClients(t *testing.T) (master, replica *redis.Client) {
+	m, r := redistest.OwnReplicated(t)
+	master = redis.NewClient(&redis.Options{Addr: m.Addr})
+	t.Cleanup(func() { master.Close() })
+	replica = redis.NewClient(&redis.Options{Addr: r.Addr})
+	t.Cleanup(func() { replica.Close() })
+	return master, replica
+}
+
 // WithReplicaAck waits for replicas, and gives the lease back when too few
 // acknowledge.
 func TestReplicaAck(t *testing.T) {
-	master, replica := redistest.OwnReplicated(t)
-	c := redis.NewClient(&redis.Options{Addr: master.Addr})
-	defer c.Close()
-	rc := redis.NewClient(&redis.Options{Addr: replica.Addr})
-	defer rc.Close()
+	c, rc := replicatedClients(t)
 	ctx := context.Background()
 	l := NewLocker(c)
 	defer l.Close()

@@ -441,11 +441,7 @@ func TestReleaseLetsInWhatFits(t *testing.T) {
 // WithReplicaAck on a shared lease waits for replicas as on an exclusive
 // one, and gives the share back when too few acknowledge.
 func TestSharedReplicaAck(t *testing.T) {
-	master, replica := redistest.OwnReplicated(t)
-	c := redis.NewClient(&redis.Options{Addr: master.Addr})
-	defer c.Close()
-	rc := redis.NewClient(&redis.Options{Addr: replica.Addr})
-	defer rc.Close()
+	c, rc := replicatedClients(t)
 	ctx := context.Background()
 	l := NewLocker(c)
 	defer l.Close()
