@@ -48,27 +48,47 @@ type Queue struct {
 // NewQueue returns the queue called name in client. Errors in the arguments
 // do not panic: every call on the Queue returns them.
 func NewQueue(client redis.UniversalClient, name string, opts ...QueueOption) *Queue {
+	cfg := newQueueConfig(opts)
+	err := cfg.err
+	switch {
+	case isNil(client):
+		err = fmt.Errorf("%w: nil redis client", ErrInvalidArgument)
+	case !validName(name):
+		err = fmt.Errorf("%w: queue name %q must be non-empty and free of '{' and '}'", ErrInvalidArgument, name)
+	}
+	shards := make([]*shard, cfg.shards)
+	for i := range shards {
+		shards[i] = newShard(cfg.prefix, name, i, cfg.shards)
+	}
+	q := buildQueue(client, name, cfg, shards)
+	if err != nil {
+		q.err = err
+	}
+	if cfg.shards > 1 {
+		q.wakeKey = cfg.prefix + ":queue:{" + name + "}:wake"
+	}
+	return q
+}
+
+// newQueueConfig applies opts to the defaults.
+func newQueueConfig(opts []QueueOption) queueConfig {
 	cfg := queueConfig{prefix: DefaultPrefix, shards: 1, lease: DefaultLease, maxAttempts: DefaultMaxAttempts, backoff: DefaultRetryBackoff}
 	for _, o := range opts {
 		if o != nil {
 			o.applyQueue(&cfg)
 		}
 	}
-	q := &Queue{client: client, name: name, lease: cfg.lease, maxAttempts: cfg.maxAttempts, backoff: cfg.backoff, log: cfg.log, err: cfg.err}
-	switch {
-	case isNil(client):
-		q.err = fmt.Errorf("%w: nil redis client", ErrInvalidArgument)
-	case name == "" || strings.ContainsAny(name, "{}"):
-		q.err = fmt.Errorf("%w: queue name %q must be non-empty and free of '{' and '}'", ErrInvalidArgument, name)
-	}
-	q.shards = make([]*shard, cfg.shards)
-	for i := range q.shards {
-		q.shards[i] = newShard(cfg.prefix, name, i, cfg.shards)
-	}
-	q.wakeKey = q.shards[0].marker
-	if cfg.shards > 1 {
-		q.wakeKey = cfg.prefix + ":queue:{" + name + "}:wake"
-	}
+	return cfg
+}
+
+// validName says whether a queue, topic or subscription name is usable: a
+// brace would change the keys' hash tag.
+func validName(name string) bool { return name != "" && !strings.ContainsAny(name, "{}") }
+
+// buildQueue returns a Queue on shards, named name in errors and logs.
+func buildQueue(client redis.UniversalClient, name string, cfg queueConfig, shards []*shard) *Queue {
+	q := &Queue{client: client, name: name, shards: shards, wakeKey: shards[0].marker, lease: cfg.lease,
+		maxAttempts: cfg.maxAttempts, backoff: cfg.backoff, log: cfg.log, err: cfg.err}
 	q.wd = newWatchdog(context.Background(), q.extendAll)
 	return q
 }

@@ -43,6 +43,14 @@ var (
 	peekScript     = queueScript("queue_peek.lua")
 )
 
+// Topic scripts.
+var (
+	publishScript     = topicScript("topic_publish.lua")
+	subscribeScript   = topicScript("topic_subscribe.lua")
+	unsubscribeScript = topicScript("topic_unsubscribe.lua")
+	drainScript       = topicScript("topic_drain.lua")
+)
+
 // Codes the scripts answer with, for a lease (lock) or a claim (message).
 const (
 	codeOK         = 1  // done: obtained, released, renewed, acked, retried, added
@@ -77,9 +85,14 @@ var lockPrelude = "local MAX_SKIPPED = " + strconv.Itoa(maxSkippedWaiters) + "\n
 	"local MAX_GRANTS = " + strconv.Itoa(maxGrantedWaiters) + "\n" + lua("lock.lua")
 
 // queuePrelude opens every queue script: DONE_MEMORY, then lua/queue.lua.
-var queuePrelude = "local DONE_MEMORY = " + strconv.FormatInt(doneMemory.Milliseconds(), 10) + "\n" + lua("queue.lua")
+var queuePrelude = doneMemoryLua + lua("queue.lua")
 
 func queueScript(name string) *redis.Script { return redis.NewScript(queuePrelude + lua(name)) }
+
+// doneMemoryLua opens the scripts that remember requests for doneMemory.
+var doneMemoryLua = "local DONE_MEMORY = " + strconv.FormatInt(doneMemory.Milliseconds(), 10) + "\n"
+
+func topicScript(name string) *redis.Script { return redis.NewScript(doneMemoryLua + lua(name)) }
 
 // scriptCall is one call of a script: its keys and arguments.
 type scriptCall struct {

@@ -34,6 +34,11 @@ func newShard(prefix, name string, i, n int) *shard {
 	if n > 1 {
 		base = prefix + ":queue:{" + name + ":" + strconv.Itoa(i) + "}:shard:"
 	}
+	return shardAt(i, base)
+}
+
+// shardAt names a shard's keys base + what each holds.
+func shardAt(i int, base string) *shard {
 	s := &shard{
 		index: i, ready: base + "ready", delayed: base + "delayed", inflight: base + "inflight",
 		messages: base + "messages", dead: base + "dead", marker: base + "marker",
@@ -41,5 +46,19 @@ func newShard(prefix, name string, i, n int) *shard {
 	}
 	// The order of lua/queue.lua's KEYS.
 	s.keys = []string{s.ready, s.delayed, s.inflight, s.messages, s.dead, s.marker, s.reclaimer, s.done}
+	return s
+}
+
+// topicBase is where the keys of topic name live: all under the tag
+// {name}, apart from every queue's keys.
+func topicBase(prefix, name string) string { return prefix + ":topic:{" + name + "}:" }
+
+// newSubscriptionShard lays out subscription sub of topic: one shard under
+// the topic's tag, whose keys end with the topic's shared payloads (the
+// ninth key of lua/queue.lua). Suffixes have no ':', so a key's last ':'
+// part names it and no two subscriptions share a key.
+func newSubscriptionShard(prefix, topic, sub string) *shard {
+	s := shardAt(0, topicBase(prefix, topic)+"sub:"+sub+":")
+	s.keys = append(s.keys, topicBase(prefix, topic)+"payloads")
 	return s
 }

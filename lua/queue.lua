@@ -6,8 +6,14 @@
 -- share one {hash tag}. A message's state is "attempts" while it waits and
 -- "attempts:deadline:token" while it is claimed; the deadline is also its
 -- score in INFLIGHT. Times come from Redis TIME, never the client's clock.
+--
+-- A topic's subscription has a ninth key, PAYLOADS, the topic's hash of
+-- payloads stored once for all its subscriptions: there MESSAGES's "p"..id
+-- holds a reference r, PAYLOADS's "p"..r the payload and "n"..r how many
+-- "p" fields refer to it. Whatever deletes a "p" field calls unref.
 local READY, DELAYED, INFLIGHT, MESSAGES = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local DEAD, MARKER, RECLAIMER, DONE = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local PAYLOADS = KEYS[9]
 
 -- Claim codes, as in scripts.go.
 local OK, GONE, TAKEN, BURIED = 1, 0, -1, 2
@@ -66,6 +72,36 @@ local function forget(now)
   redis.call('ZREMRANGEBYSCORE', DONE, '-inf', (now - DONE_MEMORY) * 2)
 end
 
+-- payloadOf turns a "p" field's value into the payload (nil if missing).
+local function payloadOf(v)
+  if v and PAYLOADS then return redis.call('HGET', PAYLOADS, 'p' .. v) end
+  return v
+end
+
+-- store adds payload under id unless the id is live: true if added.
+local function store(id, payload)
+  if not PAYLOADS then return redis.call('HSETNX', MESSAGES, 'p' .. id, payload) == 1 end
+  if redis.call('HEXISTS', MESSAGES, 'p' .. id) == 1 then return false end
+  local ref = redis.call('HINCRBY', PAYLOADS, 'seq', 1)
+  redis.call('HSET', PAYLOADS, 'p' .. ref, payload, 'n' .. ref, 1)
+  redis.call('HSET', MESSAGES, 'p' .. id, ref)
+  return true
+end
+
+-- unref drops one reference to a stored payload, given the value of the
+-- "p" field being deleted, and deletes the payload with its last one.
+local function unref(v)
+  if v and PAYLOADS and redis.call('HINCRBY', PAYLOADS, 'n' .. v, -1) <= 0 then
+    redis.call('HDEL', PAYLOADS, 'p' .. v, 'n' .. v)
+  end
+end
+
+-- drop deletes id's payload and state.
+local function drop(id)
+  if PAYLOADS then unref(redis.call('HGET', MESSAGES, 'p' .. id)) end
+  redis.call('HDEL', MESSAGES, 'p' .. id, 's' .. id)
+end
+
 -- release ends the claim of token on id (the message stays).
 local function release(id, token)
   redis.call('ZREM', INFLIGHT, id)
@@ -75,9 +111,9 @@ end
 -- bury moves a message to the dead-letter list and frees its id. The
 -- entry is "attempts:died-at-ms:len(id):" id payload (decodeDeadLetter).
 local function bury(id, attempts, now)
-  local p = redis.call('HGET', MESSAGES, 'p' .. id) or ''
+  local p = payloadOf(redis.call('HGET', MESSAGES, 'p' .. id)) or ''
   redis.call('RPUSH', DEAD, string.format('%d:%d:%d:', attempts, now, #id) .. id .. p)
-  redis.call('HDEL', MESSAGES, 'p' .. id, 's' .. id)
+  drop(id)
 end
 
 -- expired returns the id of a claim whose lease has ended, if any, and
@@ -137,7 +173,7 @@ local function claim(now, lease, token, max)
     -- A resend: answer with the claim the first run made.
     local attempts, deadline, tok = parse(redis.call('HGET', MESSAGES, 's' .. prev))
     if tok == token then
-      return {1, prev, redis.call('HGET', MESSAGES, 'p' .. prev), attempts, deadline}
+      return {1, prev, payloadOf(redis.call('HGET', MESSAGES, 'p' .. prev)), attempts, deadline}
     end
     redis.call('HDEL', MESSAGES, 'c' .. token)
   elseif doneAs('c' .. token) then
@@ -162,7 +198,8 @@ local function claim(now, lease, token, max)
     end
     if id then
       local m = redis.call('HMGET', MESSAGES, 'p' .. id, 's' .. id)
-      if m[1] then
+      local payload = payloadOf(m[1])
+      if payload then
         local attempt = (attempts or tonumber(m[2]) or 0) + 1
         local deadline = now + tonumber(lease)
         redis.call('HSET', MESSAGES, 's' .. id, string.format('%d:%d:', attempt, deadline) .. token, 'c' .. token, id)
@@ -174,9 +211,9 @@ local function claim(now, lease, token, max)
         else
           redis.call('DEL', MARKER)
         end
-        return {1, id, m[1], attempt, deadline}
+        return {1, id, payload, attempt, deadline}
       end
-      redis.call('HDEL', MESSAGES, 's' .. id) -- an id without a payload: drop it
+      drop(id) -- an id without a payload: drop it
     end
   end
   return {0, 1}
@@ -191,6 +228,7 @@ local function ack(id, token)
     return code, nowms()
   end
   redis.call('ZREM', INFLIGHT, id)
+  if PAYLOADS then unref(redis.call('HGET', MESSAGES, 'p' .. id)) end
   redis.call('HDEL', MESSAGES, 'p' .. id, 's' .. id, 'c' .. token)
   remember('c' .. token, now, ACKED)
   return OK, now

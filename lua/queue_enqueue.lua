@@ -16,7 +16,7 @@ local delay = tonumber(ARGV[1])
 local ready, added = {}, 0
 for i = 3, #ARGV, 2 do
   local id = ARGV[i]
-  if redis.call('HSETNX', MESSAGES, 'p' .. id, ARGV[i + 1]) == 1 then
+  if store(id, ARGV[i + 1]) then
     if delay > 0 then redis.call('ZADD', DELAYED, now + delay, id) else ready[#ready + 1] = id end
     codes[#codes + 1] = OK
     added = added + 1

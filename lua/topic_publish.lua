@@ -1,0 +1,77 @@
+-- Publishes messages to every subscription of a topic, all or none, and
+-- to its live listeners.
+--
+-- KEYS[1] VERSION: counts changes to the set of subscriptions
+-- KEYS[2] SUBS: set of subscription names
+-- KEYS[3] PAYLOADS: hash of payloads stored once (see lua/queue.lua)
+-- KEYS[4] DONE: sorted set of request tokens done (ms)
+-- KEYS[5...] per subscription, in the caller's order: READY, DELAYED,
+--         MESSAGES, MARKER
+-- ARGV[1] the VERSION the caller's KEYS were built for
+-- ARGV[2] request token
+-- ARGV[3] delay in ms (0: ready now)
+-- ARGV[4] "PUBLISH" or "SPUBLISH"
+-- ARGV[5] listeners' channel
+-- ARGV[6...] pairs id, payload
+-- returns {1, n...}: n per message, how many subscriptions took it (-1: a
+--         resend found the call done);
+--         {0, version, names...} when the caller's subscriptions are stale:
+--         nothing was written
+local VERSION, SUBS, PAYLOADS, DONE = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local reply = {1}
+-- Before the version: a resend after a change of subscriptions is still
+-- a resend (the caller keeps its token when it retries a stale call).
+if redis.call('ZSCORE', DONE, ARGV[2]) then
+  for i = 6, #ARGV, 2 do reply[#reply + 1] = -1 end
+  return reply
+end
+local version = redis.call('GET', VERSION) or '0'
+if version ~= ARGV[1] then
+  reply = redis.call('SMEMBERS', SUBS)
+  table.insert(reply, 1, version)
+  table.insert(reply, 1, 0)
+  return reply
+end
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local delay = tonumber(ARGV[3])
+local nsubs = (#KEYS - 4) / 4
+local ready = {}
+for s = 1, nsubs do ready[s] = {} end
+local sub = ARGV[4] == 'SPUBLISH' and 'SHARDNUMSUB' or 'NUMSUB'
+local listened = tonumber(redis.call('PUBSUB', sub, ARGV[5])[2]) > 0
+for i = 6, #ARGV, 2 do
+  local id, payload = ARGV[i], ARGV[i + 1]
+  local took = 0
+  if nsubs > 0 then
+    local ref = redis.call('HINCRBY', PAYLOADS, 'seq', 1)
+    for s = 1, nsubs do
+      local k = 4 + (s - 1) * 4
+      if redis.call('HSETNX', KEYS[k + 3], 'p' .. id, ref) == 1 then
+        took = took + 1
+        if delay > 0 then
+          redis.call('ZADD', KEYS[k + 2], now + delay, id)
+        else
+          local r = ready[s]
+          r[#r + 1] = id
+        end
+      end
+    end
+    if took > 0 then redis.call('HSET', PAYLOADS, 'p' .. ref, payload, 'n' .. ref, took) end
+  end
+  if listened and (took > 0 or nsubs == 0) then
+    redis.call(ARGV[4], ARGV[5], string.format('%d:', #id) .. id .. payload)
+  end
+  reply[#reply + 1] = took
+end
+for s = 1, nsubs do
+  if #ready[s] > 0 then
+    local k = 4 + (s - 1) * 4
+    redis.call('RPUSH', KEYS[k + 1], unpack(ready[s]))
+    redis.call('ZADD', KEYS[k + 4], 0, 'm')
+  end
+end
+redis.call('ZREMRANGEBYSCORE', DONE, '-inf', now - DONE_MEMORY)
+redis.call('ZADD', DONE, now, ARGV[2])
+redis.call('PEXPIRE', DONE, DONE_MEMORY)
+return reply

@@ -1,0 +1,376 @@
+package redlease
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync/atomic"
+
+	"github.com/google/uuid"
+	"github.com/redis/go-redis/v9"
+)
+
+// Topic is publish/subscribe on Redis: every message published reaches
+// every subscription of the topic. A subscription is a [Queue], durable and
+// with every Queue guarantee, that receives each message published after
+// [Topic.Subscribe] returned, whether or not anyone consumes it yet; each
+// subscription claims, acks, retries and dead-letters its copy on its own,
+// so a slow or failing one never holds up another. [Topic.Listen] adds
+// live, at-most-once delivery for notifications.
+//
+// A payload is stored once for all the subscriptions that took it, with a
+// count of them; each subscription holds the message's id and state. All
+// keys of a topic and its subscriptions share one hash tag, {name}, so a
+// topic lives on one Redis Cluster slot. A Topic is safe for concurrent
+// use.
+type Topic struct {
+	client  redis.UniversalClient
+	name    string
+	prefix  string
+	opts    []QueueOption // the subscriptions' defaults
+	err     error
+	log     *slog.Logger // WithLogger's; nil: slog.Default()
+	publish string       // "PUBLISH", or "SPUBLISH" on a Cluster
+	keys    topicKeys
+	view    atomic.Pointer[topicView] // the subscriptions as last seen
+}
+
+// topicKeys are a topic's own keys and its listeners' channel.
+type topicKeys struct {
+	version  string // string: counts changes to subs
+	subs     string // set of subscription names
+	payloads string // hash: see lua/queue.lua
+	done     string // sorted set: request token -> when done (ms)
+	trashes  string // set of removed subscriptions' hashes not yet drained
+	events   string // listeners' channel
+}
+
+// topicView is what Publish believes the subscriptions are: the version
+// they were read at, and each one's READY, DELAYED, MESSAGES and MARKER.
+type topicView struct {
+	version string
+	keys    []string
+}
+
+// NewTopic returns the topic called name in client. The options are the
+// defaults of the Queues that [Topic.Subscribe] returns (lease, attempts,
+// retry backoff, logger) and set the key prefix; [WithShards] is not
+// available, since a topic lives under one hash tag. Errors in the
+// arguments do not panic: every call on the Topic returns them.
+func NewTopic(client redis.UniversalClient, name string, opts ...QueueOption) *Topic {
+	cfg := newQueueConfig(opts)
+	base := topicBase(cfg.prefix, name)
+	t := &Topic{
+		client: client, name: name, prefix: cfg.prefix, opts: opts, err: cfg.err, log: cfg.log, publish: publishCommand(client),
+		keys: topicKeys{
+			version: base + "version", subs: base + "subs", payloads: base + "payloads",
+			done: base + "done", trashes: base + "trashes", events: base + "events",
+		},
+	}
+	switch {
+	case isNil(client):
+		t.err = fmt.Errorf("%w: nil redis client", ErrInvalidArgument)
+	case !validName(name):
+		t.err = fmt.Errorf("%w: topic name %q must be non-empty and free of '{' and '}'", ErrInvalidArgument, name)
+	case cfg.err == nil && cfg.shards != 1:
+		t.err = fmt.Errorf("%w: a topic's subscriptions cannot be sharded", ErrInvalidArgument)
+	}
+	t.view.Store(&topicView{version: unknownVersion})
+	return t
+}
+
+// logger is where the Topic reports: WithLogger's, or slog's default.
+func (t *Topic) logger() *slog.Logger { return orDefault(t.log) }
+
+// unknownVersion is no version Redis has, so a Topic's first Publish
+// learns the subscriptions.
+const unknownVersion = ""
+
+// publishCommand is how scripts announce to listeners on c: shard
+// channels on a Cluster, so a message goes only to its slot's nodes.
+func publishCommand(c redis.UniversalClient) string {
+	if _, ok := c.(*redis.ClusterClient); ok {
+		return "SPUBLISH"
+	}
+	return "PUBLISH"
+}
+
+// Subscribe creates the subscription called name, if it does not exist,
+// and returns its Queue. It is idempotent: every call with the same name
+// returns a Queue on the same subscription. The Queue receives every
+// message published after Subscribe returned. opts are applied after the
+// Topic's; they may not change the prefix or shard the subscription.
+func (t *Topic) Subscribe(ctx context.Context, name string, opts ...QueueOption) (*Queue, error) {
+	q, err := t.subscription(name, opts)
+	if err != nil {
+		return nil, err
+	}
+	if err := run(ctx, t.client, subscribeScript, []string{t.keys.version, t.keys.subs}, name).Err(); err != nil {
+		return nil, fmt.Errorf("redlease: subscribe %q to topic %q: %w", name, t.name, err)
+	}
+	return q, nil
+}
+
+// subscription checks a subscription's name and options and returns its
+// Queue, without touching Redis.
+func (t *Topic) subscription(name string, opts []QueueOption) (*Queue, error) {
+	if t.err != nil {
+		return nil, t.err
+	}
+	if !validName(name) {
+		return nil, fmt.Errorf("%w: subscription name %q must be non-empty and free of '{' and '}'", ErrInvalidArgument, name)
+	}
+	cfg := newQueueConfig(append(slices.Clip(t.opts), opts...))
+	switch {
+	case cfg.err != nil:
+		return nil, cfg.err
+	case cfg.shards != 1:
+		return nil, fmt.Errorf("%w: a topic's subscriptions cannot be sharded", ErrInvalidArgument)
+	case cfg.prefix != t.prefix:
+		return nil, fmt.Errorf("%w: subscription prefix %q differs from its topic's %q", ErrInvalidArgument, cfg.prefix, t.prefix)
+	}
+	return buildQueue(t.client, t.name+"/"+name, cfg, []*shard{newSubscriptionShard(t.prefix, t.name, name)}), nil
+}
+
+// drainBatch caps the fields one step of Unsubscribe deletes, and
+// maxDrainSteps the steps of one call, so no script blocks Redis for long
+// and no loop runs unbounded.
+const (
+	drainBatch    = 1000
+	maxDrainSteps = 1 << 20
+)
+
+// Unsubscribe deletes the subscription called name and its whole backlog:
+// ready, delayed, in flight and dead messages. Publishes stop reaching it
+// at once, and the name is free for a new Subscribe at once; the payloads
+// only it referred to are freed in bounded steps before Unsubscribe
+// returns (if ctx ends first, the next Unsubscribe on the topic finishes
+// the work). Its Queues' consumers find no more messages, and their acks
+// of messages they held fail with [ErrNotHeld]. Unsubscribing a name that
+// does not exist succeeds.
+func (t *Topic) Unsubscribe(ctx context.Context, name string) error {
+	if _, err := t.subscription(name, nil); err != nil {
+		return err
+	}
+	s := newSubscriptionShard(t.prefix, t.name, name)
+	keys := []string{t.keys.version, t.keys.subs, t.keys.done, t.keys.trashes, topicBase(t.prefix, t.name) + "trash:" + uuid.NewString(),
+		s.messages, s.ready, s.delayed, s.inflight, s.dead, s.marker, s.reclaimer, s.done}
+	if err := run(ctx, t.client, unsubscribeScript, keys, name, uuid.NewString()).Err(); err != nil {
+		return fmt.Errorf("redlease: unsubscribe %q from topic %q: %w", name, t.name, err)
+	}
+	if err := t.drain(ctx); err != nil {
+		return fmt.Errorf("redlease: unsubscribe %q from topic %q: %w", name, t.name, err)
+	}
+	return nil
+}
+
+// drain frees every removed subscription's messages, this call's and any
+// an earlier call left.
+func (t *Topic) drain(ctx context.Context) error {
+	trashes, err := t.client.SMembers(ctx, t.keys.trashes).Result()
+	if err != nil {
+		return err
+	}
+	for _, trash := range trashes {
+		for step := 0; ; step++ {
+			if step == maxDrainSteps {
+				return fmt.Errorf("drain %q: gave up after %d steps", trash, step)
+			}
+			done, err := run(ctx, t.client, drainScript, []string{t.keys.payloads, t.keys.trashes, trash}, drainBatch).Int64()
+			if err != nil {
+				return err
+			}
+			if done == 1 {
+				break
+			}
+		}
+	}
+	return nil
+}
+
+// Subscriptions returns the names of the topic's subscriptions, sorted.
+func (t *Topic) Subscriptions(ctx context.Context) ([]string, error) {
+	if t.err != nil {
+		return nil, t.err
+	}
+	names, err := t.client.SMembers(ctx, t.keys.subs).Result()
+	if err != nil {
+		return nil, fmt.Errorf("redlease: subscriptions of topic %q: %w", t.name, err)
+	}
+	slices.Sort(names)
+	return names, nil
+}
+
+// Publish adds a message to every subscription of the topic, or to none
+// if it fails, and sends it to the topic's live listeners; it returns the
+// message's id, the same in every subscription and in [Event.ID]. It is
+// one round trip (two when the subscriptions changed since this Topic last
+// published), atomic, and safe to retry as Enqueue is. With no
+// subscriptions it succeeds and only listeners see the message.
+//
+// The options apply per subscription: [WithDelay] delays each copy;
+// [WithID] dedupes per subscription, so a subscription where that id is
+// live keeps its message and the others get the new one. When every
+// subscription (at least one) had the id live, Publish adds nothing,
+// notifies no listener, and returns the id with an error that errors.Is
+// [ErrDuplicate].
+func (t *Topic) Publish(ctx context.Context, payload []byte, opts ...EnqueueOption) (string, error) {
+	if t.err != nil {
+		return "", t.err
+	}
+	var cfg enqueueConfig
+	for _, o := range opts {
+		if o != nil {
+			o(&cfg)
+		}
+	}
+	if cfg.err != nil {
+		return "", cfg.err
+	}
+	if err := checkPayload(payload); err != nil {
+		return "", err
+	}
+	id := cfg.id
+	if id == "" {
+		id = uuid.NewString()
+	}
+	took, subs, err := t.publishAll(ctx, cfg.delay.Milliseconds(), [][]any{{id, payload}})
+	if err != nil {
+		return "", fmt.Errorf("redlease: publish on topic %q: %w", t.name, err)
+	}
+	if took[0] == 0 && subs > 0 {
+		return id, fmt.Errorf("%w: %q is live in every subscription of topic %q", ErrDuplicate, id, t.name)
+	}
+	return id, nil
+}
+
+// maxPublishDeliveries caps the copies (messages times subscriptions) one
+// publish script call adds, so no call blocks Redis for long.
+const maxPublishDeliveries = 10_000
+
+// PublishBatch publishes messages with random ids in one round trip (two
+// when the subscriptions changed since this Topic last published) and
+// returns their ids in order; subscriptions and listeners get them in that
+// order. Each script call within the batch is atomic and safe to resend,
+// as with [Queue.EnqueueBatch]; on an error some messages may have been
+// published. Nothing is sent if any payload is too large.
+func (t *Topic) PublishBatch(ctx context.Context, payloads [][]byte) ([]string, error) {
+	if t.err != nil {
+		return nil, t.err
+	}
+	for _, p := range payloads {
+		if err := checkPayload(p); err != nil {
+			return nil, err
+		}
+	}
+	ids := make([]string, len(payloads))
+	pairs := make([][]any, len(payloads))
+	for i, p := range payloads {
+		ids[i] = uuid.NewString()
+		pairs[i] = []any{ids[i], p}
+	}
+	if len(pairs) == 0 {
+		return ids, nil
+	}
+	if _, _, err := t.publishAll(ctx, 0, pairs); err != nil {
+		return nil, fmt.Errorf("redlease: publish batch on topic %q: %w", t.name, err)
+	}
+	return ids, nil
+}
+
+// maxStaleViews bounds how often one publish learns the subscriptions
+// anew because they changed under it.
+const maxStaleViews = 16
+
+// errStaleView is a publish call refused because the subscriptions changed.
+var errStaleView = errors.New("subscriptions changed")
+
+// publishAll publishes messages (id, payload pairs) in order, in as few
+// script calls as maxPublishDeliveries allows, sent in one pipeline. It
+// returns how many subscriptions took each message (-1: a resend found it
+// done) and how many there were.
+func (t *Topic) publishAll(ctx context.Context, delay int64, msgs [][]any) ([]int64, int, error) {
+	took := make([]int64, 0, len(msgs))
+	for range maxStaleViews {
+		v := t.view.Load()
+		subs := len(v.keys) / 4
+		calls := t.publishCalls(v, delay, msgs[len(took):], subs)
+		for _, cmd := range runAll(ctx, t.client, publishScript, calls) {
+			res, err := cmd.Slice()
+			if err != nil {
+				return nil, 0, err
+			}
+			n, err := t.readPublish(v, res)
+			if errors.Is(err, errStaleView) {
+				break // later calls were refused too: send them again
+			}
+			if err != nil {
+				return nil, 0, err
+			}
+			took = append(took, n...)
+		}
+		if len(took) == len(msgs) {
+			return took, subs, nil
+		}
+	}
+	return nil, 0, fmt.Errorf("%w %d times in a row", errStaleView, maxStaleViews)
+}
+
+// publishCalls splits msgs into publish script calls for the
+// subscriptions in v.
+func (t *Topic) publishCalls(v *topicView, delay int64, msgs [][]any, subs int) []scriptCall {
+	keys := append([]string{t.keys.version, t.keys.subs, t.keys.payloads, t.keys.done}, v.keys...)
+	per := min(enqueueChunk, max(maxPublishDeliveries/max(subs, 1), 1))
+	var calls []scriptCall
+	for start := 0; start < len(msgs); {
+		args := []any{v.version, uuid.NewString(), delay, t.publish, t.keys.events}
+		size := 0
+		end := start
+		for ; end < len(msgs) && end-start < per && (end == start || size < enqueueChunkBytes); end++ {
+			args = append(args, msgs[end]...)
+			size += len(msgs[end][1].([]byte))
+		}
+		calls = append(calls, scriptCall{keys: keys, args: args})
+		start = end
+	}
+	return calls
+}
+
+// readPublish reads lua/topic_publish.lua's reply: the counts, or
+// errStaleView after storing the subscriptions it names.
+func (t *Topic) readPublish(v *topicView, res []any) ([]int64, error) {
+	if len(res) < 1 {
+		return nil, errUnexpected(res)
+	}
+	if ok, _ := res[0].(int64); ok == 1 {
+		n := make([]int64, len(res)-1)
+		for i, r := range res[1:] {
+			c, isInt := r.(int64)
+			if !isInt {
+				return nil, errUnexpected(res)
+			}
+			n[i] = c
+		}
+		return n, nil
+	}
+	if len(res) < 2 {
+		return nil, errUnexpected(res)
+	}
+	version, ok := res[1].(string)
+	if !ok {
+		return nil, errUnexpected(res)
+	}
+	nv := &topicView{version: version}
+	for _, r := range res[2:] {
+		name, ok := r.(string)
+		if !ok {
+			return nil, errUnexpected(res)
+		}
+		s := newSubscriptionShard(t.prefix, t.name, name)
+		nv.keys = append(nv.keys, s.ready, s.delayed, s.messages, s.marker)
+	}
+	t.view.CompareAndSwap(v, nv)
+	return nil, errStaleView
+}
