@@ -26,8 +26,10 @@ const (
 	// listenPing is how long a listener waits for a message before it
 	// pings Redis, so a dead link is found and the subscription renewed.
 	listenPing = 30 * time.Second
-	// listenPause is how long a listener waits after a failed receive.
-	listenPause = 100 * time.Millisecond
+	// listenPause is how long a listener waits after a failed receive,
+	// doubling up to maxListenPause while receives keep failing.
+	listenPause    = 100 * time.Millisecond
+	maxListenPause = 5 * time.Second
 )
 
 // Listen subscribes to the topic's live messages: every message published
@@ -76,6 +78,7 @@ func (t *Topic) Listen(ctx context.Context) (<-chan Event, error) {
 // out.
 func (t *Topic) listen(ctx context.Context, ps *redis.PubSub, out chan<- Event) {
 	dropped := 0
+	pause := listenPause
 	for ctx.Err() == nil {
 		msg, err := ps.ReceiveTimeout(ctx, listenPing)
 		if ctx.Err() != nil {
@@ -88,9 +91,11 @@ func (t *Topic) listen(ctx context.Context, ps *redis.PubSub, out chan<- Event) 
 			continue
 		case err != nil:
 			t.logger().Warn("redlease: listen", "topic", t.name, "err", err)
-			sleep(ctx, listenPause)
+			sleep(ctx, pause)
+			pause = min(2*pause, maxListenPause)
 			continue
 		}
+		pause = listenPause
 		m, ok := msg.(*redis.Message)
 		if !ok {
 			continue // a subscription confirmation or a pong
