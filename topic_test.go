@@ -743,3 +743,31 @@ func logged(t *testing.T, logs *logLines, text string) bool {
 	}
 	return false
 }
+
+// A listener whose connection is killed subscribes again by itself and
+// gets the messages published after that.
+func TestTopicListenSurvivesReconnect(t *testing.T) {
+	c := realRedis(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var logs logLines
+	tp := newTopic(t, c, WithLogger(logs.logger()))
+	events, err := tp.Listen(ctx)
+	require.NoError(t, err)
+	publish(t, tp, "before")
+	require.Equal(t, "before", string((<-events).Payload))
+	require.NoError(t, c.Do(ctx, "CLIENT", "KILL", "TYPE", "pubsub").Err())
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for i := 0; ; i++ {
+		select {
+		case ev := <-events:
+			require.True(t, strings.HasPrefix(string(ev.Payload), "after "), string(ev.Payload))
+			return
+		case <-tick.C:
+			publish(t, tp, fmt.Sprintf("after %d", i))
+		case <-ctx.Done():
+			t.Fatal("the listener never came back")
+		}
+	}
+}
