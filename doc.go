@@ -1,6 +1,6 @@
-// Package redlease provides distributed locks and a reliable work queue on
-// Redis, both built on one primitive: the lease, a key in Redis that says
-// who holds something and until when.
+// Package redlease provides distributed locks, a reliable work queue and
+// topics on Redis, all built on one primitive: the lease, a key in Redis
+// that says who holds something and until when.
 //
 // # Locks
 //
@@ -134,20 +134,53 @@
 // splits a queue into shards that Redis Cluster can spread over its
 // masters.
 //
+// # Topics
+//
+// A [Topic] sends every message published on it to every one of its
+// subscriptions. A subscription is a [Queue]: [Topic.Subscribe] creates it
+// by name, if it does not exist, and returns it. It is durable, keeps every
+// Queue guarantee, and receives each message published after Subscribe
+// returned, whether or not anyone consumes it yet. Each subscription
+// claims, retries and dead-letters its own copy, so a slow or failing
+// consumer in one never holds up another.
+//
+//	orders := redlease.NewTopic(client, "orders")
+//	billing, err := orders.Subscribe(ctx, "billing")
+//	id, err := orders.Publish(ctx, payload) // every subscription gets a copy
+//	err = billing.Consume(ctx, charge)
+//
+// [Topic.Publish] is one Lua script, atomic: the message reaches every
+// current subscription or none, with one id in all of them. A Subscribe
+// racing a Publish either gets the message or does not; the other
+// subscriptions get it either way. [Topic.Unsubscribe] deletes a
+// subscription and its backlog.
+//
+// [Topic.Listen] is live delivery for notifications such as cache
+// invalidation, over Redis pub/sub: at most once, only while the listener
+// is subscribed, and nothing is stored. A listener that falls
+// [ListenBuffer] events behind loses the newest ones; publishers never
+// wait for it. Use a subscription for messages that must not be lost.
+//
+// All the keys of a topic and its subscriptions share one hash tag, so a
+// topic lives on one Redis Cluster slot; spread load over several topics.
+// A payload is stored once for all the subscriptions that took it, with a
+// count of them, and freed when the last one is done with it.
+//
 // # Redis
 //
 // redlease needs Redis 7.0 or later and works with go-redis's Client,
-// ClusterClient and failover (Sentinel) client; a Ring serves queues but
-// not Lockers. Every guarantee holds only while Redis keeps its data: a
-// restart without persistence, eviction (use maxmemory-policy noeviction)
-// or a failover to a replica that missed a write can give a lock to two
-// holders, or a message to two consumers, or lose it. The README says more.
+// ClusterClient and failover (Sentinel) client; a Ring serves queues and
+// topics but not Lockers, nor [Topic.Listen]. Every guarantee holds only
+// while Redis keeps its data: a restart without persistence, eviction (use
+// maxmemory-policy noeviction) or a failover to a replica that missed a
+// write can give a lock to two holders, or a message to two consumers, or
+// lose it. The README says more.
 //
 // # Errors
 //
 // Errors are matched with errors.Is against [ErrNotObtained], [ErrNotHeld],
 // [ErrInvalidArgument], [ErrClosed] and [ErrDuplicate]. Nothing panics on
 // bad input: an invalid argument or option makes the call, or every call on
-// the Locker or Queue it configures, return an error that errors.Is
+// the Locker, Queue or Topic it configures, return an error that errors.Is
 // [ErrInvalidArgument].
 package redlease
