@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -50,72 +51,141 @@ func (t *Topic) Listen(ctx context.Context) (<-chan Event, error) {
 	if t.err != nil {
 		return nil, t.err
 	}
-	var ps *redis.PubSub
-	switch c := t.client.(type) {
-	case *redis.Ring:
+	if _, ok := t.client.(*redis.Ring); ok {
 		return nil, fmt.Errorf("%w: redis.Ring cannot listen to a topic; use a ClusterClient", ErrInvalidArgument)
-	case *redis.ClusterClient:
-		ps = c.SSubscribe(ctx, t.keys.events)
-	default:
-		ps = c.Subscribe(ctx, t.keys.events)
 	}
-	// The subscription is active once Redis confirms it.
-	if _, err := ps.Receive(ctx); err != nil {
-		_ = ps.Close()
+	l := &topicListener{t: t, out: make(chan Event, ListenBuffer)}
+	if err := l.subscribe(ctx); err != nil {
 		return nil, fmt.Errorf("redlease: listen on topic %q: %w", t.name, err)
 	}
-	out := make(chan Event, ListenBuffer)
-	stop := context.AfterFunc(ctx, func() { _ = ps.Close() }) // unblocks a receive
+	stop := context.AfterFunc(ctx, l.close) // unblocks a receive
 	go func() {
-		defer close(out)
+		defer close(l.out)
 		defer stop()
-		t.listen(ctx, ps, out)
+		defer l.close()
+		l.run(ctx)
 	}()
-	return out, nil
+	return l.out, nil
 }
 
-// listen passes events from ps to out until ctx ends, never blocking on
-// out.
-func (t *Topic) listen(ctx context.Context, ps *redis.PubSub, out chan<- Event) {
+// topicListener is one Listen call's subscription.
+type topicListener struct {
+	t   *Topic
+	out chan Event
+
+	mu     sync.Mutex
+	ps     *redis.PubSub
+	node   string // the Cluster master subscribed on
+	closed bool
+}
+
+// subscribe replaces the subscription with a new one, active once it
+// returns. On a Cluster it is made on the master of the channel's slot,
+// whatever the client's read routing: publishes count the listeners on
+// the master, and skip the call when there are none.
+func (l *topicListener) subscribe(ctx context.Context) error {
+	ch := l.t.keys.events
+	var ps *redis.PubSub
+	node := ""
+	if cc, ok := l.t.client.(*redis.ClusterClient); ok {
+		master, err := cc.MasterForKey(ctx, ch)
+		if err != nil {
+			return err
+		}
+		ps, node = master.SSubscribe(ctx, ch), master.Options().Addr
+	} else {
+		ps = l.t.client.Subscribe(ctx, ch)
+	}
+	if _, err := ps.Receive(ctx); err != nil {
+		_ = ps.Close()
+		return err
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.ps != nil {
+		_ = l.ps.Close()
+	}
+	l.ps, l.node = ps, node
+	if l.closed {
+		_ = ps.Close()
+	}
+	return nil
+}
+
+func (l *topicListener) close() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.closed = true
+	_ = l.ps.Close()
+}
+
+// moved says whether the channel's slot has a new master by the client's
+// view of the Cluster.
+func (l *topicListener) moved(ctx context.Context) bool {
+	cc, ok := l.t.client.(*redis.ClusterClient)
+	if !ok {
+		return false
+	}
+	master, err := cc.MasterForKey(ctx, l.t.keys.events)
+	return err == nil && master.Options().Addr != l.node
+}
+
+// run passes events to out until ctx ends, never blocking on out, and
+// subscribes anew when the subscription fails, ends or moves.
+func (l *topicListener) run(ctx context.Context) {
+	log := l.t.logger().With("topic", l.t.name)
 	dropped := 0
 	pause := listenPause
 	for ctx.Err() == nil {
-		msg, err := ps.ReceiveTimeout(ctx, listenPing)
+		msg, err := l.ps.ReceiveTimeout(ctx, listenPing)
 		if ctx.Err() != nil {
 			return
 		}
 		var netErr interface{ Timeout() bool }
+		renew := false
+		switch m := msg.(type) {
+		case *redis.Message:
+			pause = listenPause
+			ev, err := decodeEvent(m.Payload)
+			if err != nil {
+				log.Warn("redlease: listen", "err", err)
+				continue
+			}
+			select {
+			case l.out <- ev:
+				if dropped > 0 {
+					log.Warn("redlease: listener caught up after dropping events", "dropped", dropped)
+					dropped = 0
+				}
+			default:
+				if dropped == 0 {
+					log.Warn("redlease: listener too slow: dropping events", "buffer", ListenBuffer)
+				}
+				dropped++
+			}
+			continue
+		case *redis.Subscription:
+			renew = m.Count == 0 // Redis ended it: the slot moved, say
+		}
 		switch {
 		case err != nil && errors.As(err, &netErr) && netErr.Timeout():
-			_ = ps.Ping(ctx) // a failed ping makes the next receive reconnect
-			continue
+			// Quiet for a while: check the link and the slot's master.
+			renew = l.ps.Ping(ctx) != nil || l.moved(ctx)
 		case err != nil:
-			t.logger().Warn("redlease: listen", "topic", t.name, "err", err)
+			log.Warn("redlease: listen", "err", err)
+			renew = true
+		}
+		if !renew {
+			continue
+		}
+		for ctx.Err() == nil {
 			sleep(ctx, pause)
 			pause = min(2*pause, maxListenPause)
-			continue
-		}
-		pause = listenPause
-		m, ok := msg.(*redis.Message)
-		if !ok {
-			continue // a subscription confirmation or a pong
-		}
-		ev, err := decodeEvent(m.Payload)
-		if err != nil {
-			t.logger().Warn("redlease: listen", "topic", t.name, "err", err)
-			continue
-		}
-		select {
-		case out <- ev:
-			if dropped > 0 {
-				t.logger().Warn("redlease: listener caught up after dropping events", "topic", t.name, "dropped", dropped)
-				dropped = 0
+			if err := l.subscribe(ctx); err == nil || ctx.Err() != nil {
+				break
+			} else {
+				log.Warn("redlease: listen: subscribe", "err", err)
 			}
-		default:
-			if dropped == 0 {
-				t.logger().Warn("redlease: listener too slow: dropping events", "topic", t.name, "buffer", ListenBuffer)
-			}
-			dropped++
 		}
 	}
 }

@@ -98,7 +98,7 @@ func claimGone(id string, code int64) error {
 	case codeOK, codeBuried:
 		return nil
 	case codeGone:
-		return notHeld(id, "claim lease expired")
+		return notHeld(id, "claim lease expired, or the message is gone")
 	case codeTaken:
 		return notHeld(id, "claimed by another consumer")
 	}

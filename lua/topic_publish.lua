@@ -19,8 +19,9 @@
 --         nothing was written
 local VERSION, SUBS, PAYLOADS, DONE = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local reply = {1}
--- Before the version: a resend after a change of subscriptions is still
--- a resend (the caller keeps its token when it retries a stale call).
+-- Before the version: a resend that arrives after the subscriptions
+-- changed still finds its first run done. (A call refused as stale wrote
+-- nothing, so the caller may send it again with a new token.)
 if redis.call('ZSCORE', DONE, ARGV[2]) then
   for i = 6, #ARGV, 2 do reply[#reply + 1] = -1 end
   return reply
