@@ -45,7 +45,7 @@ var (
 
 // Topic scripts.
 var (
-	publishScript     = topicScript("topic_publish.lua")
+	publishScript     = newHotScript("topic_publish.lua", doneMemoryLua)
 	subscribeScript   = topicScript("topic_subscribe.lua")
 	unsubscribeScript = topicScript("topic_unsubscribe.lua")
 	drainScript       = topicScript("topic_drain.lua")
@@ -184,7 +184,13 @@ var numKeys = [...]any{"0", "1", "2", "3", "4"}
 // text, to the same node, which then keeps the script.
 func (s hotScript) call(ctx context.Context, c redis.UniversalClient, keys []string, args ...any) *redis.Cmd {
 	full := make([]any, 0, 3+len(keys)+len(args))
-	full = append(full, "evalsha", s.sha, numKeys[len(keys)])
+	var n any
+	if len(keys) < len(numKeys) {
+		n = numKeys[len(keys)]
+	} else {
+		n = strconv.Itoa(len(keys))
+	}
+	full = append(full, "evalsha", s.sha, n)
 	for i := range keys {
 		full = append(full, &keys[i])
 	}

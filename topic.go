@@ -48,10 +48,28 @@ type topicKeys struct {
 }
 
 // topicView is what Publish believes the subscriptions are: the version
-// they were read at, and each one's READY, DELAYED, MESSAGES and MARKER.
+// they were read at, and a publish call's KEYS for them (the topic's four,
+// then each subscription's READY, DELAYED, MESSAGES and MARKER).
 type topicView struct {
 	version string
 	keys    []string
+}
+
+// subs is how many subscriptions v has.
+func (v *topicView) subs() int { return (len(v.keys) - topicKeyCount) / 4 }
+
+// topicKeyCount is how many of a publish call's KEYS are the topic's own.
+const topicKeyCount = 4
+
+// newView returns the view of the subscriptions names at version.
+func (t *Topic) newView(version string, names []string) *topicView {
+	v := &topicView{version: version, keys: make([]string, 0, topicKeyCount+4*len(names))}
+	v.keys = append(v.keys, t.keys.version, t.keys.subs, t.keys.payloads, t.keys.done)
+	for _, name := range names {
+		s := newSubscriptionShard(t.prefix, t.name, name)
+		v.keys = append(v.keys, s.ready, s.delayed, s.messages, s.marker)
+	}
+	return v
 }
 
 // NewTopic returns the topic called name in client. The options are the
@@ -77,7 +95,7 @@ func NewTopic(client redis.UniversalClient, name string, opts ...QueueOption) *T
 	case cfg.err == nil && cfg.shards != 1:
 		t.err = fmt.Errorf("%w: a topic's subscriptions cannot be sharded", ErrInvalidArgument)
 	}
-	t.view.Store(&topicView{version: unknownVersion})
+	t.view.Store(t.newView(unknownVersion, nil))
 	return t
 }
 
@@ -295,9 +313,15 @@ func (t *Topic) publishAll(ctx context.Context, delay int64, msgs [][]any) ([]in
 	took := make([]int64, 0, len(msgs))
 	for range maxStaleViews {
 		v := t.view.Load()
-		subs := len(v.keys) / 4
-		calls := t.publishCalls(v, delay, msgs[len(took):], subs)
-		for _, cmd := range runAll(ctx, t.client, publishScript, calls) {
+		calls := t.publishCalls(v, delay, msgs[len(took):])
+		var cmds []*redis.Cmd
+		if len(calls) == 1 {
+			// The common Publish: keys passed as pointers, not boxed anew.
+			cmds = []*redis.Cmd{publishScript.call(ctx, t.client, calls[0].keys, calls[0].args...)}
+		} else {
+			cmds = runAll(ctx, t.client, publishScript.Script, calls)
+		}
+		for _, cmd := range cmds {
 			res, err := cmd.Slice()
 			if err != nil {
 				return nil, 0, err
@@ -312,7 +336,7 @@ func (t *Topic) publishAll(ctx context.Context, delay int64, msgs [][]any) ([]in
 			took = append(took, n...)
 		}
 		if len(took) == len(msgs) {
-			return took, subs, nil
+			return took, v.subs(), nil
 		}
 	}
 	return nil, 0, fmt.Errorf("%w %d times in a row", errStaleView, maxStaleViews)
@@ -320,19 +344,18 @@ func (t *Topic) publishAll(ctx context.Context, delay int64, msgs [][]any) ([]in
 
 // publishCalls splits msgs into publish script calls for the
 // subscriptions in v.
-func (t *Topic) publishCalls(v *topicView, delay int64, msgs [][]any, subs int) []scriptCall {
-	keys := append([]string{t.keys.version, t.keys.subs, t.keys.payloads, t.keys.done}, v.keys...)
-	per := min(enqueueChunk, max(maxPublishDeliveries/max(subs, 1), 1))
+func (t *Topic) publishCalls(v *topicView, delay int64, msgs [][]any) []scriptCall {
+	per := min(enqueueChunk, max(maxPublishDeliveries/max(v.subs(), 1), 1))
 	var calls []scriptCall
 	for start := 0; start < len(msgs); {
-		args := []any{v.version, uuid.NewString(), delay, t.publish, t.keys.events}
+		args := []any{&v.version, uuid.NewString(), delay, &t.publish, &t.keys.events}
 		size := 0
 		end := start
 		for ; end < len(msgs) && end-start < per && (end == start || size < enqueueChunkBytes); end++ {
 			args = append(args, msgs[end]...)
 			size += len(msgs[end][1].([]byte))
 		}
-		calls = append(calls, scriptCall{keys: keys, args: args})
+		calls = append(calls, scriptCall{keys: v.keys, args: args})
 		start = end
 	}
 	return calls
@@ -362,15 +385,14 @@ func (t *Topic) readPublish(v *topicView, res []any) ([]int64, error) {
 	if !ok {
 		return nil, errUnexpected(res)
 	}
-	nv := &topicView{version: version}
+	names := make([]string, 0, len(res)-2)
 	for _, r := range res[2:] {
 		name, ok := r.(string)
 		if !ok {
 			return nil, errUnexpected(res)
 		}
-		s := newSubscriptionShard(t.prefix, t.name, name)
-		nv.keys = append(nv.keys, s.ready, s.delayed, s.messages, s.marker)
+		names = append(names, name)
 	}
-	t.view.CompareAndSwap(v, nv)
+	t.view.CompareAndSwap(v, t.newView(version, names))
 	return nil, errStaleView
 }

@@ -540,10 +540,10 @@ func TestTopicScriptsAreSafeToResend(t *testing.T) {
 		publish(t, tp, "learn")
 		drainQueue(t, a)
 		v := tp.view.Load()
-		calls := tp.publishCalls(v, 0, [][]any{{"id1", []byte("p")}}, 1)
+		calls := tp.publishCalls(v, 0, [][]any{{"id1", []byte("p")}})
 		require.Len(t, calls, 1)
 		for range 2 {
-			res, err := run(ctx, c, publishScript, calls[0].keys, calls[0].args...).Slice()
+			res, err := publishScript.call(ctx, c, calls[0].keys, calls[0].args...).Slice()
 			require.NoError(t, err)
 			require.Equal(t, int64(1), res[0])
 		}

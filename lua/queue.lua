@@ -34,16 +34,24 @@ local function parse(s)
   return tonumber(attempts), tonumber(deadline), tok
 end
 
--- holder checks a claim: OK, attempts, now when token holds a live claim
--- on id; GONE when the claim expired (or the message is gone); TAKEN when
--- another consumer holds it.
+-- holder checks a claim: OK, attempts, now and (in a subscription) the
+-- payload's reference when token holds a live claim on id; GONE when the
+-- claim expired (or the message is gone); TAKEN when another consumer
+-- holds it.
 local function holder(id, token)
-  local attempts, deadline, tok = parse(redis.call('HGET', MESSAGES, 's' .. id))
+  local state, ref
+  if PAYLOADS then
+    local m = redis.call('HMGET', MESSAGES, 's' .. id, 'p' .. id)
+    state, ref = m[1], m[2]
+  else
+    state = redis.call('HGET', MESSAGES, 's' .. id)
+  end
+  local attempts, deadline, tok = parse(state)
   if not tok then return GONE end
   if tok ~= token then return TAKEN end
   local now = nowms()
   if deadline <= now then return GONE end
-  return OK, attempts, now
+  return OK, attempts, now, ref
 end
 
 -- Done requests ("e" .. enqueue token, "c" .. claim token) are scored by
@@ -222,13 +230,13 @@ end
 -- ack deletes id claimed with token: OK (also when a resend finds it
 -- acked), GONE or TAKEN; and the time it used.
 local function ack(id, token)
-  local code, _, now = holder(id, token)
+  local code, _, now, ref = holder(id, token)
   if code ~= OK then
     if doneAs('c' .. token) == ACKED then return OK, nowms() end
     return code, nowms()
   end
   redis.call('ZREM', INFLIGHT, id)
-  if PAYLOADS then unref(redis.call('HGET', MESSAGES, 'p' .. id)) end
+  unref(ref)
   redis.call('HDEL', MESSAGES, 'p' .. id, 's' .. id, 'c' .. token)
   remember('c' .. token, now, ACKED)
   return OK, now
