@@ -1,7 +1,7 @@
 // Command bench compares redlease with redsync, redislock, asynq and a
 // raw go-redis floor on a redis-server it starts for itself on loopback.
 //
-//	go run .                 # full run, about 6½ minutes on 2 cores
+//	go run .                 # full run, about 8 minutes on 2 cores
 //	go run . -quick          # smoke run, one to two minutes
 //	go run . -out /tmp/x     # write results.md and plots/ there
 //	go run . -only shared    # some scenarios only
@@ -59,6 +59,10 @@ type config struct {
 
 	streamDur time.Duration // one run of the writer-under-readers scenario
 
+	topicDur     time.Duration // one run of the topic publish loop
+	topicFanMsgs int           // messages published in a topic fan-out run
+	topicMemMsgs int           // messages written in a topic memory run
+
 	budget time.Duration // the whole run is cancelled past this
 	steps  []scenario    // what runs, in order
 }
@@ -73,6 +77,7 @@ type scenario struct {
 var scenarios = []scenario{
 	{"cycle", scenarioCycle}, {"handoff", scenarioHandoff}, {"watchdog", scenarioWatchdog},
 	{"queue", scenarioQueue}, {"pickup", scenarioPickup}, {"shared", scenarioShared}, {"writer", scenarioWriter},
+	{"topic", scenarioTopic},
 }
 
 func scenarioNames() []string {
@@ -109,8 +114,9 @@ func defaultConfig(quick bool) config {
 		watchLocks: 1000, watchTTL: time.Second, watchHold: 3 * time.Second,
 		queueMsgs: 20000, queueConc: []int{1, 16, 64}, queueTimeout: 60 * time.Second,
 		pickupMsgs: 30, pickupGap: 30 * time.Millisecond, pickupWait: 5 * time.Second,
+		topicDur: 500 * time.Millisecond, topicFanMsgs: 10000, topicMemMsgs: 10000,
 		streamDur: 2 * time.Second,
-		budget:    10 * time.Minute,
+		budget:    12 * time.Minute,
 	}
 	if quick {
 		c.cycleDur = 400 * time.Millisecond
@@ -120,6 +126,9 @@ func defaultConfig(quick bool) config {
 		c.queueTimeout = 30 * time.Second
 		c.pickupMsgs = 10
 		c.streamDur = time.Second
+		c.topicDur = 250 * time.Millisecond
+		c.topicFanMsgs = 2000
+		c.topicMemMsgs = 2000
 		c.fastRounds = 3
 		c.budget = 4 * time.Minute
 	}
@@ -218,6 +227,7 @@ func run(cfg config, progress func(string)) (err error) {
 		t, err := step.run(ctx, e, cfg, progress)
 		if t != nil {
 			rep.tables = append(rep.tables, t)
+			rep.tables = append(rep.tables, t.more...)
 		}
 		if err != nil {
 			return err

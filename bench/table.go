@@ -36,6 +36,8 @@ type table struct {
 	samples      map[cellKey][]float64            // latency samples (µs) pooled over rounds
 	failures     []string
 	notes        []string
+	// more are further tables of the same scenario, written after it.
+	more []*table
 }
 
 func newTable(id, title string, variantLabel string, variants, contenders []string, metrics []metric) *table {
