@@ -37,8 +37,9 @@ const (
 // while the listener is subscribed, with no durability (Redis pub/sub).
 // It returns once the subscription is active, so every message published
 // after it returns is delivered, in order, unless a fault intervenes: a
-// lost connection loses what is published until go-redis reconnects and
-// subscribes again. Use it for notifications and cache invalidation; use
+// lost connection loses what is published until the listener has
+// subscribed again, which it does by itself (on a Cluster, on the master
+// of the topic's slot, wherever the slot moves). Use it for notifications and cache invalidation; use
 // [Topic.Subscribe] for messages that must not be lost.
 //
 // The channel closes when ctx ends. A listener that does not keep up
