@@ -38,8 +38,9 @@ const (
 // It returns once the subscription is active, so every message published
 // after it returns is delivered, in order, unless a fault intervenes: a
 // lost connection loses what is published until the listener has
-// subscribed again, which it does by itself (on a Cluster, on the master
-// of the topic's slot, wherever the slot moves). Use it for notifications and cache invalidation; use
+// subscribed again, which it does by itself. A listener may be on a
+// replica (a ReadOnly ClusterClient, a Sentinel replica client): Redis
+// passes every publish on to the replicas. Use it for notifications and cache invalidation; use
 // [Topic.Subscribe] for messages that must not be lost.
 //
 // The channel closes when ctx ends. A listener that does not keep up
@@ -76,26 +77,17 @@ type topicListener struct {
 
 	mu     sync.Mutex
 	ps     *redis.PubSub
-	node   string // the Cluster master subscribed on
 	closed bool
 }
 
 // subscribe replaces the subscription with a new one, active once it
-// returns. On a Cluster it is made on the master of the channel's slot,
-// whatever the client's read routing: publishes count the listeners on
-// the master, and skip the call when there are none.
+// returns (on a Cluster, on a node of the topic's slot).
 func (l *topicListener) subscribe(ctx context.Context) error {
-	ch := l.t.keys.events
 	var ps *redis.PubSub
-	node := ""
 	if cc, ok := l.t.client.(*redis.ClusterClient); ok {
-		master, err := cc.MasterForKey(ctx, ch)
-		if err != nil {
-			return err
-		}
-		ps, node = master.SSubscribe(ctx, ch), master.Options().Addr
+		ps = cc.SSubscribe(ctx, l.t.keys.events)
 	} else {
-		ps = l.t.client.Subscribe(ctx, ch)
+		ps = l.t.client.Subscribe(ctx, l.t.keys.events)
 	}
 	if _, err := ps.Receive(ctx); err != nil {
 		_ = ps.Close()
@@ -106,7 +98,7 @@ func (l *topicListener) subscribe(ctx context.Context) error {
 	if l.ps != nil {
 		_ = l.ps.Close()
 	}
-	l.ps, l.node = ps, node
+	l.ps = ps
 	if l.closed {
 		_ = ps.Close()
 	}
@@ -120,19 +112,8 @@ func (l *topicListener) close() {
 	_ = l.ps.Close()
 }
 
-// moved says whether the channel's slot has a new master by the client's
-// view of the Cluster.
-func (l *topicListener) moved(ctx context.Context) bool {
-	cc, ok := l.t.client.(*redis.ClusterClient)
-	if !ok {
-		return false
-	}
-	master, err := cc.MasterForKey(ctx, l.t.keys.events)
-	return err == nil && master.Options().Addr != l.node
-}
-
 // run passes events to out until ctx ends, never blocking on out, and
-// subscribes anew when the subscription fails, ends or moves.
+// subscribes anew when the subscription fails or Redis ends it.
 func (l *topicListener) run(ctx context.Context) {
 	log := l.t.logger().With("topic", l.t.name)
 	dropped := 0
@@ -166,12 +147,12 @@ func (l *topicListener) run(ctx context.Context) {
 			}
 			continue
 		case *redis.Subscription:
-			renew = m.Count == 0 // Redis ended it: the slot moved, say
+			renew = m.Count == 0 // Redis ended it: the slot moved away, say
 		}
 		switch {
 		case err != nil && errors.As(err, &netErr) && netErr.Timeout():
-			// Quiet for a while: check the link and the slot's master.
-			renew = l.ps.Ping(ctx) != nil || l.moved(ctx)
+			// Quiet for a while: check the link.
+			renew = l.ps.Ping(ctx) != nil
 		case err != nil:
 			log.Warn("redlease: listen", "err", err)
 			renew = true

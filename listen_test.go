@@ -134,3 +134,21 @@ func TestTopicListenSurvivesReconnect(t *testing.T) {
 		}
 	}
 }
+
+// A listener on a replica hears what is published on the master: Redis
+// passes publishes on to replicas, and the script sends each one whether
+// or not the master counts a listener.
+func TestTopicListenOnReplica(t *testing.T) {
+	master, replica := replicatedClients(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	events, err := NewTopic(replica, "t", WithPrefix(uniq(t))).Listen(ctx)
+	require.NoError(t, err)
+	id := publish(t, NewTopic(master, "t", WithPrefix(uniq(t))), "x")
+	select {
+	case ev := <-events:
+		require.Equal(t, id, ev.ID)
+	case <-ctx.Done():
+		t.Fatal("a listener on a replica heard nothing")
+	}
+}

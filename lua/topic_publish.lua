@@ -39,8 +39,6 @@ local delay = tonumber(ARGV[3])
 local nsubs = (#KEYS - 4) / 4
 local ready = {}
 for s = 1, nsubs do ready[s] = {} end
-local sub = ARGV[4] == 'SPUBLISH' and 'SHARDNUMSUB' or 'NUMSUB'
-local listened = tonumber(redis.call('PUBSUB', sub, ARGV[5])[2]) > 0
 for i = 6, #ARGV, 2 do
   local id, payload = ARGV[i], ARGV[i + 1]
   local took = 0
@@ -60,7 +58,9 @@ for i = 6, #ARGV, 2 do
     end
     if took > 0 then redis.call('HSET', PAYLOADS, 'p' .. ref, payload, 'n' .. ref, took) end
   end
-  if listened and (took > 0 or nsubs == 0) then
+  -- Sent whether or not anyone listens: PUBSUB NUMSUB counts only this
+  -- node's listeners, not those on its replicas.
+  if took > 0 or nsubs == 0 then
     redis.call(ARGV[4], ARGV[5], string.format('%d:', #id) .. id .. payload)
   end
   reply[#reply + 1] = took
