@@ -146,3 +146,24 @@ func FuzzOptions(f *testing.F) {
 		check("WithConcurrency", cc.err, n < 1)
 	})
 }
+
+func FuzzEvent(f *testing.F) {
+	f.Add("2:idpayload", "id", []byte("payload"))
+	f.Add("0:", "", []byte{})
+	f.Add("3:a:b\x00\xff", "a:b", []byte{0, 0xff})
+	f.Fuzz(func(t *testing.T, raw, id string, payload []byte) {
+		// Whatever arrives on the channel, decoding does not panic, and
+		// what it decodes encodes back to an equal event.
+		if ev, err := decodeEvent(raw); err == nil {
+			again, err := decodeEvent(strconv.Itoa(len(ev.ID)) + ":" + ev.ID + string(ev.Payload))
+			if err != nil || again.ID != ev.ID || !bytes.Equal(again.Payload, ev.Payload) {
+				t.Fatalf("%q decodes to %+v, which does not round-trip: %+v %v", raw, ev, again, err)
+			}
+		}
+		// Every message the publish script sends decodes to what was published.
+		ev, err := decodeEvent(strconv.Itoa(len(id)) + ":" + id + string(payload))
+		if err != nil || ev.ID != id || !bytes.Equal(ev.Payload, payload) {
+			t.Fatalf("%q %q decodes to %+v, %v", id, payload, ev, err)
+		}
+	})
+}
