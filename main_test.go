@@ -28,6 +28,9 @@ func TestMain(m *testing.M) {
 	if env := os.Getenv(sharedChildEnv); env != "" {
 		os.Exit(sharedChild(env))
 	}
+	if env := os.Getenv(topicCrashChildEnv); env != "" {
+		os.Exit(topicCrashChild(env))
+	}
 	// go-redis logs every refused dial and Sentinel switch; the fault and
 	// failover tests cause thousands on purpose.
 	redis.SetLogger(verboseOnly{})

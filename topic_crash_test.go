@@ -29,12 +29,6 @@ import (
 // file's init does this one, before TestMain runs.
 const topicCrashChildEnv = "REDLEASE_TOPIC_CRASH_CHILD"
 
-func init() {
-	if env := os.Getenv(topicCrashChildEnv); env != "" {
-		os.Exit(topicCrashChild(env))
-	}
-}
-
 // topicCrashRecordedAck acks a claim on a subscription and, in the same
 // script, records the ack (a count per id) and the payload the consumer
 // was given: a process killed right after its ack cannot lose the record.
