@@ -93,7 +93,7 @@ func (q *Queue) EnqueueBatch(ctx context.Context, payloads [][]byte) ([]string, 
 	if len(calls) == 0 {
 		return ids, nil
 	}
-	for _, cmd := range runAll(ctx, q.client, enqueueScript, calls, q.wake(ctx)...) {
+	for _, cmd := range runInOrder(ctx, q.client, enqueueScript, calls, q.wake(ctx)...) {
 		if err := cmd.Err(); err != nil {
 			return nil, fmt.Errorf("redlease: enqueue batch on %q: %w", q.name, err)
 		}

@@ -150,6 +150,28 @@ func runAll(ctx context.Context, c redis.UniversalClient, s *redis.Script, calls
 	return cmds
 }
 
+// runInOrder sends calls of one script that must run in the order given
+// (a batch's chunks into one list), and any extra commands after them, in
+// one round trip. A call alone goes as runAll sends it; several go as
+// EVAL with the script's text, so none can be refused with NOSCRIPT and
+// sent again after later ones ran.
+func runInOrder(ctx context.Context, c redis.UniversalClient, s *redis.Script, calls []scriptCall, extra ...func(redis.Pipeliner)) []*redis.Cmd {
+	if len(calls) == 1 {
+		return runAll(ctx, c, s, calls, extra...)
+	}
+	cmds := make([]*redis.Cmd, len(calls))
+	_, _ = c.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, call := range calls {
+			cmds[i] = s.Eval(ctx, p, call.keys, call.args...)
+		}
+		for _, f := range extra {
+			f(p)
+		}
+		return nil
+	})
+	return cmds
+}
+
 // hotScript is a lock script called on every acquisition or release:
 // through Do, with its SHA1 boxed once and its keys passed as pointers,
 // which go-redis writes without boxing them again (callers pass their other

@@ -39,11 +39,11 @@ type Topic struct {
 
 // topicKeys are a topic's own keys and its listeners' channel.
 type topicKeys struct {
-	version  string // string: counts changes to subs
+	version  string // string: set to a new random value by every change to subs
 	subs     string // set of subscription names
 	payloads string // hash: see lua/queue.lua
 	done     string // sorted set: request token -> when done (ms)
-	trashes  string // set of removed subscriptions' hashes not yet drained
+	trashes  string // hash: removed subscriptions' hashes not yet drained -> scan cursor
 	events   string // listeners' channel
 }
 
@@ -125,7 +125,8 @@ func (t *Topic) Subscribe(ctx context.Context, name string, opts ...QueueOption)
 	if err != nil {
 		return nil, err
 	}
-	if err := run(ctx, t.client, subscribeScript, []string{t.keys.version, t.keys.subs}, name).Err(); err != nil {
+	keys := []string{t.keys.version, t.keys.subs, t.keys.done}
+	if err := run(ctx, t.client, subscribeScript, keys, name, uuid.NewString(), uuid.NewString()).Err(); err != nil {
 		return nil, fmt.Errorf("redlease: subscribe %q to topic %q: %w", name, t.name, err)
 	}
 	return q, nil
@@ -175,7 +176,7 @@ func (t *Topic) Unsubscribe(ctx context.Context, name string) error {
 	s := newSubscriptionShard(t.prefix, t.name, name)
 	keys := []string{t.keys.version, t.keys.subs, t.keys.done, t.keys.trashes, topicBase(t.prefix, t.name) + "trash:" + uuid.NewString(),
 		s.messages, s.ready, s.delayed, s.inflight, s.dead, s.marker, s.reclaimer, s.done}
-	if err := run(ctx, t.client, unsubscribeScript, keys, name, uuid.NewString()).Err(); err != nil {
+	if err := run(ctx, t.client, unsubscribeScript, keys, name, uuid.NewString(), uuid.NewString()).Err(); err != nil {
 		return fmt.Errorf("redlease: unsubscribe %q from topic %q: %w", name, t.name, err)
 	}
 	if err := t.drain(ctx); err != nil {
@@ -187,7 +188,7 @@ func (t *Topic) Unsubscribe(ctx context.Context, name string) error {
 // drain frees every removed subscription's messages, this call's and any
 // an earlier call left.
 func (t *Topic) drain(ctx context.Context) error {
-	trashes, err := t.client.SMembers(ctx, t.keys.trashes).Result()
+	trashes, err := t.client.HKeys(ctx, t.keys.trashes).Result()
 	if err != nil {
 		return err
 	}
@@ -306,59 +307,76 @@ const maxStaleViews = 16
 var errStaleView = errors.New("subscriptions changed")
 
 // publishAll publishes messages (id, payload pairs) in order, in as few
-// script calls as maxPublishDeliveries allows, sent in one pipeline. It
+// script calls as maxPublishDeliveries allows, sent in one round trip. It
 // returns how many subscriptions took each message (-1: a resend found it
-// done) and how many there were.
+// done) and how many there were. Calls refused because the subscriptions
+// changed wrote nothing: only those are sent again, for the new ones.
 func (t *Topic) publishAll(ctx context.Context, delay int64, msgs [][]any) ([]int64, int, error) {
-	took := make([]int64, 0, len(msgs))
+	took := make([]int64, len(msgs))
+	pending := make([]int, len(msgs)) // indices into msgs not yet published
+	for i := range pending {
+		pending[i] = i
+	}
 	for range maxStaleViews {
 		v := t.view.Load()
-		calls := t.publishCalls(v, delay, msgs[len(took):])
+		calls, sizes := t.publishCalls(v, delay, msgs, pending)
 		var cmds []*redis.Cmd
 		if len(calls) == 1 {
 			// The common Publish: keys passed as pointers, not boxed anew.
 			cmds = []*redis.Cmd{publishScript.call(ctx, t.client, calls[0].keys, calls[0].args...)}
 		} else {
-			cmds = runAll(ctx, t.client, publishScript.Script, calls)
+			cmds = runInOrder(ctx, t.client, publishScript.Script, calls)
 		}
-		for _, cmd := range cmds {
+		var stale []int
+		for i, cmd := range cmds {
+			part := pending[:sizes[i]]
+			pending = pending[sizes[i]:]
 			res, err := cmd.Slice()
 			if err != nil {
 				return nil, 0, err
 			}
 			n, err := t.readPublish(v, res)
-			if errors.Is(err, errStaleView) {
-				break // later calls were refused too: send them again
-			}
-			if err != nil {
+			switch {
+			case errors.Is(err, errStaleView):
+				stale = append(stale, part...)
+			case err != nil:
 				return nil, 0, err
+			case len(n) != len(part):
+				return nil, 0, errUnexpected(res)
+			default:
+				for k, m := range part {
+					took[m] = n[k]
+				}
 			}
-			took = append(took, n...)
 		}
-		if len(took) == len(msgs) {
+		if len(stale) == 0 {
 			return took, v.subs(), nil
 		}
+		pending = stale
 	}
 	return nil, 0, fmt.Errorf("%w %d times in a row", errStaleView, maxStaleViews)
 }
 
-// publishCalls splits msgs into publish script calls for the
-// subscriptions in v.
-func (t *Topic) publishCalls(v *topicView, delay int64, msgs [][]any) []scriptCall {
+// publishCalls splits the messages of msgs at indices idx into publish
+// script calls for the subscriptions in v, and says how many each takes.
+func (t *Topic) publishCalls(v *topicView, delay int64, msgs [][]any, idx []int) ([]scriptCall, []int) {
 	per := min(enqueueChunk, max(maxPublishDeliveries/max(v.subs(), 1), 1))
 	var calls []scriptCall
-	for start := 0; start < len(msgs); {
+	var sizes []int
+	for start := 0; start < len(idx); {
 		args := []any{&v.version, uuid.NewString(), delay, &t.publish, &t.keys.events}
 		size := 0
 		end := start
-		for ; end < len(msgs) && end-start < per && (end == start || size < enqueueChunkBytes); end++ {
-			args = append(args, msgs[end]...)
-			size += len(msgs[end][1].([]byte))
+		for ; end < len(idx) && end-start < per && (end == start || size < enqueueChunkBytes); end++ {
+			m := msgs[idx[end]]
+			args = append(args, m...)
+			size += len(m[1].([]byte))
 		}
 		calls = append(calls, scriptCall{keys: v.keys, args: args})
+		sizes = append(sizes, end-start)
 		start = end
 	}
-	return calls
+	return calls, sizes
 }
 
 // readPublish reads lua/topic_publish.lua's reply: the counts, or

@@ -378,7 +378,7 @@ func TestTopicUnsubscribeBacklog(t *testing.T) {
 		keys, err := c.Keys(ctx, tp.prefix+":topic:{t}:sub:a:*").Result()
 		require.NoError(t, err)
 		require.Empty(t, keys)
-		require.Empty(t, c.SMembers(ctx, tp.keys.trashes).Val())
+		require.Empty(t, c.HKeys(ctx, tp.keys.trashes).Val())
 		wantStats(t, a, Stats{})
 		require.ErrorIs(t, held.Ack(ctx), ErrNotHeld)
 		checkRefs(t, c, tp, "b")
@@ -416,11 +416,11 @@ func TestTopicUnsubscribeFinishesEarlierWork(t *testing.T) {
 		s := newSubscriptionShard(tp.prefix, tp.name, "a")
 		keys := []string{tp.keys.version, tp.keys.subs, tp.keys.done, tp.keys.trashes, tp.keys.payloads + ":trash-test",
 			s.messages, s.ready, s.delayed, s.inflight, s.dead, s.marker, s.reclaimer, s.done}
-		require.NoError(t, run(ctx, c, unsubscribeScript, keys, "a", "tok").Err())
+		require.NoError(t, run(ctx, c, unsubscribeScript, keys, "a", "tok", "v-unsub").Err())
 		require.Error(t, tp.drain(cut))
-		require.Equal(t, []string{keys[4]}, c.SMembers(ctx, tp.keys.trashes).Val())
+		require.Equal(t, []string{keys[4]}, c.HKeys(ctx, tp.keys.trashes).Val())
 		require.NoError(t, tp.Unsubscribe(ctx, "b"))
-		require.Empty(t, c.SMembers(ctx, tp.keys.trashes).Val())
+		require.Empty(t, c.HKeys(ctx, tp.keys.trashes).Val())
 		require.Empty(t, payloadFields(t, c, tp))
 		require.Empty(t, c.Keys(ctx, tp.prefix+":*trash*").Val())
 	})
@@ -540,7 +540,7 @@ func TestTopicScriptsAreSafeToResend(t *testing.T) {
 		publish(t, tp, "learn")
 		drainQueue(t, a)
 		v := tp.view.Load()
-		calls := tp.publishCalls(v, 0, [][]any{{"id1", []byte("p")}})
+		calls, _ := tp.publishCalls(v, 0, [][]any{{"id1", []byte("p")}}, []int{0})
 		require.Len(t, calls, 1)
 		for range 2 {
 			res, err := publishScript.call(ctx, c, calls[0].keys, calls[0].args...).Slice()
@@ -550,25 +550,31 @@ func TestTopicScriptsAreSafeToResend(t *testing.T) {
 		wantStats(t, a, Stats{Ready: 1})
 		checkRefs(t, c, tp, "a")
 
-		// Subscribe twice: one change of version.
-		ver := c.Get(ctx, tp.keys.version).Val()
-		for range 2 {
-			require.NoError(t, run(ctx, c, subscribeScript, []string{tp.keys.version, tp.keys.subs}, "b").Err())
-		}
-		require.Equal(t, ver, strconv.Itoa(mustAtoi(t, c.Get(ctx, tp.keys.version).Val())-1))
+		// Subscribe twice: one change of version. The second run, arriving
+		// after an Unsubscribe, does not bring the subscription back.
+		sub := []string{tp.keys.version, tp.keys.subs, tp.keys.done}
+		require.NoError(t, run(ctx, c, subscribeScript, sub, "b", "tok-b", "v1").Err())
+		require.NoError(t, run(ctx, c, subscribeScript, sub, "b", "tok-b", "v2").Err())
+		require.Equal(t, "v1", c.Get(ctx, tp.keys.version).Val())
+		require.NoError(t, tp.Unsubscribe(ctx, "b"))
+		require.NoError(t, run(ctx, c, subscribeScript, sub, "b", "tok-b", "v3").Err())
+		subs, err := tp.Subscriptions(ctx)
+		require.NoError(t, err)
+		require.Equal(t, []string{"a"}, subs)
+		require.NoError(t, run(ctx, c, subscribeScript, sub, "b", "tok-b2", "v4").Err())
 
 		// Unsubscribe resent after the name was subscribed and published to
 		// again: the resend deletes nothing new.
 		s := newSubscriptionShard(tp.prefix, tp.name, "a")
 		keys := []string{tp.keys.version, tp.keys.subs, tp.keys.done, tp.keys.trashes, tp.keys.payloads + ":trash-1",
 			s.messages, s.ready, s.delayed, s.inflight, s.dead, s.marker, s.reclaimer, s.done}
-		require.NoError(t, run(ctx, c, unsubscribeScript, keys, "a", "tok").Err())
+		require.NoError(t, run(ctx, c, unsubscribeScript, keys, "a", "tok", "v-unsub").Err())
 		a = subscribe(t, tp, "a")
 		publish(t, tp, "kept")
 		keys[4] = tp.keys.payloads + ":trash-2"
-		require.NoError(t, run(ctx, c, unsubscribeScript, keys, "a", "tok").Err())
+		require.NoError(t, run(ctx, c, unsubscribeScript, keys, "a", "tok", "v-unsub").Err())
 		wantStats(t, a, Stats{Ready: 1})
-		subs, err := tp.Subscriptions(ctx)
+		subs, err = tp.Subscriptions(ctx)
 		require.NoError(t, err)
 		require.Equal(t, []string{"a", "b"}, subs)
 
@@ -577,7 +583,7 @@ func TestTopicScriptsAreSafeToResend(t *testing.T) {
 		for range 2 {
 			require.NoError(t, run(ctx, c, drainScript, drain, drainBatch).Err())
 		}
-		require.Empty(t, c.SMembers(ctx, tp.keys.trashes).Val())
+		require.Empty(t, c.HKeys(ctx, tp.keys.trashes).Val())
 		checkRefs(t, c, tp, "a", "b")
 		require.Equal(t, []string{"kept"}, drainQueue(t, a))
 	})

@@ -1,7 +1,8 @@
 -- Publishes messages to every subscription of a topic, all or none, and
 -- to its live listeners.
 --
--- KEYS[1] VERSION: counts changes to the set of subscriptions
+-- KEYS[1] VERSION: a random value set anew by every change to SUBS (a
+--         counter could repeat an old value after Redis lost writes)
 -- KEYS[2] SUBS: set of subscription names
 -- KEYS[3] PAYLOADS: hash of payloads stored once (see lua/queue.lua)
 -- KEYS[4] DONE: sorted set of request tokens done (ms)
@@ -37,7 +38,7 @@ local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local delay = tonumber(ARGV[3])
 local nsubs = (#KEYS - 4) / 4
-local ready = {}
+local ready, wrote = {}, false
 for s = 1, nsubs do ready[s] = {} end
 for i = 6, #ARGV, 2 do
   local id, payload = ARGV[i], ARGV[i + 1]
@@ -61,6 +62,7 @@ for i = 6, #ARGV, 2 do
   -- Sent whether or not anyone listens: PUBSUB NUMSUB counts only this
   -- node's listeners, not those on its replicas.
   if took > 0 or nsubs == 0 then
+    wrote = true
     redis.call(ARGV[4], ARGV[5], string.format('%d:', #id) .. id .. payload)
   end
   reply[#reply + 1] = took
@@ -72,7 +74,11 @@ for s = 1, nsubs do
     redis.call('ZADD', KEYS[k + 4], 0, 'm')
   end
 end
-redis.call('ZREMRANGEBYSCORE', DONE, '-inf', now - DONE_MEMORY)
-redis.call('ZADD', DONE, now, ARGV[2])
-redis.call('PEXPIRE', DONE, DONE_MEMORY)
+-- Only a call that did something is remembered: a resend of one that
+-- found every id live must report the duplicates again.
+if wrote then
+  redis.call('ZREMRANGEBYSCORE', DONE, '-inf', now - DONE_MEMORY)
+  redis.call('ZADD', DONE, now, ARGV[2])
+  redis.call('PEXPIRE', DONE, DONE_MEMORY)
+end
 return reply
