@@ -167,8 +167,9 @@ const (
 // only it referred to are freed in bounded steps before Unsubscribe
 // returns (if ctx ends first, the next Unsubscribe on the topic finishes
 // the work). Its Queues' consumers find no more messages, and their acks
-// of messages they held fail with [ErrNotHeld]. Unsubscribing a name that
-// does not exist succeeds.
+// of messages they held fail with [ErrNotHeld]; an Enqueue on one of its
+// Queues adds a message outside the topic, which another Unsubscribe
+// deletes. Unsubscribing a name that does not exist succeeds.
 func (t *Topic) Unsubscribe(ctx context.Context, name string) error {
 	if _, err := t.subscription(name, nil); err != nil {
 		return err
