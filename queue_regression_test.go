@@ -748,3 +748,25 @@ func TestNoClaimFieldOutlivesItsClaim(t *testing.T) {
 		}
 	}
 }
+
+// A batch of several script calls lands in order even when Redis lacks
+// the script and another client loads it between the calls: a call
+// refused with NOSCRIPT and sent again would land after the ones that ran.
+func TestEnqueueBatchInOrderAfterScriptFlush(t *testing.T) {
+	srv := redistest.Own(t)
+	c, hooks := hookedClient(t, srv.Addr)
+	ctx := context.Background()
+	q := NewQueue(c, "q")
+	require.NoError(t, c.ScriptFlush(ctx).Err())
+	admin := srv.Client(t)
+	hooks.mu.Lock()
+	hooks.split = []byte("\r\neval\r\n") // between the batch's first two script calls
+	hooks.between = func() { _ = enqueueScript.Load(ctx, admin).Err() }
+	hooks.mu.Unlock()
+	ids, err := q.EnqueueBatch(ctx, batchOf(enqueueChunk+5))
+	require.NoError(t, err)
+	require.Equal(t, 1, hooks.firedCount(), "the batch's calls were split")
+	got, err := c.LRange(ctx, q.shards[0].ready, 0, -1).Result()
+	require.NoError(t, err)
+	require.Equal(t, ids, got)
+}
