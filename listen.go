@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"strings"
 	"sync"
@@ -24,9 +25,7 @@ const (
 	// ListenBuffer is how many events a listener's channel holds. When it
 	// is full, new events are dropped (see [Topic.Listen]).
 	ListenBuffer = 1024
-	// listenPing is how long a listener waits for a message before it
-	// pings Redis, so a dead link is found and the subscription renewed.
-	listenPing = 30 * time.Second
+
 	// listenPause is how long a listener waits after a failed receive,
 	// doubling up to maxListenPause while receives keep failing.
 	listenPause    = 100 * time.Millisecond
@@ -57,10 +56,15 @@ func (t *Topic) Listen(ctx context.Context) (<-chan Event, error) {
 		return nil, fmt.Errorf("%w: redis.Ring cannot listen to a topic; use a ClusterClient", ErrInvalidArgument)
 	}
 	l := &topicListener{t: t, out: make(chan Event, ListenBuffer)}
+	stop := context.AfterFunc(ctx, l.close) // unblocks a receive, the first one too
 	if err := l.subscribe(ctx); err != nil {
+		stop()
+		l.close()
+		if ctx.Err() != nil {
+			err = ctx.Err()
+		}
 		return nil, fmt.Errorf("redlease: listen on topic %q: %w", t.name, err)
 	}
-	stop := context.AfterFunc(ctx, l.close) // unblocks a receive
 	go func() {
 		defer close(l.out)
 		defer stop()
@@ -76,12 +80,16 @@ type topicListener struct {
 	out chan Event
 
 	mu     sync.Mutex
-	ps     *redis.PubSub
+	ps     *redis.PubSub // written under mu, by the goroutine that reads it
 	closed bool
 }
 
+// errListenerClosed is a subscribe that close overtook.
+var errListenerClosed = errors.New("listener closed")
+
 // subscribe replaces the subscription with a new one, active once it
-// returns (on a Cluster, on a node of the topic's slot).
+// returns (on a Cluster, on a node of the topic's slot). close reaches it
+// while it waits for Redis to confirm.
 func (l *topicListener) subscribe(ctx context.Context) error {
 	var ps *redis.PubSub
 	if cc, ok := l.t.client.(*redis.ClusterClient); ok {
@@ -89,18 +97,20 @@ func (l *topicListener) subscribe(ctx context.Context) error {
 	} else {
 		ps = l.t.client.Subscribe(ctx, l.t.keys.events)
 	}
-	if _, err := ps.Receive(ctx); err != nil {
-		_ = ps.Close()
-		return err
-	}
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	if l.ps != nil {
 		_ = l.ps.Close()
 	}
 	l.ps = ps
-	if l.closed {
+	closed := l.closed
+	l.mu.Unlock()
+	if closed {
 		_ = ps.Close()
+		return errListenerClosed
+	}
+	if _, err := ps.Receive(ctx); err != nil {
+		_ = ps.Close()
+		return err
 	}
 	return nil
 }
@@ -109,19 +119,31 @@ func (l *topicListener) close() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.closed = true
-	_ = l.ps.Close()
+	if l.ps != nil {
+		_ = l.ps.Close()
+	}
 }
 
-// run passes events to out until ctx ends, never blocking on out, and
-// subscribes anew when the subscription fails or Redis ends it.
+// run passes events to out until ctx ends or the client is closed, never
+// blocking on out, and subscribes anew when the subscription fails, Redis
+// ends it, or a ping it sent after listenPing of quiet gets no answer
+// within pongWait (a link that died without a word).
 func (l *topicListener) run(ctx context.Context) {
 	log := l.t.logger().With("topic", l.t.name)
 	dropped := 0
 	pause := listenPause
+	pinged := false
 	for ctx.Err() == nil {
-		msg, err := l.ps.ReceiveTimeout(ctx, listenPing)
+		wait := listenPing
+		if pinged {
+			wait = pongWait
+		}
+		msg, err := l.ps.ReceiveTimeout(ctx, wait)
 		if ctx.Err() != nil {
 			return
+		}
+		if err == nil {
+			pinged = false
 		}
 		var netErr interface{ Timeout() bool }
 		renew := false
@@ -151,26 +173,52 @@ func (l *topicListener) run(ctx context.Context) {
 		}
 		switch {
 		case err != nil && errors.As(err, &netErr) && netErr.Timeout():
-			// Quiet for a while: check the link.
-			renew = l.ps.Ping(ctx) != nil
+			// Quiet for a while: ask Redis, and give up on the link if
+			// the last ask got no answer.
+			renew = pinged || l.ps.Ping(ctx) != nil
+			pinged = true
 		case err != nil:
 			log.Warn("redlease: listen", "err", err)
 			renew = true
 		}
-		if !renew {
-			continue
+		if renew && !l.resubscribe(ctx, log, &pause) {
+			return
 		}
-		for ctx.Err() == nil {
-			sleep(ctx, pause)
-			pause = min(2*pause, maxListenPause)
-			if err := l.subscribe(ctx); err == nil || ctx.Err() != nil {
-				break
-			} else {
-				log.Warn("redlease: listen: subscribe", "err", err)
-			}
+		if renew {
+			pinged = false
 		}
 	}
 }
+
+// resubscribe subscribes anew, backing off while it fails, until ctx ends
+// or the client is closed: false then.
+func (l *topicListener) resubscribe(ctx context.Context, log *slog.Logger, pause *time.Duration) bool {
+	for ctx.Err() == nil {
+		sleep(ctx, *pause)
+		*pause = min(2**pause, maxListenPause)
+		err := l.subscribe(ctx)
+		switch {
+		case err == nil:
+			return true
+		case ctx.Err() != nil || errors.Is(err, errListenerClosed):
+			return false
+		case errors.Is(err, redis.ErrClosed):
+			log.Warn("redlease: listen: the client is closed; listening stops")
+			return false
+		}
+		log.Warn("redlease: listen: subscribe", "err", err)
+	}
+	return false
+}
+
+// A listener that has heard nothing for listenPing pings Redis, and
+// subscribes anew when no answer comes within pongWait: a link can die
+// without a word (a host gone, a network cut), and Redis would go on
+// counting the dead subscriber. Variables so tests can shorten them.
+var (
+	listenPing = 30 * time.Second
+	pongWait   = 5 * time.Second
+)
 
 // decodeEvent parses "len(id):" id payload, as lua/topic_publish.lua
 // publishes it.

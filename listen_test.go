@@ -152,3 +152,110 @@ func TestTopicListenOnReplica(t *testing.T) {
 		t.Fatal("a listener on a replica heard nothing")
 	}
 }
+
+// listenVia listens on topic "t" through a fault proxy to the real Redis,
+// and returns the events and a Topic that publishes directly.
+func listenVia(t *testing.T, ctx context.Context) (*redistest.FaultProxy, <-chan Event, *Topic) {
+	t.Helper()
+	c := realRedis(t)
+	p := redistest.NewFaultProxy(t, c.Options().Addr)
+	lc := redis.NewClient(&redis.Options{Addr: p.Addr()})
+	t.Cleanup(func() { lc.Close() })
+	events, err := NewTopic(lc, "t", WithPrefix(uniq(t))).Listen(ctx)
+	require.NoError(t, err)
+	pub := NewTopic(c, "t", WithPrefix(uniq(t)))
+	publish(t, pub, "before")
+	select {
+	case ev := <-events:
+		require.Equal(t, "before", string(ev.Payload))
+	case <-time.After(5 * time.Second):
+		t.Fatal("no event before the fault")
+	}
+	return p, events, pub
+}
+
+// Listen gives up when its ctx ends while Redis has not yet confirmed the
+// subscription.
+func TestListenCancelledWhileSubscribing(t *testing.T) {
+	c := realRedis(t)
+	p := redistest.NewFaultProxy(t, c.Options().Addr)
+	p.FreezeOn([]byte("subscribe"))
+	lc := redis.NewClient(&redis.Options{Addr: p.Addr()})
+	defer lc.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { _, err := NewTopic(lc, "t", WithPrefix(uniq(t))).Listen(ctx); done <- err }()
+	time.Sleep(300 * time.Millisecond)
+	cancel()
+	select {
+	case err := <-done:
+		require.ErrorIs(t, err, context.Canceled)
+	case <-time.After(5 * time.Second):
+		t.Fatal("Listen still blocked 5s after its ctx ended")
+	}
+}
+
+// The channel closes when ctx ends while the listener subscribes anew.
+func TestListenClosesWhenCancelledWhileResubscribing(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	p, events, _ := listenVia(t, ctx)
+	p.FreezeOn([]byte("subscribe"))
+	p.Drop() // the receive fails; the new subscription is never confirmed
+	time.Sleep(time.Second)
+	cancel()
+	deadline := time.After(5 * time.Second)
+	for range 10 {
+		select {
+		case _, open := <-events:
+			if !open {
+				return
+			}
+		case <-deadline:
+			t.Fatal("the channel is still open 5s after ctx ended")
+		}
+	}
+	t.Fatal("events after the fault")
+}
+
+// A link that dies without a word is found by an unanswered ping, and the
+// listener subscribes anew.
+func TestListenFindsASilentLink(t *testing.T) {
+	oldPing, oldPong := listenPing, pongWait
+	listenPing, pongWait = 200*time.Millisecond, 200*time.Millisecond
+	t.Cleanup(func() { listenPing, pongWait = oldPing, oldPong })
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	p, events, pub := listenVia(t, ctx)
+	p.Freeze()
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for i := 0; ; i++ {
+		select {
+		case ev := <-events:
+			require.True(t, strings.HasPrefix(string(ev.Payload), "after "), string(ev.Payload))
+			return
+		case <-tick.C:
+			publish(t, pub, fmt.Sprintf("after %d", i))
+		case <-ctx.Done():
+			t.Fatal("the listener never subscribed again")
+		}
+	}
+}
+
+// A listener whose client is closed stops, and its channel closes.
+func TestListenStopsWhenClientClosed(t *testing.T) {
+	c := realRedis(t)
+	lc := redis.NewClient(c.Options())
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	events, err := NewTopic(lc, "t", WithPrefix(uniq(t))).Listen(ctx)
+	require.NoError(t, err)
+	require.NoError(t, lc.Close())
+	select {
+	case _, open := <-events:
+		require.False(t, open)
+	case <-time.After(5 * time.Second):
+		t.Fatal("the client closed 5s ago, and the listener still runs")
+	}
+}

@@ -1,6 +1,7 @@
 package redistest
 
 import (
+	"bytes"
 	"net"
 	"sync"
 	"testing"
@@ -10,8 +11,9 @@ import (
 )
 
 // FaultProxy is a TCP proxy on loopback between clients and Redis that a
-// test controls: it can add latency, pause the link (hold all bytes), and
-// drop every connection. Bytes pass through in order, each direction on
+// test controls: it can add latency, pause the link (hold all bytes),
+// drop every connection, and freeze connections (drop their bytes for good
+// while they stay open, as a link that died without a word). Bytes pass through in order, each direction on
 // its own.
 type FaultProxy struct {
 	ln     net.Listener
@@ -21,6 +23,8 @@ type FaultProxy struct {
 	latency time.Duration
 	paused  chan struct{} // closed while the link flows
 	conns   map[net.Conn]struct{}
+	frozen  map[net.Conn]bool // both ends of a frozen connection
+	trigger []byte            // FreezeOn's
 	wg      sync.WaitGroup
 }
 
@@ -31,7 +35,7 @@ func NewFaultProxy(t testing.TB, target string) *FaultProxy {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
-	p := &FaultProxy{ln: ln, target: target, paused: make(chan struct{}), conns: map[net.Conn]struct{}{}}
+	p := &FaultProxy{ln: ln, target: target, paused: make(chan struct{}), conns: map[net.Conn]struct{}{}, frozen: map[net.Conn]bool{}}
 	close(p.paused) // flowing
 	p.wg.Add(1)
 	go p.accept()
@@ -58,13 +62,14 @@ func (p *FaultProxy) accept() {
 		p.conns[c], p.conns[s] = struct{}{}, struct{}{}
 		p.mu.Unlock()
 		p.wg.Add(2)
-		go p.pipe(c, s)
-		go p.pipe(s, c)
+		go p.pipe(c, s, true)
+		go p.pipe(s, c, false)
 	}
 }
 
-// pipe copies src to dst chunk by chunk, honouring pause and latency.
-func (p *FaultProxy) pipe(src, dst net.Conn) {
+// pipe copies src to dst chunk by chunk, honouring pause, latency and
+// freezing; up is the client-to-Redis direction.
+func (p *FaultProxy) pipe(src, dst net.Conn, up bool) {
 	defer p.wg.Done()
 	defer func() {
 		src.Close()
@@ -72,6 +77,8 @@ func (p *FaultProxy) pipe(src, dst net.Conn) {
 		p.mu.Lock()
 		delete(p.conns, src)
 		delete(p.conns, dst)
+		delete(p.frozen, src)
+		delete(p.frozen, dst)
 		p.mu.Unlock()
 	}()
 	buf := make([]byte, 32<<10)
@@ -79,10 +86,16 @@ func (p *FaultProxy) pipe(src, dst net.Conn) {
 		n, err := src.Read(buf)
 		if n > 0 {
 			p.mu.Lock()
-			flowing, latency := p.paused, p.latency
+			if up && p.trigger != nil && bytes.Contains(buf[:n], p.trigger) {
+				p.frozen[src], p.frozen[dst] = true, true
+			}
+			flowing, latency, frozen := p.paused, p.latency, p.frozen[src]
 			p.mu.Unlock()
 			<-flowing
 			time.Sleep(latency)
+			if frozen {
+				continue // read and dropped: the other end never hears
+			}
 			if _, werr := dst.Write(buf[:n]); werr != nil {
 				return
 			}
@@ -120,6 +133,24 @@ func (p *FaultProxy) Resume() {
 	default:
 		close(p.paused)
 	}
+}
+
+// Freeze makes every open connection silent for good, both ways, while it
+// stays open; connections made later flow.
+func (p *FaultProxy) Freeze() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for c := range p.conns {
+		p.frozen[c] = true
+	}
+}
+
+// FreezeOn freezes, from now on, each connection whose client sends
+// bytes containing pattern, from those bytes on.
+func (p *FaultProxy) FreezeOn(pattern []byte) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.trigger = pattern
 }
 
 // Drop closes every connection, as a network failure mid-command would.
