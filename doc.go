@@ -179,7 +179,7 @@
 // # Errors
 //
 // Errors are matched with errors.Is against [ErrNotObtained], [ErrNotHeld],
-// [ErrInvalidArgument], [ErrClosed] and [ErrDuplicate]. Nothing panics on
+// [ErrInvalidArgument], [ErrClosed], [ErrDuplicate] and [ErrBusy]. Nothing panics on
 // bad input: an invalid argument or option makes the call, or every call on
 // the Locker, Queue or Topic it configures, return an error that errors.Is
 // [ErrInvalidArgument].

@@ -31,6 +31,12 @@ var (
 // that id: nothing was added.
 var ErrDuplicate = errors.New("redlease: duplicate message id")
 
+// ErrBusy reports that a call gave up because what it depends on kept
+// changing under it: a Topic's subscriptions changed before each try of a
+// Publish. A Publish that returns it published nothing and may be tried
+// again; a PublishBatch may have published some of its messages.
+var ErrBusy = errors.New("redlease: busy")
+
 func notHeld(key, why string) error { return fmt.Errorf("%w: %q: %s", ErrNotHeld, key, why) }
 
 // leaseGone turns a lock script's "not ours" code into an error.

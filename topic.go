@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"slices"
 	"sync/atomic"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/redis/go-redis/v9"
@@ -235,7 +237,9 @@ func (t *Topic) Subscriptions(ctx context.Context) ([]string, error) {
 // live keeps its message and the others get the new one. When every
 // subscription (at least one) had the id live, Publish adds nothing,
 // notifies no listener, and returns the id with an error that errors.Is
-// [ErrDuplicate].
+// [ErrDuplicate]. If the subscriptions change before each of its tries
+// (about a second of them), it publishes nothing and returns an error that
+// errors.Is [ErrBusy].
 func (t *Topic) Publish(ctx context.Context, payload []byte, opts ...EnqueueOption) (string, error) {
 	if t.err != nil {
 		return "", t.err
@@ -270,10 +274,11 @@ func (t *Topic) Publish(ctx context.Context, payload []byte, opts ...EnqueueOpti
 // publish script call adds, so no call blocks Redis for long.
 const maxPublishDeliveries = 10_000
 
-// PublishBatch publishes messages with random ids in one round trip (two
-// when the subscriptions changed since this Topic last published) and
-// returns their ids in order; subscriptions and listeners get them in that
-// order. Each script call within the batch is atomic and safe to resend,
+// PublishBatch publishes messages with random ids and returns their ids in
+// order; subscriptions and listeners get them in that order. It takes one
+// round trip per 4 MiB of payloads (one more when the subscriptions
+// changed since this Topic last published), so that Redis never queues
+// much more than that for a listener at once. Each script call within the batch is atomic and safe to resend,
 // as with [Queue.EnqueueBatch]; on an error some messages may have been
 // published. Nothing is sent if any payload is too large.
 func (t *Topic) PublishBatch(ctx context.Context, payloads [][]byte) ([]string, error) {
@@ -301,69 +306,95 @@ func (t *Topic) PublishBatch(ctx context.Context, payloads [][]byte) ([]string, 
 }
 
 // maxStaleViews bounds how often one publish learns the subscriptions
-// anew because they changed under it.
-const maxStaleViews = 16
+// anew because they changed under it; from the second time on it first
+// waits staleBackoff, doubling up to maxStaleBackoff, with jitter, so
+// that it can slip in between changes.
+const (
+	maxStaleViews   = 16
+	staleBackoff    = time.Millisecond
+	maxStaleBackoff = 64 * time.Millisecond
+)
 
 // errStaleView is a publish call refused because the subscriptions changed.
 var errStaleView = errors.New("subscriptions changed")
 
 // publishAll publishes messages (id, payload pairs) in order, in as few
-// script calls as maxPublishDeliveries allows, sent in one round trip. It
-// returns how many subscriptions took each message (-1: a resend found it
-// done) and how many there were. Calls refused because the subscriptions
-// changed wrote nothing: only those are sent again, for the new ones.
+// script calls as maxPublishDeliveries allows, sent in round trips of at
+// most enqueueChunkBytes of payloads (so a listener's output buffer in
+// Redis takes at most that at once). It returns how many subscriptions
+// took each message (-1: a resend found it done) and how many there were.
+// Calls refused because the subscriptions changed wrote nothing: only
+// those, and the ones not yet sent, are sent again for the new ones.
 func (t *Topic) publishAll(ctx context.Context, delay int64, msgs [][]any) ([]int64, int, error) {
 	took := make([]int64, len(msgs))
 	pending := make([]int, len(msgs)) // indices into msgs not yet published
 	for i := range pending {
 		pending[i] = i
 	}
-	for range maxStaleViews {
-		v := t.view.Load()
-		calls, sizes := t.publishCalls(v, delay, msgs, pending)
-		var cmds []*redis.Cmd
-		if len(calls) == 1 {
-			// The common Publish: keys passed as pointers, not boxed anew.
-			cmds = []*redis.Cmd{publishScript.call(ctx, t.client, calls[0].keys, calls[0].args...)}
-		} else {
-			cmds = runInOrder(ctx, t.client, publishScript.Script, calls)
-		}
-		var stale []int
-		for i, cmd := range cmds {
-			part := pending[:sizes[i]]
-			pending = pending[sizes[i]:]
-			res, err := cmd.Slice()
-			if err != nil {
+	pause := staleBackoff
+	for try := range maxStaleViews {
+		if try > 0 {
+			sleep(ctx, pause/2+rand.N(pause/2+1))
+			pause = min(2*pause, maxStaleBackoff)
+			if err := ctx.Err(); err != nil {
 				return nil, 0, err
 			}
-			n, err := t.readPublish(v, res)
-			switch {
-			case errors.Is(err, errStaleView):
-				stale = append(stale, part...)
-			case err != nil:
-				return nil, 0, err
-			case len(n) != len(part):
-				return nil, 0, errUnexpected(res)
-			default:
-				for k, m := range part {
-					took[m] = n[k]
+		}
+		v := t.view.Load()
+		calls, sizes, weights := t.publishCalls(v, delay, msgs, pending)
+		var stale []int
+		for start, next := 0, 0; start < len(calls); start = next {
+			bytes := weights[start]
+			for next = start + 1; next < len(calls) && bytes+weights[next] <= enqueueChunkBytes; next++ {
+				bytes += weights[next]
+			}
+			for i, cmd := range t.send(ctx, calls[start:next]) {
+				part := pending[:sizes[start+i]]
+				pending = pending[sizes[start+i]:]
+				res, err := cmd.Slice()
+				if err != nil {
+					return nil, 0, err
 				}
+				n, err := t.readPublish(v, res)
+				switch {
+				case errors.Is(err, errStaleView):
+					stale = append(stale, part...)
+				case err != nil:
+					return nil, 0, err
+				case len(n) != len(part):
+					return nil, 0, errUnexpected(res)
+				default:
+					for k, m := range part {
+						took[m] = n[k]
+					}
+				}
+			}
+			if len(stale) > 0 {
+				break // the calls not sent would be refused too
 			}
 		}
 		if len(stale) == 0 {
 			return took, v.subs(), nil
 		}
-		pending = stale
+		pending = append(stale, pending...)
 	}
-	return nil, 0, fmt.Errorf("%w %d times in a row", errStaleView, maxStaleViews)
+	return nil, 0, fmt.Errorf("%w: the subscriptions of topic %q changed under each of %d tries", ErrBusy, t.name, maxStaleViews)
+}
+
+// send makes publish script calls in one round trip.
+func (t *Topic) send(ctx context.Context, calls []scriptCall) []*redis.Cmd {
+	if len(calls) == 1 {
+		// The common Publish: keys passed as pointers, not boxed anew.
+		return []*redis.Cmd{publishScript.call(ctx, t.client, calls[0].keys, calls[0].args...)}
+	}
+	return runInOrder(ctx, t.client, publishScript.Script, calls)
 }
 
 // publishCalls splits the messages of msgs at indices idx into publish
-// script calls for the subscriptions in v, and says how many each takes.
-func (t *Topic) publishCalls(v *topicView, delay int64, msgs [][]any, idx []int) ([]scriptCall, []int) {
+// script calls for the subscriptions in v, and says how many messages and
+// payload bytes each takes.
+func (t *Topic) publishCalls(v *topicView, delay int64, msgs [][]any, idx []int) (calls []scriptCall, sizes, weights []int) {
 	per := min(enqueueChunk, max(maxPublishDeliveries/max(v.subs(), 1), 1))
-	var calls []scriptCall
-	var sizes []int
 	for start := 0; start < len(idx); {
 		args := []any{&v.version, uuid.NewString(), delay, &t.publish, &t.keys.events}
 		size := 0
@@ -375,9 +406,10 @@ func (t *Topic) publishCalls(v *topicView, delay int64, msgs [][]any, idx []int)
 		}
 		calls = append(calls, scriptCall{keys: v.keys, args: args})
 		sizes = append(sizes, end-start)
+		weights = append(weights, size)
 		start = end
 	}
-	return calls, sizes
+	return calls, sizes, weights
 }
 
 // readPublish reads lua/topic_publish.lua's reply: the counts, or

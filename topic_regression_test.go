@@ -4,6 +4,8 @@ import (
 	"context"
 	"slices"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -154,4 +156,83 @@ func TestTopicDrainStepsStayBounded(t *testing.T) {
 	worst := slices.Max(scans)
 	t.Logf("%d drain steps; HSCANs per step: first %d, worst %d", len(scans), scans[0], worst)
 	require.LessOrEqual(t, worst, 3*scans[0]+2, "a step's work grows with how much earlier steps deleted")
+}
+
+// Under a storm of subscription changes, a Publish either publishes or
+// fails with ErrBusy, having published nothing.
+func TestTopicPublishUnderChurn(t *testing.T) {
+	c := realRedis(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	pub := newTopic(t, c)
+	stable := subscribe(t, pub, "stable")
+	var stop atomic.Bool
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Go(func() {
+			tp := newTopic(t, c)
+			name := "churn" + strconv.Itoa(g)
+			for i := 0; i < 100_000 && !stop.Load() && ctx.Err() == nil; i++ {
+				_, _ = tp.Subscribe(ctx, name)
+				_ = tp.Unsubscribe(ctx, name)
+			}
+		})
+	}
+	want := map[string]bool{}
+	busy := 0
+	const publishes = 12 // a Publish that gives up takes up to about a second
+	for i := range publishes {
+		id, err := pub.Publish(ctx, []byte(strconv.Itoa(i)))
+		if err != nil {
+			require.ErrorIs(t, err, ErrBusy)
+			busy++
+			continue
+		}
+		want[id] = true
+	}
+	stop.Store(true)
+	wg.Wait()
+	got, err := c.LRange(ctx, stable.shards[0].ready, 0, -1).Result()
+	require.NoError(t, err)
+	require.Len(t, got, len(want), "the stable subscription has every published message, once")
+	for _, id := range got {
+		require.True(t, want[id], "a message whose Publish failed was published: %s", id)
+	}
+	t.Logf("%d of %d publishes gave up with ErrBusy", busy, publishes)
+}
+
+// A batch far larger than a listener's output buffer in Redis reaches a
+// listener that keeps up: the batch goes in round trips of at most
+// enqueueChunkBytes, not in one pipeline that Redis would answer by
+// dropping the listener (client-output-buffer-limit pubsub, 32 MB).
+func TestTopicBigBatchReachesListener(t *testing.T) {
+	srv := redistest.Own(t)
+	c := srv.Client(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	tp := NewTopic(c, "t")
+	events, err := tp.Listen(ctx)
+	require.NoError(t, err)
+	const count = 128 // 128 MiB
+	heard := make(chan int)
+	go func() {
+		n := 0
+		for n < count {
+			select {
+			case <-events:
+				n++
+				continue
+			case <-time.After(5 * time.Second):
+			}
+			break
+		}
+		heard <- n
+	}()
+	batch := make([][]byte, count)
+	for i := range batch {
+		batch[i] = make([]byte, MaxPayload)
+	}
+	_, err = tp.PublishBatch(ctx, batch)
+	require.NoError(t, err)
+	require.Equal(t, count, <-heard, "events heard")
 }
