@@ -108,6 +108,22 @@ func hookedClient(t *testing.T, addr string) (*redis.Client, *connHooks) {
 	return c, h
 }
 
+// loseReplyTo loses the reply to the next burst that contains marker.
+func (h *connHooks) loseReplyTo(marker string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.drop = []byte(marker)
+}
+
+// splitAt, on the next burst that holds marker twice, sends the commands
+// before the second one, lets Redis run them, runs between, then sends
+// the rest.
+func (h *connHooks) splitAt(marker string, between func()) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.split, h.between = []byte(marker), between
+}
+
 func (h *connHooks) firedCount() int {
 	h.mu.Lock()
 	defer h.mu.Unlock()

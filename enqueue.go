@@ -24,21 +24,9 @@ func (q *Queue) Enqueue(ctx context.Context, payload []byte, opts ...EnqueueOpti
 	if err := q.check(); err != nil {
 		return "", err
 	}
-	var cfg enqueueConfig
-	for _, o := range opts {
-		if o != nil {
-			o(&cfg)
-		}
-	}
-	if cfg.err != nil {
-		return "", cfg.err
-	}
-	if err := checkPayload(payload); err != nil {
+	cfg, id, err := newMessage(payload, opts)
+	if err != nil {
 		return "", err
-	}
-	id := cfg.id
-	if id == "" {
-		id = uuid.NewString()
 	}
 	call := scriptCall{keys: q.shardOf(cfg.id).keys, args: []any{cfg.delay.Milliseconds(), uuid.NewString(), id, payload}}
 	codes, err := ints(runAll(ctx, q.client, enqueueScript, []scriptCall{call}, q.wake(ctx)...)[0], 1)
@@ -49,6 +37,27 @@ func (q *Queue) Enqueue(ctx context.Context, payload []byte, opts ...EnqueueOpti
 		return id, fmt.Errorf("%w: %q is live in queue %q", ErrDuplicate, id, q.name)
 	}
 	return id, nil
+}
+
+// newMessage checks a new message's payload and options, and picks its
+// id: WithID's, or a random one.
+func newMessage(payload []byte, opts []EnqueueOption) (cfg enqueueConfig, id string, err error) {
+	for _, o := range opts {
+		if o != nil {
+			o(&cfg)
+		}
+	}
+	if cfg.err != nil {
+		return cfg, "", cfg.err
+	}
+	if err := checkPayload(payload); err != nil {
+		return cfg, "", err
+	}
+	id = cfg.id
+	if id == "" {
+		id = uuid.NewString()
+	}
+	return cfg, id, nil
 }
 
 func checkPayload(p []byte) error {

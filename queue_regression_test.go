@@ -759,10 +759,7 @@ func TestEnqueueBatchInOrderAfterScriptFlush(t *testing.T) {
 	q := NewQueue(c, "q")
 	require.NoError(t, c.ScriptFlush(ctx).Err())
 	admin := srv.Client(t)
-	hooks.mu.Lock()
-	hooks.split = []byte("\r\neval\r\n") // between the batch's first two script calls
-	hooks.between = func() { _ = enqueueScript.Load(ctx, admin).Err() }
-	hooks.mu.Unlock()
+	hooks.splitAt("\r\neval\r\n", func() { _ = enqueueScript.Load(ctx, admin).Err() }) // between the batch's first two script calls
 	ids, err := q.EnqueueBatch(ctx, batchOf(enqueueChunk+5))
 	require.NoError(t, err)
 	require.Equal(t, 1, hooks.firedCount(), "the batch's calls were split")

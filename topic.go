@@ -244,21 +244,9 @@ func (t *Topic) Publish(ctx context.Context, payload []byte, opts ...EnqueueOpti
 	if t.err != nil {
 		return "", t.err
 	}
-	var cfg enqueueConfig
-	for _, o := range opts {
-		if o != nil {
-			o(&cfg)
-		}
-	}
-	if cfg.err != nil {
-		return "", cfg.err
-	}
-	if err := checkPayload(payload); err != nil {
+	cfg, id, err := newMessage(payload, opts)
+	if err != nil {
 		return "", err
-	}
-	id := cfg.id
-	if id == "" {
-		id = uuid.NewString()
 	}
 	took, subs, err := t.publishAll(ctx, cfg.delay.Milliseconds(), [][]any{{id, payload}})
 	if err != nil {

@@ -27,9 +27,7 @@ func TestTopicResentDuplicatePublish(t *testing.T) {
 	tp := NewTopic(c, "t")
 	a := subscribe(t, tp, "a")
 	publish(t, tp, "first", WithID("x"))
-	hooks.mu.Lock()
-	hooks.drop = []byte("evalsha")
-	hooks.mu.Unlock()
+	hooks.loseReplyTo("evalsha")
 	_, err := tp.Publish(ctx, []byte("again"), WithID("x"))
 	require.Equal(t, 1, hooks.firedCount(), "the reply was lost and the call resent")
 	require.ErrorIs(t, err, ErrDuplicate)
@@ -59,10 +57,7 @@ func TestTopicBatchInOrderAfterScriptFlush(t *testing.T) {
 	drainQueue(t, a)
 	require.NoError(t, c.ScriptFlush(ctx).Err())
 	admin := srv.Client(t)
-	hooks.mu.Lock()
-	hooks.split = []byte("\r\neval\r\n") // between the batch's first two script calls
-	hooks.between = func() { _ = publishScript.Load(ctx, admin).Err() }
-	hooks.mu.Unlock()
+	hooks.splitAt("\r\neval\r\n", func() { _ = publishScript.Load(ctx, admin).Err() }) // between the batch's first two script calls
 	ids, err := tp.PublishBatch(ctx, batchOf(enqueueChunk+5))
 	require.NoError(t, err)
 	require.Equal(t, 1, hooks.firedCount(), "the batch's calls were split")
@@ -84,10 +79,7 @@ func TestTopicBatchResendsOnlyStaleCalls(t *testing.T) {
 	publish(t, tp, "learn")
 	drainQueue(t, a)
 	admin := NewTopic(srv.Client(t), "t")
-	hooks.mu.Lock()
-	hooks.split = []byte("\r\neval\r\n")
-	hooks.between = func() { _, _ = admin.Subscribe(ctx, "b") }
-	hooks.mu.Unlock()
+	hooks.splitAt("\r\neval\r\n", func() { _, _ = admin.Subscribe(ctx, "b") }) // between the batch's first two script calls
 	ids, err := tp.PublishBatch(ctx, batchOf(enqueueChunk+5))
 	require.NoError(t, err)
 	require.Equal(t, 1, hooks.firedCount(), "the batch's calls were split")
