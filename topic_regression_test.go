@@ -43,18 +43,27 @@ func batchOf(n int) [][]byte {
 	return b
 }
 
+// hookedTopic returns topic "t" on a server of the test's own, through a
+// client whose connections hooks steer, with a subscription "a" the Topic
+// has published to, so its next publish is one round trip.
+func hookedTopic(t *testing.T) (*redistest.Server, *redis.Client, *connHooks, *Topic, *Queue) {
+	t.Helper()
+	srv := redistest.Own(t)
+	c, hooks := hookedClient(t, srv.Addr)
+	tp := NewTopic(c, "t")
+	a := subscribe(t, tp, "a")
+	publish(t, tp, "learn")
+	drainQueue(t, a)
+	return srv, c, hooks, tp, a
+}
+
 // A batch of several script calls reaches a subscription in order even
 // when Redis lacks the script and another client loads it between the
 // calls: a call refused with NOSCRIPT and sent again would land after
 // the ones that ran.
 func TestTopicBatchInOrderAfterScriptFlush(t *testing.T) {
-	srv := redistest.Own(t)
-	c, hooks := hookedClient(t, srv.Addr)
+	srv, c, hooks, tp, a := hookedTopic(t)
 	ctx := context.Background()
-	tp := NewTopic(c, "t")
-	a := subscribe(t, tp, "a")
-	publish(t, tp, "learn")
-	drainQueue(t, a)
 	require.NoError(t, c.ScriptFlush(ctx).Err())
 	admin := srv.Client(t)
 	hooks.splitAt("\r\neval\r\n", func() { _ = publishScript.Load(ctx, admin).Err() }) // between the batch's first two script calls
@@ -71,13 +80,8 @@ func TestTopicBatchInOrderAfterScriptFlush(t *testing.T) {
 // subscriptions: no message twice, none to a subscription that did not
 // exist when its call ran.
 func TestTopicBatchResendsOnlyStaleCalls(t *testing.T) {
-	srv := redistest.Own(t)
-	c, hooks := hookedClient(t, srv.Addr)
+	srv, c, hooks, tp, a := hookedTopic(t)
 	ctx := context.Background()
-	tp := NewTopic(c, "t")
-	a := subscribe(t, tp, "a")
-	publish(t, tp, "learn")
-	drainQueue(t, a)
 	admin := NewTopic(srv.Client(t), "t")
 	hooks.splitAt("\r\neval\r\n", func() { _, _ = admin.Subscribe(ctx, "b") }) // between the batch's first two script calls
 	ids, err := tp.PublishBatch(ctx, batchOf(enqueueChunk+5))

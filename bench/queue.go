@@ -42,12 +42,15 @@ var queueContenders = []queueContender{
 		queueRaw, pickupRaw},
 }
 
-// completion counts handler calls and notes when the n-th arrives.
+// completion counts handler calls and notes when the n-th arrives, and
+// the errors a redlease Consume reports meanwhile.
 type completion struct {
 	n        int64
 	done     atomic.Int64
 	last     atomic.Int64 // UnixNano of the n-th call
 	finished chan struct{}
+	errs     atomic.Int64
+	firstErr atomic.Pointer[error]
 }
 
 func newCompletion(n int) *completion {
@@ -73,6 +76,25 @@ func (c *completion) wait(ctx context.Context, timeout time.Duration) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// consumeError is a redlease Consume's error handler. Errors while
+// messages remain fail the run; once all were handled and Consume is
+// being cancelled, context errors are expected.
+func (c *completion) consumeError(err error) {
+	if c.done.Load() >= c.n && errors.Is(err, context.Canceled) {
+		return
+	}
+	c.errs.Add(1)
+	c.firstErr.CompareAndSwap(nil, &err)
+}
+
+// consumeErr describes the errors consumeError kept, if any.
+func (c *completion) consumeErr() error {
+	if n := c.errs.Load(); n > 0 {
+		return fmt.Errorf("redlease Consume reported %d errors, the first: %v", n, *c.firstErr.Load())
+	}
+	return nil
 }
 
 func (c *completion) since(start time.Time) time.Duration {
@@ -121,10 +143,6 @@ func queueRedlease(ctx context.Context, e *env, n, conc int, timeout time.Durati
 
 	consumer := redlease.NewQueue(cc, name)
 	comp := newCompletion(n)
-	// Errors reported while messages remain fail the run; once all were
-	// handled and Consume is being cancelled, context errors are expected.
-	var handlerErrs atomic.Int64
-	var firstErr atomic.Pointer[error]
 	cctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
@@ -134,13 +152,7 @@ func queueRedlease(ctx context.Context, e *env, n, conc int, timeout time.Durati
 			_ = consumer.Consume(cctx, func(context.Context, *redlease.Message) error {
 				comp.handle()
 				return nil
-			}, redlease.WithConcurrency(conc), redlease.WithErrorHandler(func(err error) {
-				if comp.done.Load() >= comp.n && errors.Is(err, context.Canceled) {
-					return
-				}
-				handlerErrs.Add(1)
-				firstErr.CompareAndSwap(nil, &err)
-			}))
+			}, redlease.WithConcurrency(conc), redlease.WithErrorHandler(comp.consumeError))
 		})
 		err := comp.wait(ctx, timeout)
 		res.consume = comp.since(start)
@@ -151,8 +163,8 @@ func queueRedlease(ctx context.Context, e *env, n, conc int, timeout time.Durati
 	if err != nil {
 		return res, err
 	}
-	if n := handlerErrs.Load(); n > 0 {
-		return res, fmt.Errorf("redlease Consume reported %d errors, the first: %v", n, *firstErr.Load())
+	if err := comp.consumeErr(); err != nil {
+		return res, err
 	}
 	if s, err := consumer.Stats(ctx); err != nil || s != (redlease.Stats{}) {
 		return res, fmt.Errorf("queue not empty after the run: %+v %v", s, err)

@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"strconv"
 	"sync"
@@ -211,8 +210,6 @@ func drainQueues(ctx context.Context, e *env, qs []*redlease.Queue, total, perQu
 	var took time.Duration
 	comp := newCompletion(total)
 	handled := make([]atomic.Int64, len(qs))
-	var handlerErrs atomic.Int64
-	var firstErr atomic.Pointer[error]
 	cctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
@@ -224,13 +221,7 @@ func drainQueues(ctx context.Context, e *env, qs []*redlease.Queue, total, perQu
 					handled[i].Add(1)
 					comp.handle()
 					return nil
-				}, redlease.WithConcurrency(conc), redlease.WithErrorHandler(func(err error) {
-					if comp.done.Load() >= comp.n && errors.Is(err, context.Canceled) {
-						return
-					}
-					handlerErrs.Add(1)
-					firstErr.CompareAndSwap(nil, &err)
-				}))
+				}, redlease.WithConcurrency(conc), redlease.WithErrorHandler(comp.consumeError))
 			})
 		}
 		err := comp.wait(ctx, timeout)
@@ -242,8 +233,8 @@ func drainQueues(ctx context.Context, e *env, qs []*redlease.Queue, total, perQu
 	if err != nil {
 		return took, cnt, err
 	}
-	if n := handlerErrs.Load(); n > 0 {
-		return took, cnt, fmt.Errorf("Consume reported %d errors, the first: %v", n, *firstErr.Load())
+	if err := comp.consumeErr(); err != nil {
+		return took, cnt, err
 	}
 	for i, q := range qs {
 		if h := handled[i].Load(); perQueue >= 0 && h != int64(perQueue) {
