@@ -208,9 +208,7 @@ func TestListenClosesWhenCancelledWhileResubscribing(t *testing.T) {
 // A link that dies without a word is found by an unanswered ping, and the
 // listener subscribes anew.
 func TestListenFindsASilentLink(t *testing.T) {
-	oldPing, oldPong := listenPing, pongWait
-	listenPing, pongWait = 200*time.Millisecond, 200*time.Millisecond
-	t.Cleanup(func() { listenPing, pongWait = oldPing, oldPong })
+	shortWaits(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	p, events, pub := listenVia(t, ctx)
@@ -253,4 +251,83 @@ func TestListenStopsWhenClientClosed(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("the client closed 5s ago, and the listener still runs")
 	}
+}
+
+// shortWaits makes listeners ping after 200ms of quiet and wait 500ms for
+// an answer, for the test.
+func shortWaits(t *testing.T) {
+	oldPing, oldWait := listenPing, answerWait
+	listenPing, answerWait = 200*time.Millisecond, 500*time.Millisecond
+	t.Cleanup(func() { listenPing, answerWait = oldPing, oldWait })
+}
+
+// A resubscription whose link goes silent is given up after answerWait
+// and tried again, so the listener comes back once the network does.
+func TestListenResubscribesOverASilentLink(t *testing.T) {
+	shortWaits(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	p, events, pub := listenVia(t, ctx)
+	p.FreezeOn([]byte("subscribe")) // the next SUBSCRIBE's link goes silent for good
+	p.Drop()                        // the receive fails: the listener subscribes anew
+	time.Sleep(time.Second)
+	p.FreezeOn(nil) // the network works again for new connections
+	heardAgain(t, ctx, pub, events)
+}
+
+// Listen gives up at once when its ctx ends while its connection waits for
+// Redis to answer the handshake go-redis sends before SUBSCRIBE, with a
+// client read timeout or none (as pub/sub clients often set).
+func TestListenCancelledDuringHandshake(t *testing.T) {
+	for _, rt := range []time.Duration{-1, 0} {
+		c := realRedis(t)
+		p := redistest.NewFaultProxy(t, c.Options().Addr)
+		lc := redis.NewClient(&redis.Options{Addr: p.Addr(), ReadTimeout: rt})
+		p.FreezeOn([]byte("hello"))
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { _, err := NewTopic(lc, "t", WithPrefix(uniq(t))).Listen(ctx); done <- err }()
+		time.Sleep(300 * time.Millisecond)
+		cancel()
+		start := time.Now()
+		select {
+		case err := <-done:
+			require.ErrorIs(t, err, context.Canceled)
+			require.Less(t, time.Since(start), time.Second, "read timeout %v: Listen returned long after its ctx ended", rt)
+		case <-time.After(8 * time.Second):
+			t.Fatalf("read timeout %v: Listen still blocked 8s after its ctx ended", rt)
+		}
+		p.Drop()
+		lc.Close()
+	}
+}
+
+// The channel closes at once when ctx ends while a resubscription waits
+// for Redis to answer its handshake, even one go-redis makes by itself
+// inside a receive with no read timeout.
+func TestListenClosesWhenCancelledDuringResubscribeHandshake(t *testing.T) {
+	c := realRedis(t)
+	p := redistest.NewFaultProxy(t, c.Options().Addr)
+	lc := redis.NewClient(&redis.Options{Addr: p.Addr(), ReadTimeout: -1})
+	defer lc.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	events, err := NewTopic(lc, "t", WithPrefix(uniq(t))).Listen(ctx)
+	require.NoError(t, err)
+	p.FreezeOn([]byte("hello"))
+	p.Drop() // the receive fails; the new connection's handshake is never answered
+	time.Sleep(time.Second)
+	cancel()
+	deadline := time.After(2 * time.Second)
+	for range 10 {
+		select {
+		case _, open := <-events:
+			if !open {
+				return
+			}
+		case <-deadline:
+			t.Fatal("the channel is still open 2s after ctx ended")
+		}
+	}
+	t.Fatal("events after the fault")
 }

@@ -321,7 +321,7 @@ func (t *Topic) publishAll(ctx context.Context, delay int64, msgs [][]any) ([]in
 	}
 	pause := staleBackoff
 	for try := range maxStaleViews {
-		if try > 0 {
+		if try > 1 { // the first resend goes at once: the first publish of a Topic learns
 			sleep(ctx, pause/2+rand.N(pause/2+1))
 			pause = min(2*pause, maxStaleBackoff)
 			if err := ctx.Err(); err != nil {
