@@ -109,7 +109,7 @@ func (l *topicListener) subscribe(ctx context.Context) (*redis.PubSub, error) {
 		ps, err := l.attempt(ctx, &gaveUp)
 		done <- result{ps, err}
 	}()
-	t := time.NewTimer(answerWait)
+	t := time.NewTimer(l.t.waits.answer)
 	defer t.Stop()
 	var err error
 	select {
@@ -139,7 +139,7 @@ func (l *topicListener) attempt(ctx context.Context, gaveUp *atomic.Bool) (*redi
 		err = ps.Subscribe(ctx, l.t.keys.events)
 	}
 	if err == nil {
-		_, err = ps.ReceiveTimeout(ctx, answerWait) // the confirmation
+		_, err = ps.ReceiveTimeout(ctx, l.t.waits.answer) // the confirmation
 	}
 	l.mu.Lock()
 	var old *redis.PubSub
@@ -204,9 +204,9 @@ func (l *topicListener) run(ctx context.Context, ps *redis.PubSub) {
 	pause := listenPause
 	pinged := false
 	for ctx.Err() == nil {
-		wait := listenPing
+		wait := l.t.waits.ping
 		if pinged {
-			wait = answerWait
+			wait = l.t.waits.answer
 		}
 		msg, err := ps.ReceiveTimeout(ctx, wait)
 		if ctx.Err() != nil {
@@ -286,11 +286,15 @@ func (l *topicListener) resubscribe(ctx context.Context, log *slog.Logger, pause
 // subscribes anew when no answer comes within answerWait: a link can die
 // without a word (a host gone, a network cut), and Redis would go on
 // counting the dead subscriber. A subscription not confirmed within
-// answerWait is tried again. Variables so tests can shorten them.
-var (
+// answerWait is tried again. A Topic copies them, so tests can shorten
+// its own.
+const (
 	listenPing = 30 * time.Second
 	answerWait = 5 * time.Second
 )
+
+// listenWaits are a Topic's listenPing and answerWait.
+type listenWaits struct{ ping, answer time.Duration }
 
 // decodeEvent parses "len(id):" id payload, as lua/topic_publish.lua
 // publishes it.

@@ -141,14 +141,19 @@ func TestTopicListenOnReplica(t *testing.T) {
 }
 
 // listenVia listens on topic "t" through a fault proxy to the real Redis,
-// and returns the events and a Topic that publishes directly.
-func listenVia(t *testing.T, ctx context.Context) (*redistest.FaultProxy, <-chan Event, *Topic) {
+// with shortWaits if short, and returns the events and a Topic that
+// publishes directly.
+func listenVia(t *testing.T, ctx context.Context, short bool) (*redistest.FaultProxy, <-chan Event, *Topic) {
 	t.Helper()
 	c := realRedis(t)
 	p := redistest.NewFaultProxy(t, c.Options().Addr)
 	lc := redis.NewClient(&redis.Options{Addr: p.Addr()})
 	t.Cleanup(func() { lc.Close() })
-	events, err := NewTopic(lc, "t", WithPrefix(uniq(t))).Listen(ctx)
+	tp := NewTopic(lc, "t", WithPrefix(uniq(t)))
+	if short {
+		shortWaits(tp)
+	}
+	events, err := tp.Listen(ctx)
 	require.NoError(t, err)
 	pub := NewTopic(c, "t", WithPrefix(uniq(t)))
 	publish(t, pub, "before")
@@ -186,7 +191,7 @@ func TestListenCancelledWhileSubscribing(t *testing.T) {
 func TestListenClosesWhenCancelledWhileResubscribing(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	p, events, _ := listenVia(t, ctx)
+	p, events, _ := listenVia(t, ctx, false)
 	p.FreezeOn([]byte("subscribe"))
 	p.Drop() // the receive fails; the new subscription is never confirmed
 	time.Sleep(time.Second)
@@ -208,10 +213,9 @@ func TestListenClosesWhenCancelledWhileResubscribing(t *testing.T) {
 // A link that dies without a word is found by an unanswered ping, and the
 // listener subscribes anew.
 func TestListenFindsASilentLink(t *testing.T) {
-	shortWaits(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	p, events, pub := listenVia(t, ctx)
+	p, events, pub := listenVia(t, ctx, true)
 	p.Freeze()
 	heardAgain(t, ctx, pub, events)
 }
@@ -253,21 +257,19 @@ func TestListenStopsWhenClientClosed(t *testing.T) {
 	}
 }
 
-// shortWaits makes listeners ping after 200ms of quiet and wait 500ms for
-// an answer, for the test.
-func shortWaits(t *testing.T) {
-	oldPing, oldWait := listenPing, answerWait
-	listenPing, answerWait = 200*time.Millisecond, 500*time.Millisecond
-	t.Cleanup(func() { listenPing, answerWait = oldPing, oldWait })
+// shortWaits makes tp's listeners ping after 200ms of quiet and wait
+// 500ms for an answer.
+func shortWaits(tp *Topic) *Topic {
+	tp.waits = listenWaits{ping: 200 * time.Millisecond, answer: 500 * time.Millisecond}
+	return tp
 }
 
 // A resubscription whose link goes silent is given up after answerWait
 // and tried again, so the listener comes back once the network does.
 func TestListenResubscribesOverASilentLink(t *testing.T) {
-	shortWaits(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	p, events, pub := listenVia(t, ctx)
+	p, events, pub := listenVia(t, ctx, true)
 	p.FreezeOn([]byte("subscribe")) // the next SUBSCRIBE's link goes silent for good
 	p.Drop()                        // the receive fails: the listener subscribes anew
 	time.Sleep(time.Second)

@@ -37,6 +37,7 @@ type Topic struct {
 	publish string       // "PUBLISH", or "SPUBLISH" on a Cluster
 	keys    topicKeys
 	view    atomic.Pointer[topicView] // the subscriptions as last seen
+	waits   listenWaits               // its listeners'
 }
 
 // topicKeys are a topic's own keys and its listeners' channel.
@@ -84,6 +85,7 @@ func NewTopic(client redis.UniversalClient, name string, opts ...QueueOption) *T
 	base := topicBase(cfg.prefix, name)
 	t := &Topic{
 		client: client, name: name, prefix: cfg.prefix, opts: opts, err: cfg.err, log: cfg.log, publish: publishCommand(client),
+		waits: listenWaits{ping: listenPing, answer: answerWait},
 		keys: topicKeys{
 			version: base + "version", subs: base + "subs", payloads: base + "payloads",
 			done: base + "done", trashes: base + "trashes", events: base + "events",
