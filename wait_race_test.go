@@ -299,6 +299,7 @@ func TestWaiterChecksWhileItsSubscriptionIsDown(t *testing.T) {
 	octx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
 	done := make(chan error, 1)
+	dials := f.dials.Load() // before Obtain, which may dial at once
 	go func() {
 		lk, err := wl.Obtain(octx, "k")
 		if err == nil {
@@ -306,7 +307,6 @@ func TestWaiterChecksWhileItsSubscriptionIsDown(t *testing.T) {
 		}
 		done <- err
 	}()
-	dials := f.dials.Load()
 	redistest.Eventually(t, 5*time.Second, "the waiter's subscription dialling", func() bool { return f.dials.Load() > dials })
 	require.NoError(t, holder.Release(ctx)) // a queued waiter would be skipped: nobody listens
 	cpu0, wall0 := cpuTime(), time.Now()
