@@ -196,18 +196,7 @@ func TestListenClosesWhenCancelledWhileResubscribing(t *testing.T) {
 	p.Drop() // the receive fails; the new subscription is never confirmed
 	time.Sleep(time.Second)
 	cancel()
-	deadline := time.After(5 * time.Second)
-	for range 10 {
-		select {
-		case _, open := <-events:
-			if !open {
-				return
-			}
-		case <-deadline:
-			t.Fatal("the channel is still open 5s after ctx ended")
-		}
-	}
-	t.Fatal("events after the fault")
+	closesWithin(t, events, 5*time.Second)
 }
 
 // A link that dies without a word is found by an unanswered ping, and the
@@ -320,16 +309,18 @@ func TestListenClosesWhenCancelledDuringResubscribeHandshake(t *testing.T) {
 	p.Drop() // the receive fails; the new connection's handshake is never answered
 	time.Sleep(time.Second)
 	cancel()
-	deadline := time.After(2 * time.Second)
-	for range 10 {
-		select {
-		case _, open := <-events:
-			if !open {
-				return
-			}
-		case <-deadline:
-			t.Fatal("the channel is still open 2s after ctx ended")
+	closesWithin(t, events, 2*time.Second)
+}
+
+// closesWithin fails unless events closes within d, with no event first.
+func closesWithin(t *testing.T, events <-chan Event, d time.Duration) {
+	t.Helper()
+	select {
+	case ev, open := <-events:
+		if open {
+			t.Fatalf("an event after the fault: %q", ev.Payload)
 		}
+	case <-time.After(d):
+		t.Fatalf("the channel is still open %v after ctx ended", d)
 	}
-	t.Fatal("events after the fault")
 }
