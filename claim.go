@@ -112,20 +112,20 @@ func (q *Queue) claimOn(ctx context.Context, s *shard, done *Message, renew bool
 	var res []any
 	var err error
 	if done != nil {
-		res, err = run(ctx, q.client, ackClaimScript, s.keys, done.ID, done.token, q.lease.Milliseconds(), token, q.maxAttempts).Slice()
+		res, err = run(ctx, q.client, ackClaimScript, s.keys, done.ID, done.token, q.lease.Milliseconds(), token, q.maxAttempts, q.deadLimit).Slice()
 		if err != nil {
 			done.ackErr = done.ack(ctx) // the ack's fate is unknown: ack again
 		} else if code, ok := res[0].(int64); ok {
 			done.ackErr, res = claimGone(done.ID, code), res[1:]
 		}
 	} else {
-		res, err = run(ctx, q.client, claimScript, s.keys, q.lease.Milliseconds(), token, q.maxAttempts).Slice()
+		res, err = run(ctx, q.client, claimScript, s.keys, q.lease.Milliseconds(), token, q.maxAttempts, q.deadLimit).Slice()
 	}
 	if err != nil {
 		// The claim may have been made with no reply after go-redis's own
 		// retries: one more try with the same token gets it back rather
 		// than leave it to expire and burn an attempt.
-		res, err = run(ctx, q.client, claimScript, s.keys, q.lease.Milliseconds(), token, q.maxAttempts).Slice()
+		res, err = run(ctx, q.client, claimScript, s.keys, q.lease.Milliseconds(), token, q.maxAttempts, q.deadLimit).Slice()
 	}
 	if err != nil {
 		return nil, 0, fmt.Errorf("redlease: claim on %q: %w", q.name, err)

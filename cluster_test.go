@@ -296,7 +296,7 @@ func TestClusterQueue(t *testing.T) {
 		node := redis.NewClient(&redis.Options{Addr: addr})
 		defer node.Close()
 		dead := uniq(t) + ":queue:{" + ns[0] + "}:dead"
-		if n, err := node.LLen(ctx, dead).Result(); err != nil || n != 1 {
+		if n, err := node.ZCard(ctx, dead).Result(); err != nil || n != 1 {
 			t.Fatalf("dead letters of %q on its master %s: %d %v", ns[0], addr, n, err)
 		}
 	}

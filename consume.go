@@ -19,17 +19,30 @@ const (
 	maxClaimPause = time.Second
 	// blockPause is how long a worker waits after a failed blocking wait.
 	blockPause = 50 * time.Millisecond
+	// shutdownGrace is how long handlers whose contexts the shutdown
+	// timeout cancelled have to return before Consume abandons them.
+	shutdownGrace = time.Second
 )
+
+// errShutdownTimeout is the cause of a handler's context cancelled
+// because Consume's shutdown timeout passed.
+var errShutdownTimeout = errors.New("redlease: consume's shutdown timeout passed")
 
 // Consume runs h on claimed messages, up to [WithConcurrency] at once, until
 // ctx ends. Each claim is renewed while its handler runs; the handler's
 // context is cancelled if the claim is lost anyway. A nil return acks the
-// message; an error or a panic (recovered) nacks it. Consume also reclaims
-// expired claims periodically (one consumer at a time does).
+// message; an error or a panic (recovered) nacks it, with the error as
+// its cause ([WithCause]): an error that wraps [ErrSkipRetry]
+// dead-letters it at once. Consume also reclaims expired claims
+// periodically (one consumer at a time does).
 //
-// When ctx ends, Consume stops claiming, waits for running handlers (their
-// contexts are not cancelled by ctx: they finish their work), acks or nacks
-// what they return, and returns ctx's error.
+// When ctx ends, Consume stops claiming and waits for running handlers,
+// whose contexts ctx does not cancel, for the shutdown timeout
+// ([WithShutdownTimeout], 30s by default); it acks or nacks what they
+// return. Then it cancels their contexts and waits a second more; a
+// handler that has still not returned is abandoned, and its message is
+// delivered again once its lease ends. Consume returns ctx's error,
+// wrapped with the count of abandoned handlers if there are any.
 func (q *Queue) Consume(ctx context.Context, h func(context.Context, *Message) error, opts ...ConsumeOption) error {
 	if err := q.check(); err != nil {
 		return err
@@ -37,7 +50,7 @@ func (q *Queue) Consume(ctx context.Context, h func(context.Context, *Message) e
 	if h == nil {
 		return fmt.Errorf("%w: nil handler", ErrInvalidArgument)
 	}
-	cfg := consumeConfig{concurrency: 1}
+	cfg := consumeConfig{concurrency: 1, shutdown: DefaultShutdownTimeout}
 	for _, o := range opts {
 		if o != nil {
 			o(&cfg)
@@ -46,23 +59,90 @@ func (q *Queue) Consume(ctx context.Context, h func(context.Context, *Message) e
 	if cfg.err != nil {
 		return cfg.err
 	}
-	c := &consumer{q: q, h: h, onError: cfg.onError, idle: make(chan struct{}, 1), ctx: ctx}
+	stop, stopHandlers := context.WithCancelCause(context.WithoutCancel(ctx))
+	defer stopHandlers(nil)
+	c := &consumer{q: q, h: h, onError: cfg.onError, idle: make(chan struct{}, 1), ctx: ctx, stop: stop,
+		held: map[*Message]struct{}{}}
 	for range cfg.concurrency {
 		c.wg.Go(func() { c.work(ctx) })
 	}
 	c.wg.Go(func() { c.reclaimEvery(ctx) })
-	c.wg.Wait()
+	finished := make(chan struct{})
+	go func() { c.wg.Wait(); close(finished) }()
+	select {
+	case <-finished:
+		return ctx.Err()
+	case <-ctx.Done():
+	}
+	if !doneWithin(finished, cfg.shutdown) {
+		stopHandlers(errShutdownTimeout)
+		if !doneWithin(finished, shutdownGrace) {
+			n := c.abandon()
+			err := fmt.Errorf("redlease: consume on %q: abandoned %d handlers still running %v after the shutdown timeout: %w", q.name, n, shutdownGrace, ctx.Err())
+			c.report(err)
+			return err
+		}
+	}
 	return ctx.Err()
+}
+
+// doneWithin reports whether done closes within d.
+func doneWithin(done <-chan struct{}, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-done:
+		return true
+	case <-t.C:
+		return false
+	}
 }
 
 type consumer struct {
 	ctx      context.Context // Consume's
+	stop     context.Context // handlers' parent: cancelled when the shutdown timeout passes
 	wg       sync.WaitGroup  // every goroutine Consume started
 	q        *Queue
 	h        func(context.Context, *Message) error
 	onError  func(error)
 	blocking atomic.Bool   // one worker at a time waits on Redis
 	idle     chan struct{} // passes the waiting role to an idle worker
+
+	mu        sync.Mutex
+	held      map[*Message]struct{} // claimed and not yet acked or nacked
+	abandoned bool                  // Consume returned without its handlers
+}
+
+// hold records a claim until it is settled, and reports false once
+// Consume has abandoned its handlers: then nothing more is settled.
+func (c *consumer) hold(m *Message, held bool) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if held {
+		c.held[m] = struct{}{}
+	} else {
+		delete(c.held, m)
+	}
+	return !c.abandoned
+}
+
+// live reports whether Consume still waits for its handlers.
+func (c *consumer) live() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return !c.abandoned
+}
+
+// abandon stops renewing every claim still held, so each is delivered
+// again once its lease ends, and returns how many there were.
+func (c *consumer) abandon() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.abandoned = true
+	for m := range c.held {
+		c.q.wd.release(&m.lease)
+	}
+	return len(c.held)
 }
 
 // report passes an error Consume recovered from to WithErrorHandler's
@@ -89,12 +169,13 @@ func (c *consumer) work(ctx context.Context) {
 	var done *Message // handled, to ack with the next claim
 	waited := false
 	for ctx.Err() == nil {
-		hctx, cancel := context.WithCancelCause(context.WithoutCancel(ctx))
+		hctx, cancel := context.WithCancelCause(c.stop)
 		if done != nil {
 			c.q.wd.release(&done.lease) // renewal stops; the script acks
 		}
 		m, next, err := c.q.claimAfter(ctx, done, true, cancel)
 		if done != nil {
+			c.hold(done, false)
 			c.report(done.ackErr)
 			done = nil
 		}
@@ -118,30 +199,41 @@ func (c *consumer) work(ctx context.Context) {
 		}
 		cancel(nil)
 	}
-	if done != nil {
+	if done != nil && c.live() {
 		c.report(done.Ack(context.WithoutCancel(ctx)))
 		c.q.wd.release(&done.lease) // acked or not, Consume is done with it
+		c.hold(done, false)
 	}
 }
 
 // handle runs the handler and nacks a failure; it returns m to ack when the
-// handler succeeded.
+// handler succeeded. What a handler Consume abandoned returns is dropped.
 func (c *consumer) handle(ctx context.Context, m *Message) *Message {
+	if !c.hold(m, true) {
+		return nil
+	}
 	err := c.run(ctx, m)
-	if err == nil {
+	switch {
+	case !c.live():
+		return nil
+	case err == nil:
 		return m
 	}
 	c.fail(m, err)
 	return nil
 }
 
-// fail reports a handler's failure and nacks its message. Whatever Redis
-// answers, Consume stops renewing the claim: one the nack did not end
-// expires and is delivered again.
+// fail reports a handler's failure and nacks its message with err as the
+// cause. Whatever Redis answers, Consume stops renewing the claim: one the
+// nack did not end expires and is delivered again.
 func (c *consumer) fail(m *Message, err error) {
+	if !c.live() {
+		return
+	}
 	c.report(fmt.Errorf("redlease: handler failed on %q (attempt %d): %w", m.ID, m.Attempt, err))
-	c.report(m.Nack(context.WithoutCancel(c.ctx)))
+	c.report(m.Nack(context.WithoutCancel(c.ctx), WithCause(err)))
 	c.q.wd.release(&m.lease)
+	c.hold(m, false)
 }
 
 // errGoexit stands for a handler that ended its goroutine with

@@ -19,7 +19,8 @@ const (
 // after a lost reply adds the message once and reports success. Payloads
 // are opaque bytes, empty allowed, up to [MaxPayload]. With [WithID], a live
 // message with the same id makes Enqueue add nothing and return the id
-// with an error that errors.Is [ErrDuplicate].
+// with an error that errors.Is [ErrDuplicate]; so does an id that
+// [WithUniqueFor] keeps taken.
 func (q *Queue) Enqueue(ctx context.Context, payload []byte, opts ...EnqueueOption) (string, error) {
 	if err := q.check(); err != nil {
 		return "", err
@@ -28,7 +29,7 @@ func (q *Queue) Enqueue(ctx context.Context, payload []byte, opts ...EnqueueOpti
 	if err != nil {
 		return "", err
 	}
-	call := scriptCall{keys: q.shardOf(cfg.id).keys, args: []any{cfg.delay.Milliseconds(), uuid.NewString(), id, payload}}
+	call := scriptCall{keys: q.shardOf(cfg.id).keys, args: []any{cfg.delay.Milliseconds(), cfg.unique.Milliseconds(), uuid.NewString(), id, payload}}
 	codes, err := ints(runAll(ctx, q.client, enqueueScript, []scriptCall{call}, q.wake(ctx)...)[0], 1)
 	if err != nil {
 		return "", fmt.Errorf("redlease: enqueue on %q: %w", q.name, err)
@@ -49,6 +50,9 @@ func newMessage(payload []byte, opts []EnqueueOption) (cfg enqueueConfig, id str
 	}
 	if cfg.err != nil {
 		return cfg, "", cfg.err
+	}
+	if cfg.unique > 0 && cfg.id == "" {
+		return cfg, "", fmt.Errorf("%w: WithUniqueFor needs WithID", ErrInvalidArgument)
 	}
 	if err := checkPayload(payload); err != nil {
 		return cfg, "", err
@@ -88,13 +92,13 @@ func (q *Queue) EnqueueBatch(ctx context.Context, payloads [][]byte) ([]string, 
 	size := 0
 	for i, p := range payloads {
 		if len(call.args) == 0 {
-			call = scriptCall{keys: q.shardOf("").keys, args: make([]any, 2, 2+2*min(enqueueChunk, per, len(payloads)-i))}
-			call.args[0], call.args[1] = 0, uuid.NewString()
+			call = scriptCall{keys: q.shardOf("").keys, args: make([]any, 3, 3+2*min(enqueueChunk, per, len(payloads)-i))}
+			call.args[0], call.args[1], call.args[2] = 0, 0, uuid.NewString()
 		}
 		ids[i] = uuid.NewString()
 		call.args = append(call.args, ids[i], p)
 		size += len(p)
-		if n := (len(call.args) - 2) / 2; n >= min(enqueueChunk, per) || size >= enqueueChunkBytes || i == len(payloads)-1 {
+		if n := (len(call.args) - 3) / 2; n >= min(enqueueChunk, per) || size >= enqueueChunkBytes || i == len(payloads)-1 {
 			calls = append(calls, call)
 			call, size = scriptCall{}, 0
 		}

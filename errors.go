@@ -31,6 +31,12 @@ var (
 // that id: nothing was added.
 var ErrDuplicate = errors.New("redlease: duplicate message id")
 
+// ErrSkipRetry, wrapped by a handler's error (or by the cause given to
+// [Message.Nack] with [WithCause]), dead-letters the message at once
+// instead of retrying it: for failures that no retry can mend, such as a
+// payload that does not parse.
+var ErrSkipRetry = errors.New("redlease: do not retry")
+
 // ErrBusy reports that a call gave up because what it depends on kept
 // changing under it: a Topic's subscriptions changed before each try of a
 // Publish. A Publish that returns it published nothing and may be tried

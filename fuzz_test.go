@@ -10,31 +10,31 @@ import (
 // Fuzz targets for every parser of data that comes back from Redis or from
 // a user. CI runs each for a few seconds; seeds are in testdata/fuzz.
 
-// encodeDeadLetter mirrors bury in lua/queue.lua.
+// encodeDeadLetter mirrors bury in lua/queue.lua: the dead letter's body.
 func encodeDeadLetter(d DeadLetter) string {
-	return strconv.Itoa(d.Attempts) + ":" + strconv.FormatInt(d.DiedAt.UnixMilli(), 10) + ":" + strconv.Itoa(len(d.ID)) + ":" + d.ID + string(d.Payload)
+	return strconv.Itoa(d.Attempts) + ":" + strconv.FormatInt(d.DiedAt.UnixMilli(), 10) + ":" + strconv.Itoa(len(d.Err)) + ":" + d.Err + string(d.Payload)
 }
 
 func sameDeadLetter(a, b DeadLetter) bool {
-	return a.ID == b.ID && bytes.Equal(a.Payload, b.Payload) && a.Attempts == b.Attempts && a.DiedAt.Equal(b.DiedAt)
+	return a.ID == b.ID && bytes.Equal(a.Payload, b.Payload) && a.Attempts == b.Attempts && a.Err == b.Err && a.DiedAt.Equal(b.DiedAt)
 }
 
 func FuzzDeadLetter(f *testing.F) {
-	f.Add("3:1764500000123:2:idpayload", uint16(3), int64(1764500000123), "id", []byte("payload"))
-	f.Add("1:0:0:", uint16(1), int64(0), "", []byte{})
-	f.Add("9:5:3:a:b\x00\xff", uint16(9), int64(5), "a:b", []byte{0, 0xff})
-	f.Fuzz(func(t *testing.T, raw string, attempts uint16, diedMs int64, id string, payload []byte) {
+	f.Add("3:1764500000123:4:boompayload", uint16(3), int64(1764500000123), "id", "boom", []byte("payload"))
+	f.Add("1:0:0:", uint16(1), int64(0), "x", "", []byte{})
+	f.Add("9:5:3:a:b\x00\xff", uint16(9), int64(5), "a:b", "e:r", []byte{0, 0xff})
+	f.Fuzz(func(t *testing.T, raw string, attempts uint16, diedMs int64, id, cause string, payload []byte) {
 		// Whatever Redis holds, decoding does not panic, and what it
 		// decodes encodes back to an equivalent entry.
-		if d, err := decodeDeadLetter(raw); err == nil {
-			again, err := decodeDeadLetter(encodeDeadLetter(d))
+		if d, err := decodeDeadLetter(id, raw); err == nil {
+			again, err := decodeDeadLetter(id, encodeDeadLetter(d))
 			if err != nil || !sameDeadLetter(again, d) {
 				t.Fatalf("%q decodes to %+v, which does not round-trip: %+v %v", raw, d, again, err)
 			}
 		}
 		// Every entry the script writes decodes to what was buried.
-		want := DeadLetter{ID: id, Payload: payload, Attempts: int(attempts), DiedAt: time.UnixMilli(max(diedMs, 0))}
-		got, err := decodeDeadLetter(encodeDeadLetter(want))
+		want := DeadLetter{ID: id, Payload: payload, Attempts: int(attempts), Err: cause, DiedAt: time.UnixMilli(max(diedMs, 0))}
+		got, err := decodeDeadLetter(id, encodeDeadLetter(want))
 		if err != nil || !sameDeadLetter(got, want) {
 			t.Fatalf("%+v decodes to %+v, %v", want, got, err)
 		}

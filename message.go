@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"time"
+	"unicode/utf8"
 )
 
 // Message is one delivery of a message, claimed under a lease by
@@ -59,19 +60,63 @@ func (m *Message) settle(err error) error {
 
 // Nack ends the claim and schedules another delivery after the queue's
 // retry backoff, or moves the message to the dead-letter list if this was
-// its last attempt. A lost claim gives an error that errors.Is
+// its last attempt or the cause given with [WithCause] wraps
+// [ErrSkipRetry]. A lost claim gives an error that errors.Is
 // [ErrNotHeld]. After a Redis error the claim is unchanged and Nack may be
 // called again.
-func (m *Message) Nack(ctx context.Context) error {
+func (m *Message) Nack(ctx context.Context, opts ...NackOption) error {
 	if m.q.wd.isReleased(&m.lease) {
 		return notHeld(m.ID, "already acked or nacked")
 	}
-	return m.settle(m.nack(ctx))
+	var cfg nackConfig
+	for _, o := range opts {
+		if o != nil {
+			o(&cfg)
+		}
+	}
+	return m.settle(m.nack(ctx, cfg.cause))
 }
 
-func (m *Message) nack(ctx context.Context) error {
+// NackOption configures one [Message.Nack] call.
+type NackOption func(*nackConfig)
+
+type nackConfig struct{ cause error }
+
+// WithCause gives the reason a Nack fails the message: if the message is
+// dead-lettered, [DeadLetter.Err] keeps cause's text (its first
+// [MaxErrLength] bytes), and a cause that wraps [ErrSkipRetry]
+// dead-letters it at once. Consume nacks with the handler's error.
+func WithCause(cause error) NackOption { return func(c *nackConfig) { c.cause = cause } }
+
+// MaxErrLength is the most of an error's text a dead letter keeps.
+const MaxErrLength = 1024
+
+// errText is cause's text, cut to MaxErrLength bytes on a rune boundary.
+func errText(cause error) string {
+	if cause == nil {
+		return ""
+	}
+	s := cause.Error()
+	if len(s) <= MaxErrLength {
+		return s
+	}
+	s = s[:MaxErrLength]
+	for range utf8.UTFMax {
+		if utf8.ValidString(s) {
+			break
+		}
+		s = s[:len(s)-1]
+	}
+	return s
+}
+
+func (m *Message) nack(ctx context.Context, cause error) error {
 	delay := max(m.q.backoff(m.Attempt), 0)
-	call := scriptCall{keys: m.q.shards[m.shard].keys, args: []any{m.ID, m.token, delay.Milliseconds(), m.q.maxAttempts}}
+	skip := 0
+	if errors.Is(cause, ErrSkipRetry) {
+		skip = 1
+	}
+	call := scriptCall{keys: m.q.shards[m.shard].keys, args: []any{m.ID, m.token, delay.Milliseconds(), m.q.maxAttempts, m.q.deadLimit, skip, errText(cause)}}
 	code, err := runAll(ctx, m.q.client, nackScript, []scriptCall{call}, m.q.wake(ctx)...)[0].Int64()
 	if err != nil {
 		return fmt.Errorf("redlease: nack %q: %w", m.ID, err)

@@ -237,6 +237,15 @@ const (
 	MaxPayload = 1 << 20
 	// MaxIDLength is the longest message id [WithID] accepts.
 	MaxIDLength = 1024
+	// DefaultDeadLetterLimit is how many dead letters a queue keeps.
+	DefaultDeadLetterLimit = 10_000
+	// MaxDeadLetterLimit is the largest [WithDeadLetterLimit]: RetryDead
+	// and DeleteDead of every dead letter are one script per shard, which
+	// must not block Redis for long.
+	MaxDeadLetterLimit = 100_000
+	// DefaultShutdownTimeout is how long Consume's running handlers have to
+	// finish once its context ends, before their contexts are cancelled.
+	DefaultShutdownTimeout = 30 * time.Second
 )
 
 // DefaultRetryBackoff waits 1s before the second attempt, doubling with
@@ -256,6 +265,7 @@ type queueConfig struct {
 	shards      int
 	lease       time.Duration
 	maxAttempts int
+	deadLimit   int
 	backoff     func(attempt int) time.Duration
 	log         *slog.Logger // nil: slog.Default()
 	err         error
@@ -306,6 +316,21 @@ func WithMaxAttempts(n int) QueueOption {
 	})
 }
 
+// WithDeadLetterLimit sets how many dead letters the queue keeps (default
+// [DefaultDeadLetterLimit], 10,000; 1 to [MaxDeadLetterLimit]): when a
+// message dies past the limit, the oldest dead letters are deleted. Each
+// shard keeps its share, n divided by the shards and rounded up. Lowering
+// the limit deletes the excess over the next few deaths, up to 100 each.
+func WithDeadLetterLimit(n int) QueueOption {
+	return queueOption(func(c *queueConfig) {
+		if n < 1 || n > MaxDeadLetterLimit {
+			c.err = fmt.Errorf("%w: dead letter limit %d must be 1 to %d", ErrInvalidArgument, n, MaxDeadLetterLimit)
+			return
+		}
+		c.deadLimit = n
+	})
+}
+
 // WithRetryBackoff sets how long a failed message waits before its next
 // delivery, given the attempt that failed (1 for the first). A negative
 // result counts as zero. The default is [DefaultRetryBackoff].
@@ -323,9 +348,10 @@ func WithRetryBackoff(f func(attempt int) time.Duration) QueueOption {
 type EnqueueOption func(*enqueueConfig)
 
 type enqueueConfig struct {
-	delay time.Duration
-	id    string
-	err   error
+	delay  time.Duration
+	id     string
+	unique time.Duration
+	err    error
 }
 
 // WithDelay makes the message ready only after d (millisecond resolution,
@@ -343,7 +369,8 @@ func WithDelay(d time.Duration) EnqueueOption {
 // WithID gives the message its id instead of a random one. While a message
 // with that id is ready, delayed or in flight, enqueueing it again adds
 // nothing and returns [ErrDuplicate]; once it is acked or dead-lettered the id
-// is free again. An id is 1 to [MaxIDLength] bytes of anything.
+// is free again, unless [WithUniqueFor] keeps it taken longer. An id is 1
+// to [MaxIDLength] bytes of anything.
 func WithID(id string) EnqueueOption {
 	return func(c *enqueueConfig) {
 		if id == "" || len(id) > MaxIDLength {
@@ -354,12 +381,30 @@ func WithID(id string) EnqueueOption {
 	}
 }
 
+// WithUniqueFor keeps the message's id, given with [WithID], taken for d
+// after the enqueue (millisecond resolution, by the Redis server's clock),
+// even once the message is acked or dead-lettered: until then, every
+// Enqueue of that id adds nothing and returns [ErrDuplicate], with or
+// without WithUniqueFor. So a job that several schedulers enqueue runs
+// once per window. On a Topic, the id is taken for the whole topic. d
+// must be at least a millisecond, and WithID must be given too.
+func WithUniqueFor(d time.Duration) EnqueueOption {
+	return func(c *enqueueConfig) {
+		if d < time.Millisecond {
+			c.err = fmt.Errorf("%w: unique window %v must be at least 1ms", ErrInvalidArgument, d)
+			return
+		}
+		c.unique = d
+	}
+}
+
 // ConsumeOption configures Consume.
 type ConsumeOption func(*consumeConfig)
 
 type consumeConfig struct {
 	concurrency int
 	onError     func(error)
+	shutdown    time.Duration
 	err         error
 }
 
@@ -371,6 +416,24 @@ func WithConcurrency(n int) ConsumeOption {
 			return
 		}
 		c.concurrency = n
+	}
+}
+
+// WithShutdownTimeout sets how long handlers still running when Consume's
+// context ends have to finish (default [DefaultShutdownTimeout], 30s; 0:
+// none). Then their contexts are cancelled, with a cause that names the
+// timeout, and what they return within a second is acked or nacked as
+// usual. A handler that has still not returned is abandoned: Consume stops
+// renewing its claim, drops whatever it later returns, and returns; the
+// message is delivered again once its lease ends. A negative d is an
+// error.
+func WithShutdownTimeout(d time.Duration) ConsumeOption {
+	return func(c *consumeConfig) {
+		if d < 0 {
+			c.err = fmt.Errorf("%w: negative shutdown timeout %v", ErrInvalidArgument, d)
+			return
+		}
+		c.shutdown = d
 	}
 }
 

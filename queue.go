@@ -39,6 +39,7 @@ type Queue struct {
 	claimNext   atomic.Uint64
 	lease       time.Duration
 	maxAttempts int
+	deadLimit   int // per shard
 	backoff     func(attempt int) time.Duration
 	log         *slog.Logger // WithLogger's; nil: slog.Default()
 	err         error
@@ -72,7 +73,8 @@ func NewQueue(client redis.UniversalClient, name string, opts ...QueueOption) *Q
 
 // newQueueConfig applies opts to the defaults.
 func newQueueConfig(opts []QueueOption) queueConfig {
-	cfg := queueConfig{prefix: DefaultPrefix, shards: 1, lease: DefaultLease, maxAttempts: DefaultMaxAttempts, backoff: DefaultRetryBackoff}
+	cfg := queueConfig{prefix: DefaultPrefix, shards: 1, lease: DefaultLease, maxAttempts: DefaultMaxAttempts,
+		deadLimit: DefaultDeadLetterLimit, backoff: DefaultRetryBackoff}
 	for _, o := range opts {
 		if o != nil {
 			o.applyQueue(&cfg)
@@ -88,7 +90,8 @@ func validName(name string) bool { return name != "" && !strings.ContainsAny(nam
 // buildQueue returns a Queue on shards, named name in errors and logs.
 func buildQueue(client redis.UniversalClient, name string, cfg queueConfig, shards []*shard) *Queue {
 	q := &Queue{client: client, name: name, shards: shards, wakeKey: shards[0].marker, lease: cfg.lease,
-		maxAttempts: cfg.maxAttempts, backoff: cfg.backoff, log: cfg.log, err: cfg.err}
+		maxAttempts: cfg.maxAttempts, deadLimit: (cfg.deadLimit + len(shards) - 1) / len(shards),
+		backoff: cfg.backoff, log: cfg.log, err: cfg.err}
 	q.wd = newWatchdog(context.Background(), q.extendAll)
 	return q
 }

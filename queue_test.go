@@ -530,17 +530,18 @@ func TestIdlePickup(t *testing.T) {
 func TestDecodeDeadLetter(t *testing.T) {
 	died := time.UnixMilli(1764500000123)
 	for in, want := range map[string]DeadLetter{
-		"3:1764500000123:2:idpayload": {ID: "id", Payload: []byte("payload"), Attempts: 3, DiedAt: died},
-		"1:0:0:":                      {ID: "", Payload: []byte{}, Attempts: 1, DiedAt: time.UnixMilli(0)},
-		"5:1764500000123:3:a:b:c":     {ID: "a:b", Payload: []byte(":c"), Attempts: 5, DiedAt: died},
+		"3:1764500000123:0:payload":      {Payload: []byte("payload"), Attempts: 3, DiedAt: died},
+		"1:0:0:":                         {Payload: []byte{}, Attempts: 1, DiedAt: time.UnixMilli(0)},
+		"5:1764500000123:3:a:b:c":        {Err: "a:b", Payload: []byte(":c"), Attempts: 5, DiedAt: died},
+		"2:1764500000123:4:boom\x00\xff": {Err: "boom", Payload: []byte{0, 0xff}, Attempts: 2, DiedAt: died},
 	} {
-		got, err := decodeDeadLetter(in)
-		if err != nil || got.ID != want.ID || !bytes.Equal(got.Payload, want.Payload) || got.Attempts != want.Attempts || !got.DiedAt.Equal(want.DiedAt) {
+		got, err := decodeDeadLetter("id", in)
+		if err != nil || got.ID != "id" || got.Err != want.Err || !bytes.Equal(got.Payload, want.Payload) || got.Attempts != want.Attempts || !got.DiedAt.Equal(want.DiedAt) {
 			t.Errorf("decode(%q) = %+v, %v", in, got, err)
 		}
 	}
 	for _, bad := range []string{"", "3", "3:", "3:1:", "x:1:1:a", "1:x:1:a", "1:1:x:a", "1:1:5:abc", "-1:0:0:", "1:-1:0:", "1:0:-1:", "1:5:abc"} {
-		if _, err := decodeDeadLetter(bad); err == nil {
+		if _, err := decodeDeadLetter("id", bad); err == nil {
 			t.Errorf("decode(%q) accepted", bad)
 		}
 	}

@@ -41,7 +41,7 @@ func (q *Queue) Reclaim(ctx context.Context) (int, error) {
 // reclaimed the shard within the guard (the guard's token is that
 // consumer's).
 func (q *Queue) reclaim(ctx context.Context, s *shard, guard time.Duration, token string) (int, error) {
-	res, err := ints(run(ctx, q.client, reclaimScript, s.keys, q.maxAttempts, scriptBatch, guard.Milliseconds(), token), -1)
+	res, err := ints(run(ctx, q.client, reclaimScript, s.keys, q.maxAttempts, scriptBatch, guard.Milliseconds(), token, q.deadLimit), -1)
 	if err == nil && len(res) != 2 && !(len(res) == 1 && res[0] == codeReclaiming) {
 		err = errUnexpected(res)
 	}

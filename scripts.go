@@ -33,14 +33,17 @@ var (
 
 // Queue scripts: each is lua/queue.lua's prelude followed by its body.
 var (
-	enqueueScript  = queueScript("queue_enqueue.lua")
-	claimScript    = queueScript("queue_claim.lua")
-	ackScript      = queueScript("queue_ack.lua")
-	ackClaimScript = queueScript("queue_ack_claim.lua")
-	nackScript     = queueScript("queue_nack.lua")
-	extendScript   = queueScript("queue_extend.lua")
-	reclaimScript  = queueScript("queue_reclaim.lua")
-	peekScript     = queueScript("queue_peek.lua")
+	enqueueScript    = queueScript("queue_enqueue.lua")
+	claimScript      = queueScript("queue_claim.lua")
+	ackScript        = queueScript("queue_ack.lua")
+	ackClaimScript   = queueScript("queue_ack_claim.lua")
+	nackScript       = queueScript("queue_nack.lua")
+	extendScript     = queueScript("queue_extend.lua")
+	reclaimScript    = queueScript("queue_reclaim.lua")
+	peekScript       = queueScript("queue_peek.lua")
+	deadScript       = queueScript("queue_dead.lua")
+	retryDeadScript  = queueScript("queue_dead_retry.lua")
+	deleteDeadScript = queueScript("queue_dead_delete.lua")
 )
 
 // Topic scripts.

@@ -12,11 +12,12 @@ type shard struct {
 	ready     string // list of ids, claimed from the head
 	delayed   string // sorted set: id -> due time (ms, Redis clock)
 	inflight  string // sorted set: id -> claim deadline (ms, Redis clock)
-	messages  string // hash: "p"..id -> payload, "s"..id -> state, "c"..token -> id of a live claim
-	dead      string // list of dead letters, oldest first (see decodeDeadLetter)
+	messages  string // hash: "p"..id -> payload, "s"..id -> state, "c"..token -> id of a live claim, "d"..id -> dead letter
+	dead      string // sorted set: id of a dead letter -> when it died (ms)
 	marker    string // sorted set with at most one member: "there may be work"
 	reclaimer string // string: held while one consumer reclaims the shard
 	done      string // sorted set: request token -> when it was done (ms)
+	unique    string // sorted set: id WithUniqueFor keeps taken -> when it is free (ms)
 	keys      []string
 }
 
@@ -42,10 +43,10 @@ func shardAt(i int, base string) *shard {
 	s := &shard{
 		index: i, ready: base + "ready", delayed: base + "delayed", inflight: base + "inflight",
 		messages: base + "messages", dead: base + "dead", marker: base + "marker",
-		reclaimer: base + "reclaimer", done: base + "done",
+		reclaimer: base + "reclaimer", done: base + "done", unique: base + "unique",
 	}
 	// The order of lua/queue.lua's KEYS.
-	s.keys = []string{s.ready, s.delayed, s.inflight, s.messages, s.dead, s.marker, s.reclaimer, s.done}
+	s.keys = []string{s.ready, s.delayed, s.inflight, s.messages, s.dead, s.marker, s.reclaimer, s.done, s.unique}
 	return s
 }
 
@@ -55,7 +56,7 @@ func topicBase(prefix, name string) string { return prefix + ":topic:{" + name +
 
 // newSubscriptionShard lays out subscription sub of topic: one shard under
 // the topic's tag, whose keys end with the topic's shared payloads (the
-// ninth key of lua/queue.lua). Suffixes have no ':', so a key's last ':'
+// tenth key of lua/queue.lua). Suffixes have no ':', so a key's last ':'
 // part names it and no two subscriptions share a key.
 func newSubscriptionShard(prefix, topic, sub string) *shard {
 	s := shardAt(0, topicBase(prefix, topic)+"sub:"+sub+":")

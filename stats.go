@@ -30,7 +30,7 @@ func (q *Queue) Stats(ctx context.Context) (Stats, error) {
 	cmds := make([][4]*redis.IntCmd, len(q.shards))
 	_, err := q.client.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i, s := range q.shards {
-			cmds[i] = [4]*redis.IntCmd{p.LLen(ctx, s.ready), p.ZCard(ctx, s.delayed), p.ZCard(ctx, s.inflight), p.LLen(ctx, s.dead)}
+			cmds[i] = [4]*redis.IntCmd{p.LLen(ctx, s.ready), p.ZCard(ctx, s.delayed), p.ZCard(ctx, s.inflight), p.ZCard(ctx, s.dead)}
 		}
 		return nil
 	})

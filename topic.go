@@ -47,11 +47,12 @@ type topicKeys struct {
 	payloads string // hash: see lua/queue.lua
 	done     string // sorted set: request token -> when done (ms)
 	trashes  string // hash: removed subscriptions' hashes not yet drained -> scan cursor
+	unique   string // sorted set: id WithUniqueFor keeps taken -> when it is free (ms)
 	events   string // listeners' channel
 }
 
 // topicView is what Publish believes the subscriptions are: the version
-// they were read at, and a publish call's KEYS for them (the topic's four,
+// they were read at, and a publish call's KEYS for them (the topic's five,
 // then each subscription's READY, DELAYED, MESSAGES and MARKER).
 type topicView struct {
 	version string
@@ -62,12 +63,12 @@ type topicView struct {
 func (v *topicView) subs() int { return (len(v.keys) - topicKeyCount) / 4 }
 
 // topicKeyCount is how many of a publish call's KEYS are the topic's own.
-const topicKeyCount = 4
+const topicKeyCount = 5
 
 // newView returns the view of the subscriptions names at version.
 func (t *Topic) newView(version string, names []string) *topicView {
 	v := &topicView{version: version, keys: make([]string, 0, topicKeyCount+4*len(names))}
-	v.keys = append(v.keys, t.keys.version, t.keys.subs, t.keys.payloads, t.keys.done)
+	v.keys = append(v.keys, t.keys.version, t.keys.subs, t.keys.payloads, t.keys.done, t.keys.unique)
 	for _, name := range names {
 		s := newSubscriptionShard(t.prefix, t.name, name)
 		v.keys = append(v.keys, s.ready, s.delayed, s.messages, s.marker)
@@ -88,7 +89,7 @@ func NewTopic(client redis.UniversalClient, name string, opts ...QueueOption) *T
 		waits: listenWaits{ping: listenPing, answer: answerWait},
 		keys: topicKeys{
 			version: base + "version", subs: base + "subs", payloads: base + "payloads",
-			done: base + "done", trashes: base + "trashes", events: base + "events",
+			done: base + "done", trashes: base + "trashes", unique: base + "unique", events: base + "events",
 		},
 	}
 	switch {
@@ -180,7 +181,7 @@ func (t *Topic) Unsubscribe(ctx context.Context, name string) error {
 	}
 	s := newSubscriptionShard(t.prefix, t.name, name)
 	keys := []string{t.keys.version, t.keys.subs, t.keys.done, t.keys.trashes, topicBase(t.prefix, t.name) + "trash:" + uuid.NewString(),
-		s.messages, s.ready, s.delayed, s.inflight, s.dead, s.marker, s.reclaimer, s.done}
+		s.messages, s.ready, s.delayed, s.inflight, s.dead, s.marker, s.reclaimer, s.done, s.unique}
 	if err := run(ctx, t.client, unsubscribeScript, keys, name, uuid.NewString(), uuid.NewString()).Err(); err != nil {
 		return fmt.Errorf("redlease: unsubscribe %q from topic %q: %w", name, t.name, err)
 	}
@@ -239,7 +240,10 @@ func (t *Topic) Subscriptions(ctx context.Context) ([]string, error) {
 // live keeps its message and the others get the new one. When every
 // subscription (at least one) had the id live, Publish adds nothing,
 // notifies no listener, and returns the id with an error that errors.Is
-// [ErrDuplicate]. If the subscriptions change before each of its tries
+// [ErrDuplicate]. [WithUniqueFor] keeps the id taken for the whole topic:
+// within its window, a Publish of that id adds nothing, notifies no
+// listener and returns [ErrDuplicate] (an Enqueue on one subscription's
+// Queue does not see the topic's window). If the subscriptions change before each of its tries
 // (about a second of them), it publishes nothing and returns an error that
 // errors.Is [ErrBusy].
 func (t *Topic) Publish(ctx context.Context, payload []byte, opts ...EnqueueOption) (string, error) {
@@ -250,11 +254,14 @@ func (t *Topic) Publish(ctx context.Context, payload []byte, opts ...EnqueueOpti
 	if err != nil {
 		return "", err
 	}
-	took, subs, err := t.publishAll(ctx, cfg.delay.Milliseconds(), [][]any{{id, payload}})
+	took, subs, err := t.publishAll(ctx, publishOptions{cfg.delay.Milliseconds(), cfg.unique.Milliseconds()}, [][]any{{id, payload}})
 	if err != nil {
 		return "", fmt.Errorf("redlease: publish on topic %q: %w", t.name, err)
 	}
-	if took[0] == 0 && subs > 0 {
+	switch {
+	case took[0] == codeUniqueTaken:
+		return id, fmt.Errorf("%w: %q is taken in topic %q (WithUniqueFor)", ErrDuplicate, id, t.name)
+	case took[0] == 0 && subs > 0:
 		return id, fmt.Errorf("%w: %q is live in every subscription of topic %q", ErrDuplicate, id, t.name)
 	}
 	return id, nil
@@ -289,7 +296,7 @@ func (t *Topic) PublishBatch(ctx context.Context, payloads [][]byte) ([]string, 
 	if len(pairs) == 0 {
 		return ids, nil
 	}
-	if _, _, err := t.publishAll(ctx, 0, pairs); err != nil {
+	if _, _, err := t.publishAll(ctx, publishOptions{}, pairs); err != nil {
 		return nil, fmt.Errorf("redlease: publish batch on topic %q: %w", t.name, err)
 	}
 	return ids, nil
@@ -305,6 +312,14 @@ const (
 	maxStaleBackoff = 64 * time.Millisecond
 )
 
+// publishOptions are what a publish call's messages share: their delay
+// and how long WithUniqueFor keeps their ids taken, in ms.
+type publishOptions struct{ delay, unique int64 }
+
+// codeUniqueTaken is a publish call's count for a message whose id
+// WithUniqueFor keeps taken.
+const codeUniqueTaken = -2
+
 // errStaleView is a publish call refused because the subscriptions changed.
 var errStaleView = errors.New("subscriptions changed")
 
@@ -312,10 +327,11 @@ var errStaleView = errors.New("subscriptions changed")
 // script calls as maxPublishDeliveries allows, sent in round trips of at
 // most enqueueChunkBytes of payloads (so a listener's output buffer in
 // Redis takes at most that at once). It returns how many subscriptions
-// took each message (-1: a resend found it done) and how many there were.
+// took each message (-1: a resend found it done; codeUniqueTaken) and how
+// many there were.
 // Calls refused because the subscriptions changed wrote nothing: only
 // those, and the ones not yet sent, are sent again for the new ones.
-func (t *Topic) publishAll(ctx context.Context, delay int64, msgs [][]any) ([]int64, int, error) {
+func (t *Topic) publishAll(ctx context.Context, opts publishOptions, msgs [][]any) ([]int64, int, error) {
 	took := make([]int64, len(msgs))
 	pending := make([]int, len(msgs)) // indices into msgs not yet published
 	for i := range pending {
@@ -331,7 +347,7 @@ func (t *Topic) publishAll(ctx context.Context, delay int64, msgs [][]any) ([]in
 			}
 		}
 		v := t.view.Load()
-		calls, sizes, weights := t.publishCalls(v, delay, msgs, pending)
+		calls, sizes, weights := t.publishCalls(v, opts, msgs, pending)
 		var stale []int
 		for start, next := 0, 0; start < len(calls); start = next {
 			bytes := weights[start]
@@ -383,10 +399,10 @@ func (t *Topic) send(ctx context.Context, calls []scriptCall) []*redis.Cmd {
 // publishCalls splits the messages of msgs at indices idx into publish
 // script calls for the subscriptions in v, and says how many messages and
 // payload bytes each takes.
-func (t *Topic) publishCalls(v *topicView, delay int64, msgs [][]any, idx []int) (calls []scriptCall, sizes, weights []int) {
+func (t *Topic) publishCalls(v *topicView, opts publishOptions, msgs [][]any, idx []int) (calls []scriptCall, sizes, weights []int) {
 	per := min(enqueueChunk, max(maxPublishDeliveries/max(v.subs(), 1), 1))
 	for start := 0; start < len(idx); {
-		args := []any{&v.version, uuid.NewString(), delay, &t.publish, &t.keys.events}
+		args := []any{&v.version, uuid.NewString(), opts.delay, opts.unique, &t.publish, &t.keys.events}
 		size := 0
 		end := start
 		for ; end < len(idx) && end-start < per && (end == start || size < enqueueChunkBytes); end++ {

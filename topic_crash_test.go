@@ -39,7 +39,7 @@ const topicCrashChildEnv = "REDLEASE_TOPIC_CRASH_CHILD"
 // last), then ACKS and GOT, hashes under the topic's hash tag.
 // ARGV: id, claim token, payload as claimed.
 var topicCrashRecordedAck = redis.NewScript(queuePrelude + `
-local ACKS, GOT = KEYS[10], KEYS[11]
+local ACKS, GOT = KEYS[#KEYS - 1], KEYS[#KEYS]
 local held = holder(ARGV[1], ARGV[2]) == OK
 local r = ack(ARGV[1], ARGV[2])
 if held and r == OK then

@@ -540,7 +540,7 @@ func TestTopicScriptsAreSafeToResend(t *testing.T) {
 		publish(t, tp, "learn")
 		drainQueue(t, a)
 		v := tp.view.Load()
-		calls, _, _ := tp.publishCalls(v, 0, [][]any{{"id1", []byte("p")}}, []int{0})
+		calls, _, _ := tp.publishCalls(v, publishOptions{}, [][]any{{"id1", []byte("p")}}, []int{0})
 		require.Len(t, calls, 1)
 		for range 2 {
 			res, err := publishScript.call(ctx, c, calls[0].keys, calls[0].args...).Slice()

@@ -7,20 +7,32 @@
 -- "attempts:deadline:token" while it is claimed; the deadline is also its
 -- score in INFLIGHT. Times come from Redis TIME, never the client's clock.
 --
--- A topic's subscription has a ninth key, PAYLOADS, the topic's hash of
+-- A dead letter is id in DEAD, scored by when it died (ms), and its body
+-- in MESSAGES's "d"..id: "attempts:died-at-ms:len(err):" err payload
+-- (decodeDeadLetter). Its id is free: a live message may share it.
+--
+-- UNIQUE holds the ids WithUniqueFor keeps taken, scored by when they
+-- become free (ms).
+--
+-- A topic's subscription has a tenth key, PAYLOADS, the topic's hash of
 -- payloads stored once for all its subscriptions: there MESSAGES's "p"..id
 -- holds a reference r, PAYLOADS's "p"..r the payload and "n"..r how many
 -- "p" fields refer to it. Whatever deletes a "p" field calls unref.
 local READY, DELAYED, INFLIGHT, MESSAGES = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local DEAD, MARKER, RECLAIMER, DONE = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-local PAYLOADS = KEYS[9]
+local UNIQUE, PAYLOADS = KEYS[9], KEYS[10]
 
 -- Claim codes, as in scripts.go.
 local OK, GONE, TAKEN, BURIED = 1, 0, -1, 2
 
 -- Bounds on one call's work: stale INFLIGHT entries dropped while looking
--- for an expired claim, and ids without a payload skipped by a claim.
-local MAX_STALE, MAX_SKIPPED = 10, 100
+-- for an expired claim, ids without a payload skipped by a claim, and
+-- the oldest dead letters dropped past the limit by one new one (a lowered
+-- limit is reached over the next few).
+local MAX_STALE, MAX_SKIPPED, MAX_TRIM = 10, 100, 100
+
+-- Lua's unpack takes at most about 8,000 values: longer lists go in parts.
+local UNPACK_MAX = 1000
 
 local function nowms()
   local t = redis.call('TIME')
@@ -116,12 +128,19 @@ local function release(id, token)
   redis.call('HDEL', MESSAGES, 'c' .. token)
 end
 
--- bury moves a message to the dead-letter list and frees its id. The
--- entry is "attempts:died-at-ms:len(id):" id payload (decodeDeadLetter).
-local function bury(id, attempts, now)
+-- bury dead-letters a message, with the handler's error err (or ''),
+-- and frees its id; an older dead letter with the same id is replaced.
+-- Past limit dead letters, the oldest go.
+local function bury(id, attempts, now, err, limit)
   local p = payloadOf(redis.call('HGET', MESSAGES, 'p' .. id)) or ''
-  redis.call('RPUSH', DEAD, string.format('%d:%d:%d:', attempts, now, #id) .. id .. p)
+  redis.call('HSET', MESSAGES, 'd' .. id, string.format('%d:%d:%d:', attempts, now, #err) .. err .. p)
+  redis.call('ZADD', DEAD, now, id)
   drop(id)
+  local over = redis.call('ZCARD', DEAD) - limit
+  if over > 0 then
+    local old = redis.call('ZPOPMIN', DEAD, math.min(over, MAX_TRIM))
+    for i = 1, #old, 2 do redis.call('HDEL', MESSAGES, 'd' .. old[i]) end
+  end
 end
 
 -- expired returns the id of a claim whose lease has ended, if any, and
@@ -144,10 +163,10 @@ end
 
 -- reclaimOne gives an expired claim back: to READY, or dead when its
 -- attempts are used up. Returns OK given back, BURIED dead-lettered.
-local function reclaimOne(id, attempts, tok, now, max)
+local function reclaimOne(id, attempts, tok, now, max, limit)
   release(id, tok)
   if attempts >= max then
-    bury(id, attempts, now)
+    bury(id, attempts, now, '', limit)
     return BURIED
   end
   redis.call('HSET', MESSAGES, 's' .. id, attempts)
@@ -174,8 +193,8 @@ end
 -- claim claims the next message for lease ms with token: a due delayed
 -- message first (due retries are served before the ready backlog), then
 -- the head of READY, then an expired claim; see queue_claim.lua for the
--- reply.
-local function claim(now, lease, token, max)
+-- reply. max and limit are the queue's attempts and dead letters.
+local function claim(now, lease, token, max, limit)
   local prev = redis.call('HGET', MESSAGES, 'c' .. token)
   if prev then
     -- A resend: answer with the claim the first run made.
@@ -202,7 +221,7 @@ local function claim(now, lease, token, max)
         return nextDue(now)
       end
       release(e, tok)
-      if a >= max then bury(e, a, now) else id, attempts = e, a end
+      if a >= max then bury(e, a, now, '', limit) else id, attempts = e, a end
     end
     if id then
       local m = redis.call('HMGET', MESSAGES, 'p' .. id, 's' .. id)
@@ -240,4 +259,35 @@ local function ack(id, token)
   redis.call('HDEL', MESSAGES, 'p' .. id, 's' .. id, 'c' .. token)
   remember('c' .. token, now, ACKED)
   return OK, now
+end
+
+-- A dead-letter request answers how many dead letters it moved: a resend
+-- must answer the same. Its token "r"..token is remembered as any done
+-- request, with "n"..token..":"..count at the same score.
+
+-- doneCount returns what an earlier run of a dead-letter request
+-- answered, or nil: this run is not a resend.
+local function doneCount(token)
+  local s = redis.call('ZSCORE', DONE, 'r' .. token)
+  if not s then return nil end
+  local prefix = 'n' .. token .. ':'
+  for _, m in ipairs(redis.call('ZRANGEBYSCORE', DONE, s, s)) do
+    if string.sub(m, 1, #prefix) == prefix then return tonumber(string.sub(m, #prefix + 1)) end
+  end
+  return 0
+end
+
+-- rememberCount records a dead-letter request's answer.
+local function rememberCount(token, now, count)
+  remember('r' .. token, now, ACKED)
+  remember('n' .. token .. ':' .. count, now, ACKED)
+end
+
+-- deadIDs is a dead-letter request's ids from ARGV[first] on, or, when
+-- there are none, every dead letter's, oldest first.
+local function deadIDs(first)
+  if #ARGV < first then return redis.call('ZRANGE', DEAD, 0, -1) end
+  local ids = {}
+  for i = first, #ARGV do ids[#ids + 1] = ARGV[i] end
+  return ids
 end

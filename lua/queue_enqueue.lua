@@ -1,23 +1,26 @@
--- Adds messages whose id is not live.
+-- Adds messages whose id is neither live nor kept taken by WithUniqueFor.
 --
 -- ARGV[1] delay in ms (0: ready now)
--- ARGV[2] request token
--- ARGV[3...] pairs id, payload (at most enqueueChunk)
+-- ARGV[2] how long each id stays taken, in ms (0: while live only)
+-- ARGV[3] request token
+-- ARGV[4...] pairs id, payload (at most enqueueChunk)
 -- returns one code per message: 1 added, 0 duplicate id (nothing added).
 --         A resend of a call that added messages finds its token: all 1.
-local n = (#ARGV - 2) / 2
+local n = (#ARGV - 3) / 2
 local codes = {}
-if doneAs('e' .. ARGV[2]) then
+if doneAs('e' .. ARGV[3]) then
   for i = 1, n do codes[i] = OK end
   return codes
 end
 local now = nowms()
-local delay = tonumber(ARGV[1])
+local delay, unique = tonumber(ARGV[1]), tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', UNIQUE, '-inf', now)
 local ready, added = {}, 0
-for i = 3, #ARGV, 2 do
+for i = 4, #ARGV, 2 do
   local id = ARGV[i]
-  if store(id, ARGV[i + 1]) then
+  if not redis.call('ZSCORE', UNIQUE, id) and store(id, ARGV[i + 1]) then
     if delay > 0 then redis.call('ZADD', DELAYED, now + delay, id) else ready[#ready + 1] = id end
+    if unique > 0 then redis.call('ZADD', UNIQUE, now + unique, id) end
     codes[#codes + 1] = OK
     added = added + 1
   else
@@ -28,6 +31,10 @@ if #ready > 0 then
   redis.call('RPUSH', READY, unpack(ready))
   redis.call('ZADD', MARKER, 0, 'm')
 end
+-- The set lives as long as its longest window.
+if unique > 0 and added > 0 and redis.call('PTTL', UNIQUE) < unique then
+  redis.call('PEXPIRE', UNIQUE, unique)
+end
 forget(now)
-if added > 0 then remember('e' .. ARGV[2], now, ACKED) end
+if added > 0 then remember('e' .. ARGV[3], now, ACKED) end
 return codes

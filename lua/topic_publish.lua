@@ -6,25 +6,29 @@
 -- KEYS[2] SUBS: set of subscription names
 -- KEYS[3] PAYLOADS: hash of payloads stored once (see lua/queue.lua)
 -- KEYS[4] DONE: sorted set of request tokens done (ms)
--- KEYS[5...] per subscription, in the caller's order: READY, DELAYED,
+-- KEYS[5] UNIQUE: sorted set of ids WithUniqueFor keeps taken -> when
+--         they become free (ms)
+-- KEYS[6...] per subscription, in the caller's order: READY, DELAYED,
 --         MESSAGES, MARKER
 -- ARGV[1] the VERSION the caller's KEYS were built for
 -- ARGV[2] request token
 -- ARGV[3] delay in ms (0: ready now)
--- ARGV[4] "PUBLISH" or "SPUBLISH"
--- ARGV[5] listeners' channel
--- ARGV[6...] pairs id, payload
+-- ARGV[4] how long each id stays taken, in ms (0: while live only)
+-- ARGV[5] "PUBLISH" or "SPUBLISH"
+-- ARGV[6] listeners' channel
+-- ARGV[7...] pairs id, payload
 -- returns {1, n...}: n per message, how many subscriptions took it (-1: a
---         resend found the call done);
+--         resend found the call done; -2: UNIQUE keeps its id taken);
 --         {0, version, names...} when the caller's subscriptions are stale:
 --         nothing was written
-local VERSION, SUBS, PAYLOADS, DONE = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local VERSION, SUBS, PAYLOADS, DONE, UNIQUE = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local FIRST = 7 -- the first message's ARGV
 local reply = {1}
 -- Before the version: a resend that arrives after the subscriptions
 -- changed still finds its first run done. (A call refused as stale wrote
 -- nothing, so the caller may send it again with a new token.)
 if redis.call('ZSCORE', DONE, ARGV[2]) then
-  for i = 6, #ARGV, 2 do reply[#reply + 1] = -1 end
+  for i = FIRST, #ARGV, 2 do reply[#reply + 1] = -1 end
   return reply
 end
 local version = redis.call('GET', VERSION) or '0'
@@ -36,17 +40,20 @@ if version ~= ARGV[1] then
 end
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
-local delay = tonumber(ARGV[3])
-local nsubs = (#KEYS - 4) / 4
+local delay, unique = tonumber(ARGV[3]), tonumber(ARGV[4])
+local nsubs = (#KEYS - 5) / 4
+redis.call('ZREMRANGEBYSCORE', UNIQUE, '-inf', now)
 local ready, wrote = {}, false
 for s = 1, nsubs do ready[s] = {} end
-for i = 6, #ARGV, 2 do
+for i = FIRST, #ARGV, 2 do
   local id, payload = ARGV[i], ARGV[i + 1]
   local took = 0
-  if nsubs > 0 then
+  if redis.call('ZSCORE', UNIQUE, id) then
+    took = -2
+  elseif nsubs > 0 then
     local ref = redis.call('HINCRBY', PAYLOADS, 'seq', 1)
     for s = 1, nsubs do
-      local k = 4 + (s - 1) * 4
+      local k = 5 + (s - 1) * 4
       if redis.call('HSETNX', KEYS[k + 3], 'p' .. id, ref) == 1 then
         took = took + 1
         if delay > 0 then
@@ -61,21 +68,25 @@ for i = 6, #ARGV, 2 do
   end
   -- Sent whether or not anyone listens: PUBSUB NUMSUB counts only this
   -- node's listeners, not those on its replicas.
-  if took > 0 or nsubs == 0 then
+  if took > 0 or (nsubs == 0 and took == 0) then
     wrote = true
-    redis.call(ARGV[4], ARGV[5], string.format('%d:', #id) .. id .. payload)
+    if unique > 0 then redis.call('ZADD', UNIQUE, now + unique, id) end
+    redis.call(ARGV[5], ARGV[6], string.format('%d:', #id) .. id .. payload)
   end
   reply[#reply + 1] = took
 end
 for s = 1, nsubs do
   if #ready[s] > 0 then
-    local k = 4 + (s - 1) * 4
+    local k = 5 + (s - 1) * 4
     redis.call('RPUSH', KEYS[k + 1], unpack(ready[s]))
     redis.call('ZADD', KEYS[k + 4], 0, 'm')
   end
 end
 -- Only a call that did something is remembered: a resend of one that
 -- found every id live must report the duplicates again.
+if wrote and unique > 0 and redis.call('PTTL', UNIQUE) < unique then
+  redis.call('PEXPIRE', UNIQUE, unique)
+end
 if wrote then
   redis.call('ZREMRANGEBYSCORE', DONE, '-inf', now - DONE_MEMORY)
   redis.call('ZADD', DONE, now, ARGV[2])
