@@ -63,7 +63,9 @@ func (q *Queue) deadLetters(ctx context.Context, after *DeadLetter, n int) ([]De
 	if n < 1 {
 		return nil, fmt.Errorf("%w: dead letters: n %d must be at least 1", ErrInvalidArgument, n)
 	}
-	args := []any{n, "", ""}
+	// A shard never holds more than MaxDeadLetterLimit: a larger n only
+	// risks Redis refusing the range.
+	args := []any{min(n, 2*MaxDeadLetterLimit), "", ""}
 	if after != nil {
 		args[1], args[2] = after.DiedAt.UnixMilli(), after.ID
 	}

@@ -20,8 +20,11 @@ type Message struct {
 	// orders the deliveries of one message: a store that refuses writes
 	// for an ID with a lower Attempt than it has seen is safe from a
 	// consumer whose claim expired. An id enqueued again after its message
-	// was acked or dead-lettered starts over at 1; where ids are reused,
-	// fence on a version of your own as well.
+	// was acked or dead-lettered starts over at 1, and so does a dead
+	// letter [Queue.RetryDead] moves back: a consumer of the earlier life
+	// whose claim expired may still be running with a higher Attempt.
+	// Where ids are reused or dead letters retried, fence on a version of
+	// your own as well.
 	Attempt int
 
 	lease

@@ -60,7 +60,9 @@ func uniqueOps(ctx context.Context, id string, add func(context.Context, ...Enqu
 }
 
 func queueUniqueOps(ctx context.Context, q *Queue) error {
-	add := func(ctx context.Context, opts ...EnqueueOption) (string, error) { return q.Enqueue(ctx, []byte("job"), opts...) }
+	add := func(ctx context.Context, opts ...EnqueueOption) (string, error) {
+		return q.Enqueue(ctx, []byte("job"), opts...)
+	}
 	consume := func() error {
 		m, err := q.Claim(ctx)
 		if err != nil {
@@ -81,7 +83,9 @@ func topicUniqueOps(ctx context.Context, tp *Topic) error {
 	if err != nil {
 		return err
 	}
-	add := func(ctx context.Context, opts ...EnqueueOption) (string, error) { return tp.Publish(ctx, []byte("event"), opts...) }
+	add := func(ctx context.Context, opts ...EnqueueOption) (string, error) {
+		return tp.Publish(ctx, []byte("event"), opts...)
+	}
 	consume := func() error {
 		for _, q := range []*Queue{a, b} {
 			m, err := q.Claim(ctx)
