@@ -19,7 +19,8 @@ const scriptBatch = 100
 // Queue is a reliable work queue in Redis. Every message is claimed under a
 // lease: at any instant at most one consumer holds a valid claim on a
 // message; a consumer whose claim was lost cannot ack, nack or extend it;
-// and no message is lost: each one ends acked or in the dead-letter list.
+// and no message is lost: each one ends acked or in the dead-letter list
+// (which keeps the newest [WithDeadLetterLimit] of them).
 // Delivery is at least once (a claim that expires is delivered again), so
 // handlers should be idempotent; [Message.Attempt] helps.
 //
