@@ -118,8 +118,19 @@
 //     lease ends is delivered again: [Queue.Reclaim] (which Consume runs)
 //     makes it ready, and a Claim that finds no other work takes it.
 //   - dead: its last attempt ([WithMaxAttempts], default
-//     [DefaultMaxAttempts]) was nacked or expired. [Queue.DeadLetters]
-//     reads the dead-letter list.
+//     [DefaultMaxAttempts]) was nacked or expired; or, at any attempt, a
+//     Nack's cause ([WithCause]) or its handler's error wrapped
+//     [ErrSkipRetry]. A [DeadLetter] keeps its id, payload, attempts, the
+//     last failure's error text and when it died.
+//
+// [Queue.DeadLetters] reads the dead-letter list, oldest first, and
+// [Queue.DeadLettersAfter] pages through it. [Queue.RetryDead] moves dead
+// letters back to ready with their id and payload, starting over at
+// attempt 1, and [Queue.DeleteDead] deletes them; given no ids, each takes
+// them all, in one atomic script per shard that is safe to resend. The
+// list keeps one dead letter per id, the latest, and is capped by
+// [WithDeadLetterLimit] (default [DefaultDeadLetterLimit]): past it the
+// oldest are deleted.
 //
 // At any instant at most one consumer holds a valid claim on a message; a
 // consumer whose claim was lost cannot ack, nack or extend it (the call
@@ -129,10 +140,22 @@
 // arrive sees its message again. Make handlers idempotent, or fence their
 // writes with (ID, Attempt): [Message.Attempt] grows by one with each
 // delivery while the id is live, so it orders the deliveries of a message
-// as a fence orders the leases of a lock. [WithID] gives a message an id of
-// your own and refuses a duplicate with [ErrDuplicate]; [WithShards]
-// splits a queue into shards that Redis Cluster can spread over its
-// masters.
+// as a fence orders the leases of a lock. An id enqueued again, or a dead
+// letter retried, starts over at attempt 1 while a consumer of its
+// earlier life may still run: fence on a version of your own as well
+// there. [WithID] gives a message an id of your own and refuses a
+// duplicate with [ErrDuplicate] while that id is live; [WithUniqueFor]
+// keeps the id taken for a while after the enqueue, even once the message
+// is acked or dead. [WithShards] splits a queue into shards that Redis
+// Cluster can spread over its masters.
+//
+// When Consume's context ends, it stops claiming and gives running
+// handlers [WithShutdownTimeout] (default [DefaultShutdownTimeout]) to
+// finish, then cancels their contexts; what they return within a second
+// more is acked or nacked. A handler still running then is abandoned: its
+// claim is no longer renewed, its message is delivered again once its
+// lease ends, and Consume returns ctx's error wrapped with the count of
+// abandoned handlers.
 //
 // # Topics
 //
@@ -153,7 +176,8 @@
 // current subscription or none, with one id in all of them. A Subscribe
 // racing a Publish either gets the message or does not; the other
 // subscriptions get it either way. [Topic.Unsubscribe] deletes a
-// subscription and its backlog.
+// subscription and its backlog. [WithUniqueFor] on a Publish keeps the id
+// taken for the whole topic.
 //
 // [Topic.Listen] is live delivery for notifications such as cache
 // invalidation, over Redis pub/sub: at most once, only while the listener
@@ -179,7 +203,9 @@
 // # Errors
 //
 // Errors are matched with errors.Is against [ErrNotObtained], [ErrNotHeld],
-// [ErrInvalidArgument], [ErrClosed], [ErrDuplicate] and [ErrBusy]. Nothing panics on
+// [ErrInvalidArgument], [ErrClosed], [ErrDuplicate] and [ErrBusy].
+// [ErrSkipRetry] goes the other way: a handler's error, or a Nack's cause,
+// that wraps it dead-letters the message at once. Nothing panics on
 // bad input: an invalid argument or option makes the call, or every call on
 // the Locker, Queue or Topic it configures, return an error that errors.Is
 // [ErrInvalidArgument].
