@@ -126,7 +126,8 @@ func decodeDeadLetter(id, body string) (DeadLetter, error) {
 // enqueued again does: a store that fences on (ID, [Message.Attempt])
 // must treat a retried dead letter as a new message (see
 // [Message.Attempt]). A dead letter whose id is live again (enqueued
-// since it died) stays dead. Each shard's part is one atomic script, safe
+// since it died) stays dead; a [WithUniqueFor] window does not hold it
+// back, since it is the same message. Each shard's part is one atomic script, safe
 // to resend; on an error some shards may have moved theirs.
 func (q *Queue) RetryDead(ctx context.Context, ids ...string) (int, error) {
 	return q.settleDead(ctx, "retry", retryDeadScript, ids, q.wake(ctx)...)
