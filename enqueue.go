@@ -29,7 +29,7 @@ func (q *Queue) Enqueue(ctx context.Context, payload []byte, opts ...EnqueueOpti
 	if err != nil {
 		return "", err
 	}
-	call := scriptCall{keys: q.shardOf(cfg.id).keys, args: []any{cfg.delay.Milliseconds(), cfg.unique.Milliseconds(), uuid.NewString(), id, payload}}
+	call := scriptCall{keys: q.shardOf(cfg.id).keys, args: []any{cfg.delay.Milliseconds(), uniqueArg(cfg), uuid.NewString(), id, payload}}
 	codes, err := ints(runAll(ctx, q.client, enqueueScript, []scriptCall{call}, q.wake(ctx)...)[0], 1)
 	if err != nil {
 		return "", fmt.Errorf("redlease: enqueue on %q: %w", q.name, err)
@@ -64,6 +64,19 @@ func newMessage(payload []byte, opts []EnqueueOption) (cfg enqueueConfig, id str
 	return cfg, id, nil
 }
 
+// randomIDs tells the enqueue and publish scripts that a call's ids are
+// random: none can be taken, so they need not look.
+const randomIDs = -1
+
+// uniqueArg is the scripts' argument for how long a message's id stays
+// taken, in ms: WithUniqueFor's window, or randomIDs.
+func uniqueArg(cfg enqueueConfig) int64 {
+	if cfg.id == "" {
+		return randomIDs
+	}
+	return cfg.unique.Milliseconds()
+}
+
 func checkPayload(p []byte) error {
 	if len(p) > MaxPayload {
 		return fmt.Errorf("%w: payload of %d bytes exceeds %d", ErrInvalidArgument, len(p), MaxPayload)
@@ -93,7 +106,7 @@ func (q *Queue) EnqueueBatch(ctx context.Context, payloads [][]byte) ([]string, 
 	for i, p := range payloads {
 		if len(call.args) == 0 {
 			call = scriptCall{keys: q.shardOf("").keys, args: make([]any, 3, 3+2*min(enqueueChunk, per, len(payloads)-i))}
-			call.args[0], call.args[1], call.args[2] = 0, 0, uuid.NewString()
+			call.args[0], call.args[1], call.args[2] = 0, randomIDs, uuid.NewString()
 		}
 		ids[i] = uuid.NewString()
 		call.args = append(call.args, ids[i], p)

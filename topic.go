@@ -254,7 +254,7 @@ func (t *Topic) Publish(ctx context.Context, payload []byte, opts ...EnqueueOpti
 	if err != nil {
 		return "", err
 	}
-	took, subs, err := t.publishAll(ctx, publishOptions{cfg.delay.Milliseconds(), cfg.unique.Milliseconds()}, [][]any{{id, payload}})
+	took, subs, err := t.publishAll(ctx, publishOptions{cfg.delay.Milliseconds(), uniqueArg(cfg)}, [][]any{{id, payload}})
 	if err != nil {
 		return "", fmt.Errorf("redlease: publish on topic %q: %w", t.name, err)
 	}
@@ -296,7 +296,7 @@ func (t *Topic) PublishBatch(ctx context.Context, payloads [][]byte) ([]string, 
 	if len(pairs) == 0 {
 		return ids, nil
 	}
-	if _, _, err := t.publishAll(ctx, publishOptions{}, pairs); err != nil {
+	if _, _, err := t.publishAll(ctx, publishOptions{unique: randomIDs}, pairs); err != nil {
 		return nil, fmt.Errorf("redlease: publish batch on topic %q: %w", t.name, err)
 	}
 	return ids, nil
@@ -313,7 +313,7 @@ const (
 )
 
 // publishOptions are what a publish call's messages share: their delay
-// and how long WithUniqueFor keeps their ids taken, in ms.
+// and how long WithUniqueFor keeps their ids taken, in ms (uniqueArg).
 type publishOptions struct{ delay, unique int64 }
 
 // codeUniqueTaken is a publish call's count for a message whose id

@@ -108,6 +108,12 @@ local function store(id, payload)
   return true
 end
 
+-- taken says whether WithUniqueFor keeps id taken at now.
+local function taken(id, now)
+  local free = redis.call('ZSCORE', UNIQUE, id)
+  return free ~= false and tonumber(free) > now
+end
+
 -- unref drops one reference to a stored payload, given the value of the
 -- "p" field being deleted, and deletes the payload with its last one.
 local function unref(v)

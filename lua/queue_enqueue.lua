@@ -1,7 +1,8 @@
 -- Adds messages whose id is neither live nor kept taken by WithUniqueFor.
 --
 -- ARGV[1] delay in ms (0: ready now)
--- ARGV[2] how long each id stays taken, in ms (0: while live only)
+-- ARGV[2] how long each id stays taken, in ms (0: while live only; -1:
+--         the ids are random, so none can be taken)
 -- ARGV[3] request token
 -- ARGV[4...] pairs id, payload (at most enqueueChunk)
 -- returns one code per message: 1 added, 0 duplicate id (nothing added).
@@ -14,11 +15,11 @@ if doneAs('e' .. ARGV[3]) then
 end
 local now = nowms()
 local delay, unique = tonumber(ARGV[1]), tonumber(ARGV[2])
-redis.call('ZREMRANGEBYSCORE', UNIQUE, '-inf', now)
+if unique > 0 then redis.call('ZREMRANGEBYSCORE', UNIQUE, '-inf', now) end
 local ready, added = {}, 0
 for i = 4, #ARGV, 2 do
   local id = ARGV[i]
-  if not redis.call('ZSCORE', UNIQUE, id) and store(id, ARGV[i + 1]) then
+  if (unique < 0 or not taken(id, now)) and store(id, ARGV[i + 1]) then
     if delay > 0 then redis.call('ZADD', DELAYED, now + delay, id) else ready[#ready + 1] = id end
     if unique > 0 then redis.call('ZADD', UNIQUE, now + unique, id) end
     codes[#codes + 1] = OK

@@ -13,7 +13,8 @@
 -- ARGV[1] the VERSION the caller's KEYS were built for
 -- ARGV[2] request token
 -- ARGV[3] delay in ms (0: ready now)
--- ARGV[4] how long each id stays taken, in ms (0: while live only)
+-- ARGV[4] how long each id stays taken, in ms (0: while live only; -1:
+--         the ids are random, so none can be taken)
 -- ARGV[5] "PUBLISH" or "SPUBLISH"
 -- ARGV[6] listeners' channel
 -- ARGV[7...] pairs id, payload
@@ -42,13 +43,14 @@ local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local delay, unique = tonumber(ARGV[3]), tonumber(ARGV[4])
 local nsubs = (#KEYS - 5) / 4
-redis.call('ZREMRANGEBYSCORE', UNIQUE, '-inf', now)
+if unique > 0 then redis.call('ZREMRANGEBYSCORE', UNIQUE, '-inf', now) end
 local ready, wrote = {}, false
 for s = 1, nsubs do ready[s] = {} end
 for i = FIRST, #ARGV, 2 do
   local id, payload = ARGV[i], ARGV[i + 1]
   local took = 0
-  if redis.call('ZSCORE', UNIQUE, id) then
+  local free = unique >= 0 and redis.call('ZSCORE', UNIQUE, id)
+  if free and tonumber(free) > now then
     took = -2
   elseif nsubs > 0 then
     local ref = redis.call('HINCRBY', PAYLOADS, 'seq', 1)
