@@ -295,7 +295,7 @@ func TestClusterQueue(t *testing.T) {
 	for addr, ns := range byMaster {
 		node := redis.NewClient(&redis.Options{Addr: addr})
 		defer node.Close()
-		dead := uniq(t) + ":queue:{" + ns[0] + "}:dead"
+		dead := uniq(t) + ":queue:{" + ns[0] + "}:deadletters"
 		if n, err := node.ZCard(ctx, dead).Result(); err != nil || n != 1 {
 			t.Fatalf("dead letters of %q on its master %s: %d %v", ns[0], addr, n, err)
 		}

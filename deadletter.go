@@ -36,13 +36,9 @@ type DeadLetter struct {
 	DiedAt time.Time
 }
 
-// maxDeadIDs caps the ids one RetryDead or DeleteDead call takes, so each
-// shard's script stays short.
-const maxDeadIDs = 10_000
-
-// DeadLetters returns up to n dead letters, oldest first (by when they
-// died, then by id, across shards), without removing them. To read them
-// all, page with [Queue.DeadLettersAfter].
+// DeadLetters returns up to n dead letters (at most [MaxDeadLetterLimit]),
+// oldest first (by when they died, then by id, across shards), without
+// removing them. To read them all, page with [Queue.DeadLettersAfter].
 func (q *Queue) DeadLetters(ctx context.Context, n int) ([]DeadLetter, error) {
 	return q.deadLetters(ctx, nil, n)
 }
@@ -65,7 +61,7 @@ func (q *Queue) deadLetters(ctx context.Context, after *DeadLetter, n int) ([]De
 	}
 	// A shard never holds more than MaxDeadLetterLimit: a larger n only
 	// risks Redis refusing the range.
-	args := []any{min(n, 2*MaxDeadLetterLimit), "", ""}
+	args := []any{min(n, MaxDeadLetterLimit), "", ""}
 	if after != nil {
 		args[1], args[2] = after.DiedAt.UnixMilli(), after.ID
 	}
@@ -119,8 +115,8 @@ func decodeDeadLetter(id, body string) (DeadLetter, error) {
 	}, nil
 }
 
-// RetryDead moves the dead letters with the given ids (with none, every
-// dead letter) back to ready, behind the messages already there, and
+// RetryDead moves the dead letters with the given ids (at most
+// [MaxDeadLetterLimit]; with none, every dead letter) back to ready, behind the messages already there, and
 // returns how many it moved; ids that are not dead count 0. A retried
 // message keeps its id and payload and starts over at attempt 1, as an id
 // enqueued again does: a store that fences on (ID, [Message.Attempt])
@@ -133,8 +129,8 @@ func (q *Queue) RetryDead(ctx context.Context, ids ...string) (int, error) {
 	return q.settleDead(ctx, "retry", retryDeadScript, ids, q.wake(ctx)...)
 }
 
-// DeleteDead deletes the dead letters with the given ids (with none, every
-// dead letter) and returns how many it deleted; ids that are not dead
+// DeleteDead deletes the dead letters with the given ids (at most
+// [MaxDeadLetterLimit]; with none, every dead letter) and returns how many it deleted; ids that are not dead
 // count 0. Each shard's part is one atomic script, safe to resend; on an
 // error some shards may have deleted theirs.
 func (q *Queue) DeleteDead(ctx context.Context, ids ...string) (int, error) {
@@ -148,8 +144,8 @@ func (q *Queue) settleDead(ctx context.Context, what string, s *redis.Script, id
 	if err := q.check(); err != nil {
 		return 0, err
 	}
-	if len(ids) > maxDeadIDs {
-		return 0, fmt.Errorf("%w: %s dead: %d ids, at most %d per call", ErrInvalidArgument, what, len(ids), maxDeadIDs)
+	if len(ids) > MaxDeadLetterLimit {
+		return 0, fmt.Errorf("%w: %s dead: %d ids, at most %d per call", ErrInvalidArgument, what, len(ids), MaxDeadLetterLimit)
 	}
 	args := make([]any, 1, 1+len(ids))
 	args[0] = uuid.NewString()

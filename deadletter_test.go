@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -437,7 +439,7 @@ func TestDeadLetterBadInput(t *testing.T) {
 			},
 			"retry empty id": func() error { _, err := q.RetryDead(ctx, "a", ""); return err },
 			"delete long id": func() error { _, err := q.DeleteDead(ctx, strings.Repeat("x", MaxIDLength+1)); return err },
-			"too many ids":   func() error { _, err := q.RetryDead(ctx, make([]string, maxDeadIDs+1)...); return err },
+			"too many ids":   func() error { _, err := q.RetryDead(ctx, make([]string, MaxDeadLetterLimit+1)...); return err },
 			"dead after n 0": func() error { _, err := q.DeadLettersAfter(ctx, DeadLetter{ID: "a"}, 0); return err },
 			"shutdown -1ns": func() error {
 				return q.Consume(ctx, func(context.Context, *Message) error { return nil }, WithShutdownTimeout(-1))
@@ -455,4 +457,65 @@ func TestDeadLetterBadInput(t *testing.T) {
 			t.Fatalf("bad input wrote %v", keys)
 		}
 	})
+}
+
+// DeadLetters with any n >= 1 is valid: a huge n gets every dead letter,
+// not a Redis error about the range.
+func TestDeadLettersHugeN(t *testing.T) {
+	backends(t, func(t *testing.T, c *redis.Client) {
+		ctx := context.Background()
+		q := newQueue(t, c, WithMaxAttempts(1))
+		require.NoError(t, claimedJob(t, q).Nack(ctx))
+		for _, n := range []int{1e15, 1e17, math.MaxInt} {
+			dead, err := q.DeadLetters(ctx, n)
+			require.NoError(t, err, "DeadLetters(%d)", n)
+			require.Len(t, dead, 1)
+			after, err := q.DeadLettersAfter(ctx, DeadLetter{DiedAt: dead[0].DiedAt.Add(-time.Millisecond)}, n)
+			require.NoError(t, err, "DeadLettersAfter(%d)", n)
+			require.Len(t, after, 1)
+		}
+	})
+}
+
+// A dead-letter list an older version left under the shard's old "dead"
+// key does not get in the way: a message dies as usual.
+func TestOldDeadListIsLeftAlone(t *testing.T) {
+	backends(t, func(t *testing.T, c *redis.Client) {
+		ctx := context.Background()
+		q := newQueue(t, c, WithMaxAttempts(1))
+		old := strings.TrimSuffix(q.shards[0].dead, "deadletters") + "dead"
+		require.NoError(t, c.RPush(ctx, old, "1:1764500000000:1:xold").Err())
+		require.NoError(t, claimedJob(t, q).Nack(ctx))
+		wantStats(t, q, Stats{Dead: 1})
+	})
+}
+
+// RetryDead of a full list, MaxDeadLetterLimit dead letters
+// of 1 KiB on one shard, in one script; the log says how long it took.
+func TestDeadLetterLimitInOneScript(t *testing.T) {
+	c := realRedis(t)
+	ctx := context.Background()
+	q := newQueue(t, c, WithDeadLetterLimit(MaxDeadLetterLimit))
+	s := q.shards[0]
+	body := "1:" + strconv.FormatInt(time.Now().UnixMilli(), 10) + ":4:boom" + strings.Repeat("x", 1024)
+	for i := 0; i < MaxDeadLetterLimit; i += 1000 {
+		_, err := c.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for j := i; j < i+1000; j++ {
+				id := fmt.Sprintf("id-%05d", j)
+				p.HSet(ctx, s.messages, "d"+id, body)
+				p.ZAdd(ctx, s.dead, redis.Z{Member: id})
+			}
+			return nil
+		})
+		require.NoError(t, err)
+	}
+	start := time.Now()
+	n, err := q.RetryDead(ctx)
+	retry := time.Since(start)
+	require.NoError(t, err)
+	require.Equal(t, MaxDeadLetterLimit, n)
+	wantStats(t, q, Stats{Ready: MaxDeadLetterLimit})
+	_, err = c.Del(ctx, s.ready, s.messages).Result()
+	require.NoError(t, err)
+	t.Logf("RetryDead() of %d dead letters of 1 KiB: %v", n, retry.Round(time.Millisecond))
 }

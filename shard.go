@@ -42,7 +42,7 @@ func newShard(prefix, name string, i, n int) *shard {
 func shardAt(i int, base string) *shard {
 	s := &shard{
 		index: i, ready: base + "ready", delayed: base + "delayed", inflight: base + "inflight",
-		messages: base + "messages", dead: base + "dead", marker: base + "marker",
+		messages: base + "messages", dead: base + "deadletters", marker: base + "marker",
 		reclaimer: base + "reclaimer", done: base + "done", unique: base + "unique",
 	}
 	// The order of lua/queue.lua's KEYS.

@@ -138,9 +138,11 @@ end
 -- and frees its id; an older dead letter with the same id is replaced.
 -- Past limit dead letters, the oldest go.
 local function bury(id, attempts, now, err, limit)
+  -- First the write that fails if DEAD is not a sorted set (a script
+  -- that fails keeps what it wrote).
+  redis.call('ZADD', DEAD, now, id)
   local p = payloadOf(redis.call('HGET', MESSAGES, 'p' .. id)) or ''
   redis.call('HSET', MESSAGES, 'd' .. id, string.format('%d:%d:%d:', attempts, now, #err) .. err .. p)
-  redis.call('ZADD', DEAD, now, id)
   drop(id)
   local over = redis.call('ZCARD', DEAD) - limit
   if over > 0 then
