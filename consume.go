@@ -40,9 +40,14 @@ var errShutdownTimeout = errors.New("redlease: consume's shutdown timeout passed
 // whose contexts ctx does not cancel, for the shutdown timeout
 // ([WithShutdownTimeout], 30s by default); it acks or nacks what they
 // return. Then it cancels their contexts and waits a second more; a
-// handler that has still not returned is abandoned, and its message is
-// delivered again once its lease ends. Consume returns ctx's error,
-// wrapped with the count of abandoned handlers if there are any.
+// handler that has still not returned is abandoned: Consume stops
+// renewing its claim (the handler may still Ack or Nack it while the
+// lease lasts), drops what it returns, and its message is delivered again
+// once its lease ends. Consume returns when its own Redis calls have
+// ended (the client's timeouts bound them), with ctx's error, wrapped
+// with the count of abandoned handlers if there are any (also reported to
+// [WithErrorHandler] or the logger). No goroutine of Consume's outlives it
+// but an abandoned handler's.
 func (q *Queue) Consume(ctx context.Context, h func(context.Context, *Message) error, opts ...ConsumeOption) error {
 	if err := q.check(); err != nil {
 		return err
@@ -62,7 +67,7 @@ func (q *Queue) Consume(ctx context.Context, h func(context.Context, *Message) e
 	stop, stopHandlers := context.WithCancelCause(context.WithoutCancel(ctx))
 	defer stopHandlers(nil)
 	c := &consumer{q: q, h: h, onError: cfg.onError, idle: make(chan struct{}, 1), ctx: ctx, stop: stop,
-		held: map[*Message]struct{}{}}
+		abandon: make(chan struct{})}
 	for range cfg.concurrency {
 		c.wg.Go(func() { c.work(ctx) })
 	}
@@ -77,14 +82,21 @@ func (q *Queue) Consume(ctx context.Context, h func(context.Context, *Message) e
 	if !doneWithin(finished, cfg.shutdown) {
 		stopHandlers(errShutdownTimeout)
 		if !doneWithin(finished, shutdownGrace) {
-			n := c.abandon()
-			err := fmt.Errorf("redlease: consume on %q: abandoned %d handlers still running %v after the shutdown timeout: %w", q.name, n, shutdownGrace, ctx.Err())
-			c.report(err)
-			return err
+			close(c.abandon)
+			<-finished
 		}
+	}
+	if n := c.abandoned.Load(); n > 0 {
+		err := fmt.Errorf("redlease: consume on %q: %w: %d still running %v after the shutdown timeout: %w",
+			q.name, errAbandoned, n, shutdownGrace, ctx.Err())
+		c.report(err)
+		return err
 	}
 	return ctx.Err()
 }
+
+// errAbandoned marks Consume's error when it left handlers running.
+var errAbandoned = errors.New("abandoned handlers")
 
 // doneWithin reports whether done closes within d.
 func doneWithin(done <-chan struct{}, d time.Duration) bool {
@@ -99,50 +111,16 @@ func doneWithin(done <-chan struct{}, d time.Duration) bool {
 }
 
 type consumer struct {
-	ctx      context.Context // Consume's
-	stop     context.Context // handlers' parent: cancelled when the shutdown timeout passes
-	wg       sync.WaitGroup  // every goroutine Consume started
-	q        *Queue
-	h        func(context.Context, *Message) error
-	onError  func(error)
-	blocking atomic.Bool   // one worker at a time waits on Redis
-	idle     chan struct{} // passes the waiting role to an idle worker
-
-	mu        sync.Mutex
-	held      map[*Message]struct{} // claimed and not yet acked or nacked
-	abandoned bool                  // Consume returned without its handlers
-}
-
-// hold records a claim until it is settled, and reports false once
-// Consume has abandoned its handlers: then nothing more is settled.
-func (c *consumer) hold(m *Message, held bool) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if held {
-		c.held[m] = struct{}{}
-	} else {
-		delete(c.held, m)
-	}
-	return !c.abandoned
-}
-
-// live reports whether Consume still waits for its handlers.
-func (c *consumer) live() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return !c.abandoned
-}
-
-// abandon stops renewing every claim still held, so each is delivered
-// again once its lease ends, and returns how many there were.
-func (c *consumer) abandon() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.abandoned = true
-	for m := range c.held {
-		c.q.wd.release(&m.lease)
-	}
-	return len(c.held)
+	ctx       context.Context // Consume's
+	stop      context.Context // handlers' parent: cancelled when the shutdown timeout passes
+	wg        sync.WaitGroup  // every goroutine of Consume's but handlers
+	q         *Queue
+	h         func(context.Context, *Message) error
+	onError   func(error)
+	blocking  atomic.Bool   // one worker at a time waits on Redis
+	idle      chan struct{} // passes the waiting role to an idle worker
+	abandon   chan struct{} // closed when Consume gives up on its handlers
+	abandoned atomic.Int64  // handlers given up on
 }
 
 // report passes an error Consume recovered from to WithErrorHandler's
@@ -153,7 +131,7 @@ func (c *consumer) report(err error) {
 	case err == nil:
 	case c.onError != nil:
 		c.onError(err)
-	case c.ctx.Err() != nil && errors.Is(err, c.ctx.Err()):
+	case c.ctx.Err() != nil && errors.Is(err, c.ctx.Err()) && !errors.Is(err, errAbandoned):
 	default:
 		c.q.logger().Warn("redlease: consume", "queue", c.q.name, "err", err)
 	}
@@ -175,7 +153,6 @@ func (c *consumer) work(ctx context.Context) {
 		}
 		m, next, err := c.q.claimAfter(ctx, done, true, cancel)
 		if done != nil {
-			c.hold(done, false)
 			c.report(done.ackErr)
 			done = nil
 		}
@@ -199,24 +176,38 @@ func (c *consumer) work(ctx context.Context) {
 		}
 		cancel(nil)
 	}
-	if done != nil && c.live() {
+	if done != nil {
 		c.report(done.Ack(context.WithoutCancel(ctx)))
 		c.q.wd.release(&done.lease) // acked or not, Consume is done with it
-		c.hold(done, false)
 	}
 }
 
-// handle runs the handler and nacks a failure; it returns m to ack when the
-// handler succeeded. What a handler Consume abandoned returns is dropped.
+// handle runs the handler on a goroutine of its own, which Consume can
+// abandon, and nacks a failure; it returns m to ack when the handler
+// succeeded. A claim made once Consume has abandoned its handlers is not
+// handled: it is no longer renewed, and comes back after its lease.
 func (c *consumer) handle(ctx context.Context, m *Message) *Message {
-	if !c.hold(m, true) {
+	result := make(chan error, 1)
+	select {
+	case <-c.abandon:
+		c.q.wd.end(&m.lease, notHeld(m.ID, "Consume gave up before handling it"))
 		return nil
+	default:
 	}
-	err := c.run(ctx, m)
-	switch {
-	case !c.live():
-		return nil
-	case err == nil:
+	go c.run(ctx, m, result)
+	var err error
+	select {
+	case err = <-result:
+	case <-c.abandon:
+		select {
+		case err = <-result: // it returned just in time
+		default:
+			c.abandoned.Add(1)
+			c.q.wd.end(&m.lease, notHeld(m.ID, "abandoned by Consume after its shutdown timeout"))
+			return nil
+		}
+	}
+	if err == nil {
 		return m
 	}
 	c.fail(m, err)
@@ -227,36 +218,29 @@ func (c *consumer) handle(ctx context.Context, m *Message) *Message {
 // cause. Whatever Redis answers, Consume stops renewing the claim: one the
 // nack did not end expires and is delivered again.
 func (c *consumer) fail(m *Message, err error) {
-	if !c.live() {
-		return
-	}
 	c.report(fmt.Errorf("redlease: handler failed on %q (attempt %d): %w", m.ID, m.Attempt, err))
 	c.report(m.Nack(context.WithoutCancel(c.ctx), WithCause(err)))
 	c.q.wd.release(&m.lease)
-	c.hold(m, false)
 }
 
 // errGoexit stands for a handler that ended its goroutine with
 // runtime.Goexit (t.FailNow, for one) instead of returning.
 var errGoexit = errors.New("handler called runtime.Goexit")
 
-// run runs the handler on the worker's goroutine; a panic becomes an
-// error. A handler that calls runtime.Goexit ends the worker's goroutine
-// instead of returning: its message is nacked and a new worker takes the
-// old one's place, so neither the claim nor the pool is lost.
-func (c *consumer) run(ctx context.Context, m *Message) (err error) {
+// run runs the handler and sends what it returned on result: a panic
+// becomes an error, and so does ending the goroutine with runtime.Goexit.
+func (c *consumer) run(ctx context.Context, m *Message, result chan<- error) {
 	returned := false
 	defer func() {
 		if p := recover(); p != nil {
-			err = fmt.Errorf("panic: %v", p)
+			result <- fmt.Errorf("panic: %v", p)
 		} else if !returned {
-			c.fail(m, errGoexit)
-			c.wg.Go(func() { c.work(c.ctx) }) // this worker still counts in wg
+			result <- errGoexit
 		}
 	}()
-	err = c.h(ctx, m)
+	err := c.h(ctx, m)
 	returned = true
-	return err
+	result <- err
 }
 
 // wait idles a worker that found no work: one worker blocks on Redis, the

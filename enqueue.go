@@ -34,7 +34,11 @@ func (q *Queue) Enqueue(ctx context.Context, payload []byte, opts ...EnqueueOpti
 	if err != nil {
 		return "", fmt.Errorf("redlease: enqueue on %q: %w", q.name, err)
 	}
-	if codes[0] != codeOK {
+	switch codes[0] {
+	case codeOK:
+	case codeUniqueTaken:
+		return id, fmt.Errorf("%w: %q is taken in queue %q (WithUniqueFor)", ErrDuplicate, id, q.name)
+	default:
 		return id, fmt.Errorf("%w: %q is live in queue %q", ErrDuplicate, id, q.name)
 	}
 	return id, nil

@@ -103,14 +103,15 @@ func errText(cause error) string {
 	if len(s) <= MaxErrLength {
 		return s
 	}
-	s = s[:MaxErrLength]
-	for range utf8.UTFMax {
-		if utf8.ValidString(s) {
+	// Back off to the start of the rune the cut falls in, if any.
+	cut := MaxErrLength
+	for i := cut; i > MaxErrLength-utf8.UTFMax && i > 0; i-- {
+		if utf8.RuneStart(s[i]) {
+			cut = i
 			break
 		}
-		s = s[:len(s)-1]
 	}
-	return s
+	return s[:cut]
 }
 
 func (m *Message) nack(ctx context.Context, cause error) error {

@@ -56,12 +56,13 @@ var (
 
 // Codes the scripts answer with, for a lease (lock) or a claim (message).
 const (
-	codeOK         = 1  // done: obtained, released, renewed, acked, retried, added
-	codeGone       = 0  // no lease: it expired or was deleted, or the message is gone
-	codeTaken      = -1 // another holder has the lease, or another consumer the claim
-	codeBuried     = 2  // nack: the message used up its attempts and is dead-lettered
-	codeReclaiming = -1 // reclaim: another consumer holds the shard's reclaim guard
-	codeNotOurs    = -3 // pttl: the lease is not ours
+	codeOK          = 1  // done: obtained, released, renewed, acked, retried, added
+	codeGone        = 0  // no lease: it expired or was deleted, or the message is gone
+	codeTaken       = -1 // another holder has the lease, or another consumer the claim
+	codeBuried      = 2  // nack: the message used up its attempts and is dead-lettered
+	codeReclaiming  = -1 // reclaim: another consumer holds the shard's reclaim guard
+	codeNotOurs     = -3 // pttl: the lease is not ours
+	codeUniqueTaken = -2 // enqueue, publish: WithUniqueFor keeps the message's id taken
 )
 
 func lua(name string) string {

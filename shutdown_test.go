@@ -66,7 +66,7 @@ func TestConsumeAbandonsAHungHandler(t *testing.T) {
 		returnedAfter := time.Since(stopAt)
 		t.Logf("Consume returned %v after its ctx ended: %v; the handler's ctx was cancelled after %v", returnedAfter, cerr, time.Duration(cancelledAfter.Load()))
 		require.ErrorIs(t, cerr, context.Canceled)
-		require.ErrorContains(t, cerr, "abandoned 1 handlers")
+		require.ErrorContains(t, cerr, "abandoned handlers: 1")
 		require.GreaterOrEqual(t, returnedAfter, timeout+shutdownGrace)
 		require.GreaterOrEqual(t, time.Duration(cancelledAfter.Load()), timeout)
 		require.ErrorIs(t, cause.Load().(error), errShutdownTimeout)
@@ -151,7 +151,7 @@ func TestClusterConsumeAbandonsAHungHandler(t *testing.T) {
 			return nil
 		}, WithShutdownTimeout(0))
 		stop()
-		require.ErrorContains(t, <-done, "abandoned 1 handlers")
+		require.ErrorContains(t, <-done, "abandoned handlers: 1")
 		require.NoError(t, redistest.Poll(10*time.Second, func() error {
 			cctx, cancel := context.WithTimeout(ctx, time.Second)
 			defer cancel()

@@ -316,10 +316,6 @@ const (
 // and how long WithUniqueFor keeps their ids taken, in ms (uniqueArg).
 type publishOptions struct{ delay, unique int64 }
 
-// codeUniqueTaken is a publish call's count for a message whose id
-// WithUniqueFor keeps taken.
-const codeUniqueTaken = -2
-
 // errStaleView is a publish call refused because the subscriptions changed.
 var errStaleView = errors.New("subscriptions changed")
 

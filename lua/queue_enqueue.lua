@@ -5,7 +5,8 @@
 --         the ids are random, so none can be taken)
 -- ARGV[3] request token
 -- ARGV[4...] pairs id, payload (at most enqueueChunk)
--- returns one code per message: 1 added, 0 duplicate id (nothing added).
+-- returns one code per message: 1 added, 0 its id is live, -2 its id is
+--         kept taken by WithUniqueFor (nothing added for either).
 --         A resend of a call that added messages finds its token: all 1.
 local n = (#ARGV - 3) / 2
 local codes = {}
@@ -19,7 +20,9 @@ if unique > 0 then redis.call('ZREMRANGEBYSCORE', UNIQUE, '-inf', now) end
 local ready, added = {}, 0
 for i = 4, #ARGV, 2 do
   local id = ARGV[i]
-  if (unique < 0 or not taken(id, now)) and store(id, ARGV[i + 1]) then
+  if unique >= 0 and taken(id, now) then
+    codes[#codes + 1] = -2
+  elseif store(id, ARGV[i + 1]) then
     if delay > 0 then redis.call('ZADD', DELAYED, now + delay, id) else ready[#ready + 1] = id end
     if unique > 0 then redis.call('ZADD', UNIQUE, now + unique, id) end
     codes[#codes + 1] = OK

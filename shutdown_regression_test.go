@@ -1,0 +1,508 @@
+package redlease
+
+// Regression tests from the review of Consume's shutdown: claims and
+// replies that land while or after Consume gives up on its handlers.
+
+import (
+	"context"
+	"crypto/sha1"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
+
+	"github.com/redlease/redlease/internal/redistest"
+)
+
+// stallHook stalls the next call of one script (once armed): before
+// sending it (before=true) or after Redis answered it, until release is
+// closed. It ignores ctx, as a reply stuck on a slow link does.
+type stallHook struct {
+	sha     string
+	before  bool
+	armed   atomic.Bool
+	entered chan struct{}
+	release chan struct{}
+}
+
+func newStall(s *redis.Script, before bool) *stallHook {
+	return &stallHook{sha: s.Hash(), before: before, entered: make(chan struct{}), release: make(chan struct{})}
+}
+
+func (h *stallHook) matches(cmd redis.Cmder) bool {
+	args := cmd.Args()
+	if len(args) < 2 {
+		return false
+	}
+	body, _ := args[1].(string)
+	switch strings.ToLower(cmd.Name()) {
+	case "evalsha":
+		return body == h.sha
+	case "eval":
+		sum := sha1.Sum([]byte(body))
+		return hex.EncodeToString(sum[:]) == h.sha
+	}
+	return false
+}
+
+func (h *stallHook) stall(cmds ...redis.Cmder) {
+	for _, cmd := range cmds {
+		if h.matches(cmd) && (h.before || answered(cmd)) && h.armed.CompareAndSwap(true, false) {
+			close(h.entered)
+			<-h.release
+			return
+		}
+	}
+}
+
+// answered reports whether Redis ran cmd and answered it (not NOSCRIPT).
+func answered(cmd redis.Cmder) bool {
+	c, ok := cmd.(*redis.Cmd)
+	return ok && c.Err() == nil && c.Val() != nil
+}
+
+func (h *stallHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h *stallHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if h.before {
+			h.stall(cmd)
+		}
+		err := next(ctx, cmd)
+		if !h.before {
+			h.stall(cmd)
+		}
+		return err
+	}
+}
+
+func (h *stallHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		if h.before {
+			h.stall(cmds...)
+		}
+		err := next(ctx, cmds)
+		if !h.before {
+			h.stall(cmds...)
+		}
+		return err
+	}
+}
+
+// Claims are made with a context Consume's ctx does not cancel. A claim
+// whose reply is still on its way when Consume gives up on its handlers
+// (shutdown timeout plus shutdownGrace after ctx ended) is waited for,
+// not handled, and no longer renewed: the message is delivered again once
+// its lease ends. (It used to stay renewed for as long as the Queue
+// lived.)
+func TestClaimLandingAfterAbandonComesBack(t *testing.T) {
+	backends(t, func(t *testing.T, c *redis.Client) {
+		ctx := context.Background()
+		// Longer than shutdown timeout + shutdownGrace, so that the claim
+		// is still good by the local clock when its reply lands.
+		const leaseD = 2 * time.Second
+		stall := newStall(claimScript, false) // Redis runs the claim; its reply is slow
+		c.AddHook(stall)
+		q := newQueue(t, c, WithLease(leaseD))
+		t.Cleanup(func() { // keep the leak to this test
+			q.wd.mu.Lock()
+			var ls []*lease
+			for l := range q.wd.leases {
+				ls = append(ls, l)
+			}
+			q.wd.mu.Unlock()
+			for _, l := range ls {
+				q.wd.release(l)
+			}
+		})
+		id, err := q.Enqueue(ctx, []byte("job"))
+		require.NoError(t, err)
+		stall.armed.Store(true)
+
+		cctx, stop := context.WithCancel(ctx)
+		var ran atomic.Bool
+		done := make(chan error, 1)
+		go func() {
+			done <- q.Consume(cctx, func(context.Context, *Message) error { ran.Store(true); return nil }, WithShutdownTimeout(0))
+		}()
+		select {
+		case <-stall.entered:
+		case <-time.After(5 * time.Second):
+			t.Fatal("no claim")
+		}
+		stop()
+		// The claim's reply arrives after the shutdown timeout and the
+		// grace second: Consume waits for it, and gives the claim up.
+		const replyAfter = shutdownGrace + 500*time.Millisecond
+		stopped := time.Now()
+		released := time.AfterFunc(replyAfter, func() { close(stall.release) })
+		defer released.Stop()
+		select {
+		case err := <-done:
+			t.Logf("Consume returned %v after %v", err, time.Since(stopped))
+			require.Equal(t, context.Canceled, err)
+			require.GreaterOrEqual(t, time.Since(stopped), replyAfter, "Consume returned before its claim came back")
+		case <-time.After(10 * time.Second):
+			t.Fatal("Consume did not return")
+		}
+
+		// The message should come back once its lease ends.
+		q2 := newQueue(t, c, WithLease(leaseD))
+		cl, cancel := context.WithTimeout(ctx, 4*leaseD)
+		defer cancel()
+		m, err := q2.Claim(cl)
+		st, _ := q.Stats(ctx)
+		q.wd.mu.Lock()
+		renewed := len(q.wd.leases)
+		q.wd.mu.Unlock()
+		t.Logf("after %v: claim err %v; stats %+v; leases still renewed by q's watchdog: %d; handler ran: %v", 4*leaseD, err, st, renewed, ran.Load())
+		require.NoError(t, err, "message %q was never delivered again", id)
+		require.Equal(t, id, m.ID)
+		require.NoError(t, m.Ack(ctx))
+	})
+}
+
+// The ack-folded-into-the-next-claim path: a handler returned nil, and
+// the round trip that acks its message and claims the next is slow. No
+// handler is counted as abandoned, and the next message, claimed in that
+// round trip, comes back after its lease.
+func TestAckClaimLandingAfterAbandonComesBack(t *testing.T) {
+	backends(t, func(t *testing.T, c *redis.Client) {
+		ctx := context.Background()
+		const leaseD = 2 * time.Second
+		stall := newStall(ackClaimScript, false)
+		c.AddHook(stall)
+		q := newQueue(t, c, WithLease(leaseD))
+		t.Cleanup(func() {
+			q.wd.mu.Lock()
+			var ls []*lease
+			for l := range q.wd.leases {
+				ls = append(ls, l)
+			}
+			q.wd.mu.Unlock()
+			for _, l := range ls {
+				q.wd.release(l)
+			}
+		})
+		first, err := q.Enqueue(ctx, []byte("first"))
+		require.NoError(t, err)
+		second, err := q.Enqueue(ctx, []byte("second"))
+		require.NoError(t, err)
+		stall.armed.Store(true)
+		cctx, stop := context.WithCancel(ctx)
+		var handled sync.Map
+		done := make(chan error, 1)
+		go func() {
+			done <- q.Consume(cctx, func(_ context.Context, m *Message) error { handled.Store(m.ID, true); return nil }, WithShutdownTimeout(0))
+		}()
+		select {
+		case <-stall.entered:
+		case <-time.After(5 * time.Second):
+			t.Fatal("no ack+claim")
+		}
+		stop()
+		released := time.AfterFunc(shutdownGrace+500*time.Millisecond, func() { close(stall.release) })
+		defer released.Stop()
+		cerr := <-done
+		_, ranFirst := handled.Load(first)
+		_, ranSecond := handled.Load(second)
+		t.Logf("Consume returned %v; handled first %v, second %v", cerr, ranFirst, ranSecond)
+		q2 := newQueue(t, c, WithLease(leaseD))
+		cl, cancel := context.WithTimeout(ctx, 4*leaseD)
+		defer cancel()
+		m, err := q2.Claim(cl)
+		st, _ := q.Stats(ctx)
+		t.Logf("claim: %v; stats %+v", err, st)
+		require.NotContains(t, cerr.Error(), "abandoned handlers: 1", "the handler had returned and its message was acked")
+		require.NoError(t, err, "message %q was never delivered again", second)
+		require.Equal(t, second, m.ID)
+	})
+}
+
+// A handler that honours its context returns once the shutdown timeout
+// cancels it; its Nack is slow (a slow link) and lands after the lease
+// ended: the ErrNotHeld it gets is reported before Consume returns, never
+// after.
+func TestNoErrorReportAfterConsumeReturns(t *testing.T) {
+	backends(t, func(t *testing.T, c *redis.Client) {
+		ctx := context.Background()
+		const leaseD = 300 * time.Millisecond
+		stall := newStall(nackScript, true) // held before it reaches Redis
+		c.AddHook(stall)
+		q := newQueue(t, c, WithLease(leaseD))
+		_, err := q.Enqueue(ctx, []byte("job"))
+		require.NoError(t, err)
+		stall.armed.Store(true)
+
+		var returned atomic.Bool
+		var mu sync.Mutex
+		var late []error
+		started := make(chan struct{})
+		stop, done := consumeUntilStarted(t, q, started, func(hctx context.Context, m *Message) error {
+			close(started)
+			<-hctx.Done()
+			return context.Cause(hctx)
+		}, WithShutdownTimeout(0), WithErrorHandler(func(err error) {
+			if returned.Load() {
+				mu.Lock()
+				late = append(late, err)
+				mu.Unlock()
+			}
+		}))
+		stop()
+		// The Nack reaches Redis after the claim's lease ended.
+		released := time.AfterFunc(shutdownGrace+3*leaseD, func() { close(stall.release) })
+		defer released.Stop()
+		cerr := <-done
+		returned.Store(true)
+		t.Logf("Consume returned %v", cerr)
+		time.Sleep(500 * time.Millisecond)
+		mu.Lock()
+		defer mu.Unlock()
+		require.Empty(t, late, "the error handler was called after Consume returned")
+	})
+}
+
+// Consume's abandonment error wraps ctx.Err(), yet it is logged: report's
+// filter of errors that only say Consume's context ended lets it through.
+func TestAbandonmentIsLogged(t *testing.T) {
+	_, c := newMini(t)
+	ctx := context.Background()
+	var logs logLines
+	q := newQueue(t, c, WithLogger(logs.logger()))
+	_, err := q.Enqueue(ctx, []byte("job"))
+	require.NoError(t, err)
+	started, unblock := make(chan struct{}), make(chan struct{})
+	defer close(unblock)
+	stop, done := consumeUntilStarted(t, q, started, func(context.Context, *Message) error {
+		close(started)
+		<-unblock
+		return nil
+	}, WithShutdownTimeout(0))
+	stop()
+	cerr := <-done
+	require.ErrorContains(t, cerr, "abandoned handlers: 1")
+	var lines []string
+	for _, e := range logs.entries(t) {
+		lines = append(lines, e["err"].(string))
+	}
+	t.Logf("Consume returned %v; logged: %q", cerr, lines)
+	require.NotEmpty(t, find(logs.entries(t), "WARN", "abandoned"), "the abandonment was not logged")
+}
+
+// goroutinesRunning reports whether a goroutine's stack holds fn.
+func goroutinesRunning(fn string) bool {
+	buf := make([]byte, 1<<20)
+	n := runtime.Stack(buf, true)
+	return strings.Contains(string(buf[:n]), fn)
+}
+
+// A reclaim call whose reply is slow past the shutdown timeout and the
+// grace second: Consume waits for its reclaim goroutine and reports no
+// abandoned handler (none was hung).
+func TestConsumeWaitsForItsReclaimGoroutine(t *testing.T) {
+	backends(t, func(t *testing.T, c *redis.Client) {
+		ctx := context.Background()
+		stall := newStall(reclaimScript, false)
+		c.AddHook(stall)
+		q := newQueue(t, c, WithLease(200*time.Millisecond))
+		stall.armed.Store(true)
+		cctx, stop := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() {
+			done <- q.Consume(cctx, func(context.Context, *Message) error { return nil }, WithShutdownTimeout(0))
+		}()
+		select {
+		case <-stall.entered:
+		case <-time.After(5 * time.Second):
+			t.Fatal("no reclaim")
+		}
+		stop()
+		// The reclaim's reply comes back well after the shutdown timeout
+		// and the grace second.
+		released := time.AfterFunc(shutdownGrace+500*time.Millisecond, func() { close(stall.release) })
+		defer released.Stop()
+		cerr := <-done
+		running := goroutinesRunning("(*consumer).reclaimEvery")
+		t.Logf("Consume returned %v; its reclaim goroutine still running: %v", cerr, running)
+		require.False(t, running, "Consume returned while its reclaim goroutine still ran")
+		require.Equal(t, context.Canceled, cerr)
+	})
+}
+
+// Goexit in a handler after ctx ended (the shutdown timeout cancelled
+// it): the message is nacked,
+// Consume returns ctx's error without abandoning anything; no leak.
+func TestGoexitDuringShutdown(t *testing.T) {
+	backends(t, func(t *testing.T, c *redis.Client) {
+		defer redistest.NoLeaks(t, time.Second)()
+		ctx := context.Background()
+		q := newQueue(t, c, WithRetryBackoff(func(int) time.Duration { return time.Hour }))
+		_, err := q.Enqueue(ctx, []byte("job"))
+		require.NoError(t, err)
+		started := make(chan struct{})
+		stop, done := consumeUntilStarted(t, q, started, func(hctx context.Context, m *Message) error {
+			close(started)
+			<-hctx.Done()
+			runtime.Goexit()
+			return nil
+		}, WithShutdownTimeout(0))
+		stop()
+		require.Equal(t, context.Canceled, <-done)
+		wantStats(t, q, Stats{Delayed: 1})
+	})
+}
+
+// Goexit from an abandoned handler after Consume returned: nothing is
+// settled, nothing panics, the message comes back after its lease.
+func TestGoexitAfterAbandon(t *testing.T) {
+	backends(t, func(t *testing.T, c *redis.Client) {
+		ctx := context.Background()
+		q := newQueue(t, c, WithLease(300*time.Millisecond))
+		id, err := q.Enqueue(ctx, []byte("job"))
+		require.NoError(t, err)
+		started, unblock := make(chan struct{}), make(chan struct{})
+		var reports atomic.Int32
+		var returned atomic.Bool
+		stop, done := consumeUntilStarted(t, q, started, func(hctx context.Context, m *Message) error {
+			close(started)
+			<-unblock
+			runtime.Goexit()
+			return nil
+		}, WithShutdownTimeout(0), WithErrorHandler(func(error) {
+			if returned.Load() {
+				reports.Add(1)
+			}
+		}))
+		stop()
+		require.ErrorContains(t, <-done, "abandoned handlers: 1")
+		returned.Store(true)
+		close(unblock)
+		m, err := q.Claim(ctx)
+		require.NoError(t, err)
+		require.Equal(t, id, m.ID)
+		require.Equal(t, 2, m.Attempt)
+		require.NoError(t, m.Ack(ctx))
+		time.Sleep(100 * time.Millisecond)
+		require.Zero(t, reports.Load())
+	})
+}
+
+// Panics during the shutdown wait are nacked with the panic as the cause.
+func TestPanicDuringShutdown(t *testing.T) {
+	backends(t, func(t *testing.T, c *redis.Client) {
+		ctx := context.Background()
+		q := newQueue(t, c, WithMaxAttempts(1))
+		_, err := q.Enqueue(ctx, []byte("job"))
+		require.NoError(t, err)
+		started := make(chan struct{})
+		stop, done := consumeUntilStarted(t, q, started, func(hctx context.Context, m *Message) error {
+			close(started)
+			<-hctx.Done()
+			panic("late")
+		}, WithShutdownTimeout(10*time.Millisecond))
+		stop()
+		require.Equal(t, context.Canceled, <-done)
+		dead, err := q.DeadLetters(ctx, 10)
+		require.NoError(t, err)
+		require.Len(t, dead, 1)
+		require.Equal(t, "panic: late", dead[0].Err)
+	})
+}
+
+// Several hung handlers: all counted, all delivered again.
+func TestConcurrentHungHandlers(t *testing.T) {
+	backends(t, func(t *testing.T, c *redis.Client) {
+		ctx := context.Background()
+		const n = 4
+		q := newQueue(t, c, WithLease(300*time.Millisecond))
+		for range n + 2 {
+			_, err := q.Enqueue(ctx, []byte("job"))
+			require.NoError(t, err)
+		}
+		var running atomic.Int32
+		started, unblock := make(chan struct{}), make(chan struct{})
+		defer close(unblock)
+		stop, done := consumeUntilStarted(t, q, started, func(hctx context.Context, m *Message) error {
+			if running.Add(1) == n {
+				close(started)
+			}
+			<-unblock
+			return nil
+		}, WithShutdownTimeout(0), WithConcurrency(n))
+		stop()
+		require.ErrorContains(t, <-done, fmt.Sprintf("abandoned handlers: %d", n))
+		got := map[string]bool{}
+		for range n + 2 {
+			cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+			m, err := q.Claim(cctx)
+			cancel()
+			require.NoError(t, err)
+			got[m.ID] = true
+			require.NoError(t, m.Ack(ctx))
+		}
+		require.Len(t, got, n+2)
+		wantStats(t, q, Stats{})
+	})
+}
+
+// An abandoned handler that finishes inside its lease and acks its
+// message itself: the claim is still good in Redis, and Ack asks Redis
+// rather than refuse, saying "already acked or nacked", which nobody did.
+func TestAbandonedHandlerCanStillAck(t *testing.T) {
+	_, c := newMini(t)
+	ctx := context.Background()
+	q := newQueue(t, c, WithLease(5*time.Second))
+	_, err := q.Enqueue(ctx, []byte("job"))
+	require.NoError(t, err)
+	started, unblock := make(chan struct{}), make(chan struct{})
+	acked := make(chan error, 1)
+	stop, done := consumeUntilStarted(t, q, started, func(hctx context.Context, m *Message) error {
+		close(started)
+		<-unblock
+		acked <- m.Ack(context.Background())
+		return nil
+	}, WithShutdownTimeout(0))
+	stop()
+	require.ErrorContains(t, <-done, "abandoned handlers: 1")
+	close(unblock)
+	err = <-acked
+	st, _ := q.Stats(ctx)
+	t.Logf("Ack from the abandoned handler, within its lease: %v; stats %+v", err, st)
+	require.NotContains(t, fmt.Sprint(err), "already acked or nacked")
+}
+
+// errText cuts to MaxErrLength on a rune boundary, even with an invalid
+// byte elsewhere in the text (which once made it drop four more bytes).
+func TestErrTextInvalidUTF8(t *testing.T) {
+	text := "\xff" + strings.Repeat("a", 2*MaxErrLength) // an ASCII cut is on a boundary
+	got := errText(errors.New(text))
+	t.Logf("len(errText) = %d, want %d", len(got), MaxErrLength)
+	require.Len(t, got, MaxErrLength)
+}
+
+// An id WithUniqueFor keeps taken after its message was acked is refused
+// with ErrDuplicate, and the error says why: not that it "is live".
+func TestUniqueDuplicateErrorText(t *testing.T) {
+	_, c := newMini(t)
+	ctx := context.Background()
+	q := newQueue(t, c)
+	_, err := q.Enqueue(ctx, []byte("a"), WithID("job"), WithUniqueFor(time.Minute))
+	require.NoError(t, err)
+	m, err := q.Claim(ctx)
+	require.NoError(t, err)
+	require.NoError(t, m.Ack(ctx))
+	wantStats(t, q, Stats{})
+	_, err = q.Enqueue(ctx, []byte("b"), WithID("job"))
+	require.ErrorIs(t, err, ErrDuplicate)
+	t.Logf("second Enqueue: %v", err)
+	require.NotContains(t, err.Error(), "is live")
+}
