@@ -1,24 +1,51 @@
 #!/usr/bin/env bash
-# Compares redlease's uncontended exclusive cycle (TryObtain + Release, 1
-# and 16 goroutines on their own keys) at an older commit with this tree.
+# Compares redlease at an older commit with this tree, in one of two ways:
 #
-#   ./compare.sh [OLD_COMMIT [ROUNDS [DUR]]]   # defaults: 20cc1ab 6 1s
+#   ./compare.sh [cycle] [OLD_COMMIT [ROUNDS [DUR]]]  # defaults: 20cc1ab 6 1s
+#   ./compare.sh queue [OLD_COMMIT [ROUNDS [DUR]]]    # defaults: 5692040 6 1s
+#
+# cycle (cyclecmp/): the uncontended exclusive cycle, TryObtain + Release,
+# 1 and 16 goroutines on their own keys, for DUR each.
+# queue (queuecmp/): Enqueue of 100-byte messages on one goroutine for
+# DUR; then, per Consume concurrency (1 and 16), EnqueueBatch of 20,000
+# such messages into a fresh queue and Consume draining it; then one Stats
+# call. Besides msgs/s it counts Redis commands (INFO commandstats, those
+# inside scripts included) and round trips per message.
 #
 # It exports OLD_COMMIT with `git archive` into a temporary directory (no
-# worktree is registered, nothing is left in the repository), builds
-# cyclecmp twice (once with the bench module's replace pointed at that
+# worktree is registered, nothing is left in the repository), builds the
+# program twice (once with the bench module's replace pointed at that
 # export through a copied go.mod given to -modfile, once as is, i.e. at ../),
 # starts one redis-server on loopback for both, and runs the two binaries in
 # turns, the order swapped every round (old new, new old, ...), so that
-# drift hits both alike. It prints each version's median cycles/s and the
-# median [min–max] over rounds of new ÷ old; rounds are adjacent in time.
+# drift hits both alike. It prints each version's median [min–max] and the
+# median [min–max] over rounds of new ÷ old (queue: also the commands and
+# round trips per message of each, and their difference); rounds are
+# adjacent in time.
 set -euo pipefail
 cd "$(dirname "$0")"
 
-old=${1:-20cc1ab}
+what=cycle
+case "${1:-}" in
+  cycle | queue) what=$1; shift ;;
+esac
+case "$what" in
+  cycle) default_old=20cc1ab prog=cyclecmp ;;
+  queue) default_old=5692040 prog=queuecmp ;;
+esac
+old=${1:-$default_old}
 rounds=${2:-6}
 dur=${3:-1s}
-goroutines=1,16
+goroutines=1,16    # cycle: goroutine counts
+concurrency=1,16   # queue: Consume concurrencies
+queue_msgs=20000   # queue: messages per fill and drain
+payload=100        # queue: bytes per message
+case "$what" in
+  cycle) run_args=(-goroutines "$goroutines" -dur "$dur")
+    about="goroutines $goroutines" ;;
+  queue) run_args=(-conc "$concurrency" -msgs "$queue_msgs" -payload "$payload" -dur "$dur")
+    about="Enqueue loop; EnqueueBatch + Consume of $queue_msgs messages of $payload B at concurrency $concurrency; Stats" ;;
+esac
 lib=github.com/redlease/redlease
 port_tries=20      # ports tried before giving up
 ready_polls=50     # PINGs, 0.1s apart, before a server counts as dead
@@ -39,10 +66,10 @@ git -C "$repo" archive "$old_full" | tar -x -C "$tmp/old"
 
 cp go.mod go.sum "$tmp/mod/"
 go mod edit -replace "$lib=$tmp/old" "$tmp/mod/go.mod"
-go build -modfile "$tmp/mod/go.mod" -o "$tmp/cycle-old" ./cyclecmp
-go build -o "$tmp/cycle-new" ./cyclecmp
-echo "old: $old ($("$tmp/cycle-old" run -lib))"
-echo "new: $new_desc ($("$tmp/cycle-new" run -lib))"
+go build -modfile "$tmp/mod/go.mod" -o "$tmp/$what-old" "./$prog"
+go build -o "$tmp/$what-new" "./$prog"
+echo "old: $old ($("$tmp/$what-old" run -lib))"
+echo "new: $new_desc ($("$tmp/$what-new" run -lib))"
 
 # One redis-server for both versions, on a free loopback port.
 for _ in $(seq "$port_tries"); do
@@ -59,16 +86,22 @@ for _ in $(seq "$port_tries"); do
   redis_pid=
 done
 if [ -z "$redis_pid" ]; then echo "compare.sh: could not start redis-server" >&2; exit 1; fi
-echo "redis-server $(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/') on 127.0.0.1:$port; $rounds rounds of $dur per run, goroutines $goroutines"
+echo "redis-server $(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/') on 127.0.0.1:$port; $what: $rounds rounds, per run: $about; DUR $dur"
 
+# Every line goes to the results file, prefixed "round version"; the
+# per-message counts of queue are left to the summary.
 for r in $(seq "$rounds"); do
   order="old new"
   if [ $((r % 2)) -eq 0 ]; then order="new old"; fi
   for v in $order; do
-    "$tmp/cycle-$v" run -addr "127.0.0.1:$port" -goroutines "$goroutines" -dur "$dur" |
-      while read -r n rate; do
-        echo "$r $v $n $rate" | tee -a "$tmp/rates"
+    "$tmp/$what-$v" run -addr "127.0.0.1:$port" "${run_args[@]}" |
+      while read -r line; do
+        echo "$r $v $line" >>"$tmp/results"
+        case "$line" in
+          count\ *) ;;
+          *) echo "$r $v $line" ;;
+        esac
       done
   done
 done
-"$tmp/cycle-new" summary "$tmp/rates"
+"$tmp/$what-new" summary "$tmp/results"

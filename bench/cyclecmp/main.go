@@ -14,9 +14,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"math"
 	"os"
-	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -26,6 +24,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/redlease/redlease"
+	"github.com/redlease/redlease/bench/internal/cmpstat"
 )
 
 const (
@@ -33,8 +32,6 @@ const (
 	maxCyclesPerGoroutine = 1 << 20
 	// runSlack bounds a run past its length, should Redis stop answering.
 	runSlack = 30 * time.Second
-	// libPath is the module whose replace the summary line reports.
-	libPath = "github.com/redlease/redlease"
 )
 
 func main() {
@@ -73,7 +70,7 @@ func runCmd(args []string) error {
 		return err
 	}
 	if *lib {
-		fmt.Println(libSource())
+		fmt.Println(cmpstat.LibSource())
 		return nil
 	}
 	if *addr == "" {
@@ -100,24 +97,6 @@ func runCmd(args []string) error {
 		fmt.Printf("%d %.1f\n", n, rate)
 	}
 	return nil
-}
-
-// libSource names the redlease module this binary was built with,
-// including its replacement directory.
-func libSource() string {
-	bi, ok := debug.ReadBuildInfo()
-	if !ok {
-		return "unknown"
-	}
-	for _, d := range bi.Deps {
-		if d.Path == libPath {
-			if d.Replace != nil {
-				return d.Path + " => " + d.Replace.Path
-			}
-			return d.Path + " " + d.Version
-		}
-	}
-	return "unknown"
 }
 
 // cycles runs TryObtain + Release on n goroutines, each on its own key,
@@ -208,25 +187,11 @@ func summary(path string) error {
 			}
 			olds, news, ratios = append(olds, o), append(news, nw), append(ratios, nw/o)
 		}
-		om, olo, ohi := spread(olds)
-		nm, nlo, nhi := spread(news)
-		rm, rlo, rhi := spread(ratios)
+		om, olo, ohi := cmpstat.Spread(olds)
+		nm, nlo, nhi := cmpstat.Spread(news)
+		rm, rlo, rhi := cmpstat.Spread(ratios)
 		fmt.Printf("| %d | %.0f [%.0f–%.0f] | %.0f [%.0f–%.0f] | ×%.3f [%.3f–%.3f] | %d |\n",
 			n, om, olo, ohi, nm, nlo, nhi, rm, rlo, rhi, len(ratios))
 	}
 	return nil
-}
-
-// spread returns the median, minimum and maximum of vals.
-func spread(vals []float64) (med, lo, hi float64) {
-	if len(vals) == 0 {
-		return math.NaN(), math.NaN(), math.NaN()
-	}
-	v := slices.Sorted(slices.Values(vals))
-	n := len(v)
-	med = v[n/2]
-	if n%2 == 0 {
-		med = (v[n/2-1] + v[n/2]) / 2
-	}
-	return med, v[0], v[n-1]
 }
