@@ -67,28 +67,31 @@ func (q *Queue) Consume(ctx context.Context, h func(context.Context, *Message) e
 	stop, stopHandlers := context.WithCancelCause(context.WithoutCancel(ctx))
 	defer stopHandlers(nil)
 	c := &consumer{q: q, h: h, onError: cfg.onError, idle: make(chan struct{}, 1), ctx: ctx, stop: stop,
-		abandon: make(chan struct{})}
+		handling: map[*Message]struct{}{}}
+	c.changed = sync.NewCond(&c.mu)
 	for range cfg.concurrency {
-		c.wg.Go(func() { c.work(ctx) })
+		c.spawn()
 	}
-	c.wg.Go(func() { c.reclaimEvery(ctx) })
-	finished := make(chan struct{})
-	go func() { c.wg.Wait(); close(finished) }()
-	select {
-	case <-finished:
-		return ctx.Err()
-	case <-ctx.Done():
-	}
+	c.reclaimer.Go(func() { c.reclaimEvery(ctx) })
+	defer c.reclaimer.Wait()
+	finished := make(chan struct{}) // closed when every worker has ended, or Consume gave up
+	go func() {
+		c.await(func() bool { return c.busy+len(c.handling) == 0 || c.gaveUp })
+		close(finished)
+	}()
+	<-ctx.Done()
+	abandoned := 0
 	if !doneWithin(finished, cfg.shutdown) {
 		stopHandlers(errShutdownTimeout)
 		if !doneWithin(finished, shutdownGrace) {
-			close(c.abandon)
-			<-finished
+			abandoned = c.giveUp()
 		}
 	}
-	if n := c.abandoned.Load(); n > 0 {
+	<-finished
+	c.await(func() bool { return c.busy == 0 }) // workers outside handlers end their Redis calls
+	if abandoned > 0 {
 		err := fmt.Errorf("redlease: consume on %q: %w: %d still running %v after the shutdown timeout: %w",
-			q.name, errAbandoned, n, shutdownGrace, ctx.Err())
+			q.name, errAbandoned, abandoned, shutdownGrace, ctx.Err())
 		c.report(err)
 		return err
 	}
@@ -110,17 +113,91 @@ func doneWithin(done <-chan struct{}, d time.Duration) bool {
 	}
 }
 
+// A consumer's workers each run handlers on their own goroutine (a hand
+// off to another goroutine would cost a wake-up per message). So that
+// Consume can give up on a hung handler without giving up on the Redis
+// calls of the other workers, it counts its workers outside handlers
+// (busy) and the messages inside them (handling).
 type consumer struct {
 	ctx       context.Context // Consume's
 	stop      context.Context // handlers' parent: cancelled when the shutdown timeout passes
-	wg        sync.WaitGroup  // every goroutine of Consume's but handlers
+	reclaimer sync.WaitGroup
 	q         *Queue
 	h         func(context.Context, *Message) error
 	onError   func(error)
 	blocking  atomic.Bool   // one worker at a time waits on Redis
 	idle      chan struct{} // passes the waiting role to an idle worker
-	abandon   chan struct{} // closed when Consume gives up on its handlers
-	abandoned atomic.Int64  // handlers given up on
+
+	mu       sync.Mutex
+	changed  *sync.Cond            // busy, handling or gaveUp changed
+	busy     int                   // workers running outside a handler
+	handling map[*Message]struct{} // messages whose handler runs
+	gaveUp   bool                  // Consume abandoned the handlers running
+}
+
+// spawn starts a worker.
+func (c *consumer) spawn() {
+	c.mu.Lock()
+	c.busy++
+	c.mu.Unlock()
+	go c.work(c.ctx)
+}
+
+// exit ends a worker that is outside a handler.
+func (c *consumer) exit() {
+	c.mu.Lock()
+	c.busy--
+	c.changed.Broadcast()
+	c.mu.Unlock()
+}
+
+// enter marks a worker as running m's handler, unless Consume has given
+// up on its handlers (then false).
+func (c *consumer) enter(m *Message) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.gaveUp {
+		return false
+	}
+	c.busy--
+	c.handling[m] = struct{}{}
+	return true
+}
+
+// leave marks m's handler as returned, and reports whether its worker is
+// still Consume's: false once Consume gave up on it.
+func (c *consumer) leave(m *Message) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.handling, m)
+	if c.gaveUp {
+		return false
+	}
+	c.busy++
+	return true
+}
+
+// giveUp abandons the handlers running: their claims are no longer
+// renewed, so each message is delivered again once its lease ends. It
+// returns how many there were.
+func (c *consumer) giveUp() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.gaveUp = true
+	for m := range c.handling {
+		c.q.wd.end(&m.lease, notHeld(m.ID, "abandoned by Consume after its shutdown timeout"))
+	}
+	c.changed.Broadcast()
+	return len(c.handling)
+}
+
+// await waits until done, called under c.mu, holds.
+func (c *consumer) await(done func() bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for !done() {
+		c.changed.Wait()
+	}
 }
 
 // report passes an error Consume recovered from to WithErrorHandler's
@@ -142,6 +219,8 @@ func (q *Queue) logger() *slog.Logger { return orDefault(q.log) }
 
 // work claims and handles messages until ctx ends. A message whose
 // handler succeeded is acked in the same round trip as the next claim.
+// A worker whose handler Consume gave up on returns as soon as the
+// handler does, touching nothing.
 func (c *consumer) work(ctx context.Context) {
 	pause := claimPause
 	var done *Message // handled, to ack with the next claim
@@ -172,7 +251,11 @@ func (c *consumer) work(ctx context.Context) {
 				waited = false
 			}
 			pause = claimPause
-			done = c.handle(hctx, m)
+			var mine bool
+			if done, mine = c.handle(hctx, m); !mine {
+				cancel(nil)
+				return
+			}
 		}
 		cancel(nil)
 	}
@@ -180,38 +263,27 @@ func (c *consumer) work(ctx context.Context) {
 		c.report(done.Ack(context.WithoutCancel(ctx)))
 		c.q.wd.release(&done.lease) // acked or not, Consume is done with it
 	}
+	c.exit()
 }
 
-// handle runs the handler on a goroutine of its own, which Consume can
-// abandon, and nacks a failure; it returns m to ack when the handler
-// succeeded. A claim made once Consume has abandoned its handlers is not
-// handled: it is no longer renewed, and comes back after its lease.
-func (c *consumer) handle(ctx context.Context, m *Message) *Message {
-	result := make(chan error, 1)
-	select {
-	case <-c.abandon:
+// handle runs the handler and nacks a failure; it returns m to ack when
+// the handler succeeded, and mine false when Consume gave up on the
+// handler meanwhile. A claim made once Consume gave up on its handlers is
+// not handled: it is no longer renewed, and comes back after its lease.
+func (c *consumer) handle(ctx context.Context, m *Message) (done *Message, mine bool) {
+	if !c.enter(m) {
 		c.q.wd.end(&m.lease, notHeld(m.ID, "Consume gave up before handling it"))
-		return nil
-	default:
+		return nil, true
 	}
-	go c.run(ctx, m, result)
-	var err error
-	select {
-	case err = <-result:
-	case <-c.abandon:
-		select {
-		case err = <-result: // it returned just in time
-		default:
-			c.abandoned.Add(1)
-			c.q.wd.end(&m.lease, notHeld(m.ID, "abandoned by Consume after its shutdown timeout"))
-			return nil
-		}
-	}
-	if err == nil {
-		return m
+	mine, err := c.run(ctx, m)
+	switch {
+	case !mine:
+		return nil, false
+	case err == nil:
+		return m, true
 	}
 	c.fail(m, err)
-	return nil
+	return nil, true
 }
 
 // fail reports a handler's failure and nacks its message with err as the
@@ -227,20 +299,30 @@ func (c *consumer) fail(m *Message, err error) {
 // runtime.Goexit (t.FailNow, for one) instead of returning.
 var errGoexit = errors.New("handler called runtime.Goexit")
 
-// run runs the handler and sends what it returned on result: a panic
-// becomes an error, and so does ending the goroutine with runtime.Goexit.
-func (c *consumer) run(ctx context.Context, m *Message, result chan<- error) {
+// run runs the handler on the worker's goroutine; a panic becomes an
+// error. A handler that calls runtime.Goexit ends the worker's goroutine
+// instead of returning: its message is nacked and a new worker takes the
+// old one's place, so neither the claim nor the pool is lost. mine is
+// false when Consume gave up on the handler before it returned: then
+// nothing more is done.
+func (c *consumer) run(ctx context.Context, m *Message) (mine bool, err error) {
 	returned := false
 	defer func() {
-		if p := recover(); p != nil {
-			result <- fmt.Errorf("panic: %v", p)
-		} else if !returned {
-			result <- errGoexit
+		p := recover()
+		mine = c.leave(m)
+		switch {
+		case !mine:
+		case p != nil:
+			err = fmt.Errorf("panic: %v", p)
+		case !returned: // runtime.Goexit: this goroutine ends after this
+			c.fail(m, errGoexit)
+			c.spawn()
+			c.exit()
 		}
 	}()
-	err := c.h(ctx, m)
+	err = c.h(ctx, m)
 	returned = true
-	result <- err
+	return true, err
 }
 
 // wait idles a worker that found no work: one worker blocks on Redis, the
