@@ -425,9 +425,9 @@ func WithConcurrency(n int) ConsumeOption {
 // none). Then their contexts are cancelled, with a cause that names the
 // timeout, and what they return within a second is acked or nacked as
 // usual. A handler that has still not returned is abandoned: Consume stops
-// renewing its claim, drops whatever it later returns, and returns; the
-// message is delivered again once its lease ends. A negative d is an
-// error.
+// renewing its claim (the handler may still Ack or Nack it while the lease
+// lasts), drops whatever it returns, and returns; the message is delivered
+// again once its lease ends. A negative d is an error.
 func WithShutdownTimeout(d time.Duration) ConsumeOption {
 	return func(c *consumeConfig) {
 		if d < 0 {

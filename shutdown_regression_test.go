@@ -69,6 +69,43 @@ func answered(cmd redis.Cmder) bool {
 	return ok && c.Err() == nil && c.Val() != nil
 }
 
+// wait waits until the stalled call has come.
+func (h *stallHook) wait(t *testing.T) {
+	t.Helper()
+	select {
+	case <-h.entered:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the stalled call never came")
+	}
+}
+
+// releaseAfter lets the stalled call go on after d.
+func (h *stallHook) releaseAfter(d time.Duration) *time.Timer {
+	return time.AfterFunc(d, func() { close(h.release) })
+}
+
+// releaseAll stops renewing every claim q's watchdog still renews.
+func releaseAll(q *Queue) {
+	q.wd.mu.Lock()
+	var ls []*lease
+	for l := range q.wd.leases {
+		ls = append(ls, l)
+	}
+	q.wd.mu.Unlock()
+	for _, l := range ls {
+		q.wd.release(l)
+	}
+}
+
+// consumeInBackground runs q.Consume with h and opts until stop is
+// called; done gets what it returned.
+func consumeInBackground(q *Queue, h func(context.Context, *Message) error, opts ...ConsumeOption) (stop context.CancelFunc, done <-chan error) {
+	ctx, stop := context.WithCancel(context.Background())
+	ch := make(chan error, 1)
+	go func() { ch <- q.Consume(ctx, h, opts...) }()
+	return stop, ch
+}
+
 func (h *stallHook) DialHook(next redis.DialHook) redis.DialHook { return next }
 
 func (h *stallHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
@@ -112,27 +149,13 @@ func TestClaimLandingAfterAbandonComesBack(t *testing.T) {
 		stall := newStall(claimScript, false) // Redis runs the claim; its reply is slow
 		c.AddHook(stall)
 		q := newQueue(t, c, WithLease(leaseD))
-		t.Cleanup(func() { // keep the leak to this test
-			q.wd.mu.Lock()
-			var ls []*lease
-			for l := range q.wd.leases {
-				ls = append(ls, l)
-			}
-			q.wd.mu.Unlock()
-			for _, l := range ls {
-				q.wd.release(l)
-			}
-		})
+		t.Cleanup(func() { releaseAll(q) }) // a leak stays this test's
 		id, err := q.Enqueue(ctx, []byte("job"))
 		require.NoError(t, err)
 		stall.armed.Store(true)
 
-		cctx, stop := context.WithCancel(ctx)
 		var ran atomic.Bool
-		done := make(chan error, 1)
-		go func() {
-			done <- q.Consume(cctx, func(context.Context, *Message) error { ran.Store(true); return nil }, WithShutdownTimeout(0))
-		}()
+		stop, done := consumeInBackground(q, func(context.Context, *Message) error { ran.Store(true); return nil }, WithShutdownTimeout(0))
 		select {
 		case <-stall.entered:
 		case <-time.After(5 * time.Second):
@@ -181,36 +204,17 @@ func TestAckClaimLandingAfterAbandonComesBack(t *testing.T) {
 		stall := newStall(ackClaimScript, false)
 		c.AddHook(stall)
 		q := newQueue(t, c, WithLease(leaseD))
-		t.Cleanup(func() {
-			q.wd.mu.Lock()
-			var ls []*lease
-			for l := range q.wd.leases {
-				ls = append(ls, l)
-			}
-			q.wd.mu.Unlock()
-			for _, l := range ls {
-				q.wd.release(l)
-			}
-		})
+		t.Cleanup(func() { releaseAll(q) })
 		first, err := q.Enqueue(ctx, []byte("first"))
 		require.NoError(t, err)
 		second, err := q.Enqueue(ctx, []byte("second"))
 		require.NoError(t, err)
 		stall.armed.Store(true)
-		cctx, stop := context.WithCancel(ctx)
 		var handled sync.Map
-		done := make(chan error, 1)
-		go func() {
-			done <- q.Consume(cctx, func(_ context.Context, m *Message) error { handled.Store(m.ID, true); return nil }, WithShutdownTimeout(0))
-		}()
-		select {
-		case <-stall.entered:
-		case <-time.After(5 * time.Second):
-			t.Fatal("no ack+claim")
-		}
+		stop, done := consumeInBackground(q, func(_ context.Context, m *Message) error { handled.Store(m.ID, true); return nil }, WithShutdownTimeout(0))
+		stall.wait(t)
 		stop()
-		released := time.AfterFunc(shutdownGrace+500*time.Millisecond, func() { close(stall.release) })
-		defer released.Stop()
+		defer stall.releaseAfter(shutdownGrace + 500*time.Millisecond).Stop()
 		cerr := <-done
 		_, ranFirst := handled.Load(first)
 		_, ranSecond := handled.Load(second)
@@ -310,26 +314,16 @@ func goroutinesRunning(fn string) bool {
 // abandoned handler (none was hung).
 func TestConsumeWaitsForItsReclaimGoroutine(t *testing.T) {
 	backends(t, func(t *testing.T, c *redis.Client) {
-		ctx := context.Background()
 		stall := newStall(reclaimScript, false)
 		c.AddHook(stall)
 		q := newQueue(t, c, WithLease(200*time.Millisecond))
 		stall.armed.Store(true)
-		cctx, stop := context.WithCancel(ctx)
-		done := make(chan error, 1)
-		go func() {
-			done <- q.Consume(cctx, func(context.Context, *Message) error { return nil }, WithShutdownTimeout(0))
-		}()
-		select {
-		case <-stall.entered:
-		case <-time.After(5 * time.Second):
-			t.Fatal("no reclaim")
-		}
+		stop, done := consumeInBackground(q, func(context.Context, *Message) error { return nil }, WithShutdownTimeout(0))
+		stall.wait(t)
 		stop()
 		// The reclaim's reply comes back well after the shutdown timeout
 		// and the grace second.
-		released := time.AfterFunc(shutdownGrace+500*time.Millisecond, func() { close(stall.release) })
-		defer released.Stop()
+		defer stall.releaseAfter(shutdownGrace + 500*time.Millisecond).Stop()
 		cerr := <-done
 		running := goroutinesRunning("(*consumer).reclaimEvery")
 		t.Logf("Consume returned %v; its reclaim goroutine still running: %v", cerr, running)

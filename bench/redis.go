@@ -1,17 +1,16 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"os"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/redlease/redlease/bench/internal/cmpstat"
 	"github.com/redlease/redlease/internal/redistest"
 )
 
@@ -89,28 +88,8 @@ func (e *env) uniq(prefix string) string {
 // counted as round trips.
 func (e *env) client() *redis.Client {
 	c := redis.NewClient(&redis.Options{Addr: e.addr})
-	c.AddHook(rtHook{&e.rt})
+	c.AddHook(cmpstat.RoundTrips{N: &e.rt})
 	return c
-}
-
-// rtHook counts one round trip per command and per pipeline. Pub/sub
-// traffic does not pass through these hooks and is not counted.
-type rtHook struct{ n *atomic.Int64 }
-
-func (h rtHook) DialHook(next redis.DialHook) redis.DialHook { return next }
-
-func (h rtHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		h.n.Add(1)
-		return next(ctx, cmd)
-	}
-}
-
-func (h rtHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error {
-		h.n.Add(1)
-		return next(ctx, cmds)
-	}
 }
 
 // counts is what Redis and the hooks saw in a measured window.
@@ -145,29 +124,8 @@ func (e *env) commandStats(ctx context.Context) (counts, error) {
 	if err != nil {
 		return counts{}, fmt.Errorf("INFO commandstats: %w", err)
 	}
-	c := counts{byName: map[string]int64{}}
-	sc := bufio.NewScanner(strings.NewReader(info))
-	for sc.Scan() {
-		rest, ok := strings.CutPrefix(sc.Text(), "cmdstat_")
-		if !ok {
-			continue
-		}
-		name, fields, ok := strings.Cut(rest, ":")
-		if !ok {
-			continue
-		}
-		for f := range strings.SplitSeq(fields, ",") {
-			if v, ok := strings.CutPrefix(f, "calls="); ok {
-				n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
-				if err != nil {
-					return c, fmt.Errorf("bad commandstats line %q", sc.Text())
-				}
-				c.byName[name] += n
-				c.total += n
-			}
-		}
-	}
-	return c, nil
+	byName, total, err := cmpstat.CommandCalls(info)
+	return counts{byName: byName, total: total}, err
 }
 
 // flush empties the database between runs (not counted: the window is

@@ -34,29 +34,7 @@ const (
 	runSlack = 30 * time.Second
 )
 
-func main() {
-	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: cyclecmp run [flags] | cyclecmp summary FILE")
-		os.Exit(2)
-	}
-	var err error
-	switch os.Args[1] {
-	case "run":
-		err = runCmd(os.Args[2:])
-	case "summary":
-		if len(os.Args) != 3 {
-			err = errors.New("usage: cyclecmp summary FILE")
-		} else {
-			err = summary(os.Args[2])
-		}
-	default:
-		err = fmt.Errorf("unknown command %q", os.Args[1])
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "cyclecmp:", err)
-		os.Exit(1)
-	}
-}
+func main() { cmpstat.Main("cyclecmp", runCmd, summary) }
 
 // runCmd prints one line per goroutine count: "goroutines cycles/s".
 func runCmd(args []string) error {

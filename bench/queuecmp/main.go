@@ -68,29 +68,7 @@ const (
 	opStats   = "Stats"
 )
 
-func main() {
-	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: queuecmp run [flags] | queuecmp summary FILE")
-		os.Exit(2)
-	}
-	var err error
-	switch os.Args[1] {
-	case "run":
-		err = runCmd(os.Args[2:])
-	case "summary":
-		if len(os.Args) != 3 {
-			err = errors.New("usage: queuecmp summary FILE")
-		} else {
-			err = summary(os.Args[2])
-		}
-	default:
-		err = fmt.Errorf("unknown command %q", os.Args[1])
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "queuecmp:", err)
-		os.Exit(1)
-	}
-}
+func main() { cmpstat.Main("queuecmp", runCmd, summary) }
 
 // config is what one run measures.
 type config struct {
@@ -328,7 +306,7 @@ func newEnv(ctx context.Context, addr string) (*env, error) {
 		counted: redis.NewClient(&redis.Options{Addr: addr}),
 		prefix:  fmt.Sprintf("queuecmp-%d-%d", os.Getpid(), time.Now().UnixNano()),
 	}
-	e.counted.AddHook(rtHook{&e.rt})
+	e.counted.AddHook(cmpstat.RoundTrips{N: &e.rt})
 	e.opt = redlease.WithPrefix(e.prefix)
 	// Calibrate: with nothing else running, a reset followed by a reading
 	// shows exactly what the measurement itself adds.
@@ -358,25 +336,6 @@ func (e *env) close() {
 	}
 	e.counted.Close()
 	e.admin.Close()
-}
-
-// rtHook counts one round trip per command and per pipeline.
-type rtHook struct{ n *atomic.Int64 }
-
-func (h rtHook) DialHook(next redis.DialHook) redis.DialHook { return next }
-
-func (h rtHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		h.n.Add(1)
-		return next(ctx, cmd)
-	}
-}
-
-func (h rtHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error {
-		h.n.Add(1)
-		return next(ctx, cmds)
-	}
 }
 
 // counts is what Redis and the hook saw in measured windows.
@@ -434,29 +393,8 @@ func (e *env) commandStats(ctx context.Context) (counts, error) {
 	if err != nil {
 		return counts{}, fmt.Errorf("INFO commandstats: %w", err)
 	}
-	c := counts{byName: map[string]int64{}}
-	sc := bufio.NewScanner(strings.NewReader(info))
-	for sc.Scan() {
-		rest, ok := strings.CutPrefix(sc.Text(), "cmdstat_")
-		if !ok {
-			continue
-		}
-		name, fields, ok := strings.Cut(rest, ":")
-		if !ok {
-			continue
-		}
-		for f := range strings.SplitSeq(fields, ",") {
-			if v, ok := strings.CutPrefix(f, "calls="); ok {
-				n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
-				if err != nil {
-					return c, fmt.Errorf("bad commandstats line %q", sc.Text())
-				}
-				c.byName[name] += n
-				c.total += n
-			}
-		}
-	}
-	return c, nil
+	byName, total, err := cmpstat.CommandCalls(info)
+	return counts{byName: byName, total: total}, err
 }
 
 // row is one operation and measure of the summary.
