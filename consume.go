@@ -222,18 +222,21 @@ func (q *Queue) logger() *slog.Logger { return orDefault(q.log) }
 // A worker whose handler Consume gave up on returns as soon as the
 // handler does, touching nothing.
 func (c *consumer) work(ctx context.Context) {
+	w := &worker{}
+	defer c.guard(ctx, w)
 	pause := claimPause
-	var done *Message // handled, to ack with the next claim
 	waited := false
 	for ctx.Err() == nil {
 		hctx, cancel := context.WithCancelCause(c.stop)
-		if done != nil {
-			c.q.wd.release(&done.lease) // renewal stops; the script acks
+		if w.done != nil {
+			c.q.wd.release(&w.done.lease) // renewal stops; the script acks
 		}
-		m, next, err := c.q.claimAfter(ctx, done, true, cancel)
-		if done != nil {
-			c.report(done.ackErr)
-			done = nil
+		m, next, err := c.q.claimAfter(ctx, w.done, true, cancel)
+		w.cur = m
+		if w.done != nil {
+			ackErr := w.done.ackErr
+			w.done = nil
+			c.report(ackErr)
 		}
 		switch {
 		case err != nil:
@@ -252,30 +255,58 @@ func (c *consumer) work(ctx context.Context) {
 			}
 			pause = claimPause
 			var mine bool
-			if done, mine = c.handle(hctx, m); !mine {
+			if w.done, mine = c.handle(hctx, m, w); !mine {
 				cancel(nil)
+				w.over = true
 				return
 			}
+			w.cur = nil
 		}
 		cancel(nil)
 	}
-	if done != nil {
-		c.report(done.Ack(context.WithoutCancel(ctx)))
-		c.q.wd.release(&done.lease) // acked or not, Consume is done with it
+	if w.done != nil {
+		c.report(w.done.Ack(context.WithoutCancel(ctx)))
+		c.q.wd.release(&w.done.lease) // acked or not, Consume is done with it
+	}
+	w.over = true
+	c.exit()
+}
+
+// worker is what a worker's guard needs to know of it.
+type worker struct {
+	cur, done *Message // the claims it holds: the message it handles, the one to ack
+	over      bool     // it ended as it should, or Consume gave up on it
+}
+
+// guard replaces a worker whose goroutine runtime.Goexit ended (a handler
+// or an error handler calling t.FailNow, say): its claims stop being
+// renewed, so they come back after their lease, and while ctx lasts a new
+// worker takes its place.
+func (c *consumer) guard(ctx context.Context, w *worker) {
+	if w.over {
+		return
+	}
+	for _, m := range []*Message{w.cur, w.done} {
+		if m != nil {
+			c.q.wd.end(&m.lease, notHeld(m.ID, "its worker's goroutine ended"))
+		}
 	}
 	c.exit()
+	if ctx.Err() == nil {
+		c.spawn()
+	}
 }
 
 // handle runs the handler and nacks a failure; it returns m to ack when
 // the handler succeeded, and mine false when Consume gave up on the
 // handler meanwhile. A claim made once Consume gave up on its handlers is
 // not handled: it is no longer renewed, and comes back after its lease.
-func (c *consumer) handle(ctx context.Context, m *Message) (done *Message, mine bool) {
+func (c *consumer) handle(ctx context.Context, m *Message, w *worker) (done *Message, mine bool) {
 	if !c.enter(m) {
 		c.q.wd.end(&m.lease, notHeld(m.ID, "Consume gave up before handling it"))
 		return nil, true
 	}
-	mine, err := c.run(ctx, m)
+	mine, err := c.run(ctx, m, w)
 	switch {
 	case !mine:
 		return nil, false
@@ -299,30 +330,35 @@ func (c *consumer) fail(m *Message, err error) {
 // runtime.Goexit (t.FailNow, for one) instead of returning.
 var errGoexit = errors.New("handler called runtime.Goexit")
 
-// run runs the handler on the worker's goroutine; a panic becomes an
-// error. A handler that calls runtime.Goexit ends the worker's goroutine
-// instead of returning: its message is nacked and a new worker takes the
-// old one's place, so neither the claim nor the pool is lost. mine is
-// false when Consume gave up on the handler before it returned: then
-// nothing more is done.
-func (c *consumer) run(ctx context.Context, m *Message) (mine bool, err error) {
-	returned := false
+// run runs the handler on w's goroutine; a panic, panic(nil) included,
+// becomes an error. A handler that calls runtime.Goexit ends the
+// goroutine instead of returning: its message is nacked, and w's guard
+// puts a new worker in its place. mine is false when Consume gave up on
+// the handler before it returned: then nothing more is done.
+func (c *consumer) run(ctx context.Context, m *Message, w *worker) (mine bool, err error) {
+	returned, panicked := false, false
 	defer func() {
-		p := recover()
-		mine = c.leave(m)
-		switch {
-		case !mine:
-		case p != nil:
-			err = fmt.Errorf("panic: %v", p)
-		case !returned: // runtime.Goexit: this goroutine ends after this
+		if returned || panicked {
+			return
+		}
+		// runtime.Goexit: only it gets here without either.
+		if c.leave(m) {
 			c.fail(m, errGoexit)
-			c.spawn()
-			c.exit()
+		} else {
+			w.over = true
 		}
 	}()
-	err = c.h(ctx, m)
-	returned = true
-	return true, err
+	func() {
+		defer func() {
+			if !returned {
+				err = fmt.Errorf("panic: %v", recover()) // a Goexit goes on all the same
+			}
+		}()
+		err = c.h(ctx, m)
+		returned = true
+	}()
+	panicked = !returned
+	return c.leave(m), err
 }
 
 // wait idles a worker that found no work: one worker blocks on Redis, the

@@ -59,9 +59,8 @@ func (q *Queue) deadLetters(ctx context.Context, after *DeadLetter, n int) ([]De
 	if n < 1 {
 		return nil, fmt.Errorf("%w: dead letters: n %d must be at least 1", ErrInvalidArgument, n)
 	}
-	// A shard never holds more than MaxDeadLetterLimit: a larger n only
-	// risks Redis refusing the range.
-	args := []any{min(n, MaxDeadLetterLimit), "", ""}
+	n = min(n, MaxDeadLetterLimit)
+	args := []any{n, "", ""}
 	if after != nil {
 		args[1], args[2] = after.DiedAt.UnixMilli(), after.ID
 	}

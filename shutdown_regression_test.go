@@ -500,3 +500,100 @@ func TestUniqueDuplicateErrorText(t *testing.T) {
 	t.Logf("second Enqueue: %v", err)
 	require.NotContains(t, err.Error(), "is live")
 }
+
+// panic(nil) under GODEBUG=panicnil=1, where recover() returns nil, is a
+// panic, not a runtime.Goexit (once taken for one, it left two workers
+// running under WithConcurrency(1), one outliving Consume).
+func TestPanicNilIsAPanic(t *testing.T) {
+	t.Setenv("GODEBUG", "panicnil=1")
+	func() {
+		defer func() { require.Nil(t, recover(), "GODEBUG panicnil=1 not in effect") }()
+		panic(nil)
+	}()
+	_, c := newMini(t)
+	ctx := context.Background()
+	q := newQueue(t, c, WithRetryBackoff(func(int) time.Duration { return time.Hour }))
+	for range 4 {
+		_, err := q.Enqueue(ctx, []byte("job"))
+		require.NoError(t, err)
+	}
+	var calls, running, maxRunning atomic.Int32
+	var mu sync.Mutex
+	var reports []string
+	var returned atomic.Bool
+	var late atomic.Int32
+	cctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- q.Consume(cctx, func(hctx context.Context, m *Message) error {
+			n := running.Add(1)
+			defer running.Add(-1)
+			for {
+				old := maxRunning.Load()
+				if n <= old || maxRunning.CompareAndSwap(old, n) {
+					break
+				}
+			}
+			if calls.Add(1) == 1 {
+				panic(nil)
+			}
+			time.Sleep(300 * time.Millisecond)
+			return nil
+		}, WithShutdownTimeout(0), WithErrorHandler(func(err error) {
+			if returned.Load() {
+				late.Add(1)
+			}
+			mu.Lock()
+			reports = append(reports, err.Error())
+			mu.Unlock()
+		}))
+	}()
+	time.Sleep(500 * time.Millisecond)
+	stop()
+	cerr := <-done
+	returned.Store(true)
+	workersLeft := goroutinesRunning("(*consumer).work")
+	time.Sleep(700 * time.Millisecond)
+	mu.Lock()
+	t.Logf("Consume returned %v; max handlers at once %d (concurrency 1); workers still running after return: %v; reports after return: %d; reports: %q",
+		cerr, maxRunning.Load(), workersLeft, late.Load(), reports)
+	mu.Unlock()
+	require.LessOrEqual(t, maxRunning.Load(), int32(1), "two handlers ran at once under WithConcurrency(1)")
+	require.False(t, workersLeft, "a worker outlived Consume")
+}
+
+// An error handler that ends its goroutine with runtime.Goexit (a test's
+// require/t.FailNow in WithErrorHandler): a new worker takes the dead
+// one's place, and Consume returns (it used to wait for the dead worker
+// for ever).
+func TestErrorHandlerGoexitKeepsThePool(t *testing.T) {
+	_, c := newMini(t)
+	ctx := context.Background()
+	q := newQueue(t, c, WithRetryBackoff(func(int) time.Duration { return time.Hour }))
+	_, err := q.Enqueue(ctx, []byte("job"))
+	require.NoError(t, err)
+	var once atomic.Bool
+	handled := make(chan struct{})
+	cctx, stop := context.WithCancel(ctx)
+	defer stop()
+	done := make(chan error, 1)
+	go func() {
+		done <- q.Consume(cctx, func(context.Context, *Message) error {
+			close(handled)
+			return errors.New("boom")
+		}, WithShutdownTimeout(0), WithErrorHandler(func(error) {
+			if once.CompareAndSwap(false, true) {
+				runtime.Goexit()
+			}
+		}))
+	}()
+	<-handled
+	time.Sleep(100 * time.Millisecond)
+	stop()
+	select {
+	case err := <-done:
+		t.Logf("Consume returned %v", err)
+	case <-time.After(shutdownGrace + 3*time.Second):
+		t.Fatal("Consume did not return (a worker ended by Goexit in the error handler is still counted busy)")
+	}
+}
