@@ -115,23 +115,25 @@ func decodeDeadLetter(id, body string) (DeadLetter, error) {
 }
 
 // RetryDead moves the dead letters with the given ids (at most
-// [MaxDeadLetterLimit]; with none, every dead letter) back to ready, behind the messages already there, and
-// returns how many it moved; ids that are not dead count 0. A retried
-// message keeps its id and payload and starts over at attempt 1, as an id
-// enqueued again does: a store that fences on (ID, [Message.Attempt])
-// must treat a retried dead letter as a new message (see
-// [Message.Attempt]). A dead letter whose id is live again (enqueued
-// since it died) stays dead; a [WithUniqueFor] window does not hold it
-// back, since it is the same message. Each shard's part is one atomic script, safe
-// to resend; on an error some shards may have moved theirs.
+// [MaxDeadLetterLimit]; with none, every dead letter) back to ready,
+// behind the messages already there, and returns how many it moved; ids
+// that are not dead count 0. A retried message keeps its id and payload
+// and starts over at attempt 1, as an id enqueued again does: a store
+// that fences on (ID, [Message.Attempt]) must treat a retried dead letter
+// as a new message (see [Message.Attempt]). A dead letter whose id is
+// live again (enqueued since it died) stays dead; a [WithUniqueFor]
+// window does not hold it back, since it is the same message. Each
+// shard's part is one atomic script, safe to resend; on an error some
+// shards may have moved theirs.
 func (q *Queue) RetryDead(ctx context.Context, ids ...string) (int, error) {
 	return q.settleDead(ctx, "retry", retryDeadScript, ids, q.wake(ctx)...)
 }
 
 // DeleteDead deletes the dead letters with the given ids (at most
-// [MaxDeadLetterLimit]; with none, every dead letter) and returns how many it deleted; ids that are not dead
-// count 0. Each shard's part is one atomic script, safe to resend; on an
-// error some shards may have deleted theirs.
+// [MaxDeadLetterLimit]; with none, every dead letter) and returns how many
+// it deleted; ids that are not dead count 0. Each shard's part is one
+// atomic script, safe to resend; on an error some shards may have deleted
+// theirs.
 func (q *Queue) DeleteDead(ctx context.Context, ids ...string) (int, error) {
 	return q.settleDead(ctx, "delete", deleteDeadScript, ids)
 }
@@ -149,8 +151,8 @@ func (q *Queue) settleDead(ctx context.Context, what string, s *redis.Script, id
 	args := make([]any, 1, 1+len(ids))
 	args[0] = uuid.NewString()
 	for _, id := range ids {
-		if id == "" || len(id) > MaxIDLength {
-			return 0, fmt.Errorf("%w: %s dead: message id must be 1 to %d bytes, got %d", ErrInvalidArgument, what, MaxIDLength, len(id))
+		if err := checkID(id); err != nil {
+			return 0, fmt.Errorf("%s dead: %w", what, err)
 		}
 		args = append(args, id)
 	}

@@ -374,8 +374,8 @@ func WithDelay(d time.Duration) EnqueueOption {
 // to [MaxIDLength] bytes of anything.
 func WithID(id string) EnqueueOption {
 	return func(c *enqueueConfig) {
-		if id == "" || len(id) > MaxIDLength {
-			c.err = fmt.Errorf("%w: message id must be 1 to %d bytes, got %d", ErrInvalidArgument, MaxIDLength, len(id))
+		if err := checkID(id); err != nil {
+			c.err = err
 			return
 		}
 		c.id = id
@@ -397,6 +397,14 @@ func WithUniqueFor(d time.Duration) EnqueueOption {
 		}
 		c.unique = d
 	}
+}
+
+// checkID refuses a message id that is empty or longer than MaxIDLength.
+func checkID(id string) error {
+	if id == "" || len(id) > MaxIDLength {
+		return fmt.Errorf("%w: message id must be 1 to %d bytes, got %d", ErrInvalidArgument, MaxIDLength, len(id))
+	}
+	return nil
 }
 
 // ConsumeOption configures Consume.

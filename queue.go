@@ -123,8 +123,8 @@ func (q *Queue) wake(ctx context.Context) []func(redis.Pipeliner) {
 }
 
 // passWake wakes another idle consumer when a consumer that was idle finds
-// work: so a burst wakes consumers one after another, not all at once. One shard's scripts do this themselves, and
-// only while work remains.
+// work: so a burst wakes consumers one after another, not all at once.
+// One shard's scripts do this themselves, and only while work remains.
 func (q *Queue) passWake(ctx context.Context) {
 	if len(q.shards) > 1 { // one shard's marker says nothing of the others
 		_ = q.client.ZAdd(context.WithoutCancel(ctx), q.wakeKey, redis.Z{Member: "m"}).Err() // best effort: idle consumers also poll

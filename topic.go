@@ -275,9 +275,10 @@ const maxPublishDeliveries = 10_000
 // order; subscriptions and listeners get them in that order. It takes one
 // round trip per 4 MiB of payloads (one more when the subscriptions
 // changed since this Topic last published), so that Redis never queues
-// much more than that for a listener at once. Each script call within the batch is atomic and safe to resend,
-// as with [Queue.EnqueueBatch]; on an error some messages may have been
-// published. Nothing is sent if any payload is too large.
+// much more than that for a listener at once. Each script call within the
+// batch is atomic and safe to resend, as with [Queue.EnqueueBatch]; on an
+// error some messages may have been published. Nothing is sent if any
+// payload is too large.
 func (t *Topic) PublishBatch(ctx context.Context, payloads [][]byte) ([]string, error) {
 	if t.err != nil {
 		return nil, t.err
