@@ -164,8 +164,9 @@ func (q *Queue) parseClaim(res []any, token string, renew bool, onLost context.C
 	if !ok1 || !ok2 || !ok3 {
 		return nil, 0, errUnexpected(res)
 	}
+	body, headers := unseal(payload)
 	return &Message{
-		ID: id, Payload: []byte(payload), Attempt: int(attempt), q: q,
+		ID: id, Payload: body, Headers: headers, Attempt: int(attempt), q: q,
 		lease: newLease(id, id, token, q.lease, renew, onLost),
 	}, 0, nil
 }

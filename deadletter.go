@@ -23,6 +23,8 @@ type DeadLetter struct {
 	ID string
 	// Payload is the message's body, as enqueued.
 	Payload []byte
+	// Headers are the message's headers ([WithHeaders]), nil if none.
+	Headers map[string]string
 	// Attempts counts the deliveries it had.
 	Attempts int
 	// Err is the error its last delivery failed with: the handler's, in
@@ -108,8 +110,9 @@ func decodeDeadLetter(id, body string) (DeadLetter, error) {
 	if fields[2] > int64(len(rest)) || fields[0] > math.MaxInt32 {
 		return DeadLetter{}, fmt.Errorf("malformed dead letter %q: %.40q", id, body)
 	}
+	payload, headers := unseal(rest[fields[2]:])
 	return DeadLetter{
-		ID: id, Err: rest[:fields[2]], Payload: []byte(rest[fields[2]:]), Attempts: int(fields[0]),
+		ID: id, Err: rest[:fields[2]], Payload: payload, Headers: headers, Attempts: int(fields[0]),
 		DiedAt: time.UnixMilli(fields[1]),
 	}, nil
 }

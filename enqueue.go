@@ -29,7 +29,22 @@ func (q *Queue) Enqueue(ctx context.Context, payload []byte, opts ...EnqueueOpti
 	if err != nil {
 		return "", err
 	}
-	call := scriptCall{keys: q.shardOf(cfg.id).keys, args: []any{cfg.delay.Milliseconds(), uniqueArg(cfg), uuid.NewString(), id, payload}}
+	send := func(ctx context.Context, headers map[string]string) (string, error) {
+		return q.enqueue(ctx, cfg, id, payload, headers)
+	}
+	if q.hook != nil {
+		return q.hook.Enqueue(ctx, q.name, cfg.headers, send)
+	}
+	return send(ctx, cfg.headers)
+}
+
+// enqueue sends one checked message with headers (which a Hook may have
+// added to).
+func (q *Queue) enqueue(ctx context.Context, cfg enqueueConfig, id string, payload []byte, headers map[string]string) (string, error) {
+	if err := checkHeaders(headers); err != nil {
+		return "", err
+	}
+	call := scriptCall{keys: q.shardOf(cfg.id).keys, args: []any{cfg.delay.Milliseconds(), uniqueArg(cfg), uuid.NewString(), id, seal(payload, headers)}}
 	codes, err := ints(runAll(ctx, q.client, enqueueScript, []scriptCall{call}, q.wake(ctx)...)[0], 1)
 	if err != nil {
 		return "", fmt.Errorf("redlease: enqueue on %q: %w", q.name, err)
@@ -41,6 +56,7 @@ func (q *Queue) Enqueue(ctx context.Context, payload []byte, opts ...EnqueueOpti
 	default:
 		return id, fmt.Errorf("%w: %q is live in queue %q", ErrDuplicate, id, q.name)
 	}
+	q.observe(ctx, Observation{Kind: MessageEnqueued, Name: q.name, ID: id, N: 1})
 	return id, nil
 }
 
@@ -59,6 +75,9 @@ func newMessage(payload []byte, opts []EnqueueOption) (cfg enqueueConfig, id str
 		return cfg, "", fmt.Errorf("%w: WithUniqueFor needs WithID", ErrInvalidArgument)
 	}
 	if err := checkPayload(payload); err != nil {
+		return cfg, "", err
+	}
+	if err := checkHeaders(cfg.headers); err != nil {
 		return cfg, "", err
 	}
 	id = cfg.id

@@ -20,6 +20,8 @@ type Event struct {
 	ID string
 	// Payload is the message's body, as published.
 	Payload []byte
+	// Headers are the message's headers ([WithHeaders]), nil if none.
+	Headers map[string]string
 }
 
 const (
@@ -304,5 +306,6 @@ func decodeEvent(s string) (Event, error) {
 	if !ok || err != nil || n < 0 || n > len(rest) {
 		return Event{}, fmt.Errorf("malformed event %.40q", s)
 	}
-	return Event{ID: rest[:n], Payload: []byte(rest[n:])}, nil
+	payload, headers := unseal(rest[n:])
+	return Event{ID: rest[:n], Payload: payload, Headers: headers}, nil
 }

@@ -33,8 +33,8 @@ func TestTopicListen(t *testing.T) {
 		_, err = tp.Publish(ctx, []byte("d again"), WithID("d"))
 		require.ErrorIs(t, err, ErrDuplicate)
 		last := publish(t, tp, "last")
-		want := []Event{{id, []byte("alone")}, {ids[0], []byte("b1")}, {ids[1], []byte{}}, {ids[2], []byte("b:3")},
-			{dup, []byte("d")}, {last, []byte("last")}}
+		want := []Event{{ID: id, Payload: []byte("alone")}, {ID: ids[0], Payload: []byte("b1")}, {ID: ids[1], Payload: []byte{}},
+			{ID: ids[2], Payload: []byte("b:3")}, {ID: dup, Payload: []byte("d")}, {ID: last, Payload: []byte("last")}}
 		for _, w := range want {
 			select {
 			case ev := <-events:

@@ -29,6 +29,7 @@ type Locker struct {
 	waits  *waitlist // nil for a quorum, whose waiters poll
 	prefix string
 	log    *slog.Logger // WithLogger's; nil: slog.Default()
+	hook   Hook         // WithHook's; nil: none
 	err    error        // from a bad client or option, returned by every call
 
 	ctx    context.Context // ends on Close; bounds background calls
@@ -47,7 +48,7 @@ func NewLocker(client redis.UniversalClient, opts ...Option) *Locker {
 			o.applyLocker(&cfg)
 		}
 	}
-	l := &Locker{client: client, prefix: cfg.prefix, log: cfg.log, err: cfg.err}
+	l := &Locker{client: client, prefix: cfg.prefix, log: cfg.log, hook: cfg.hook, err: cfg.err}
 	if err := checkClient(client); err != nil {
 		l.err = err
 	}

@@ -15,6 +15,8 @@ type Message struct {
 	ID string
 	// Payload is the message's body, as enqueued.
 	Payload []byte
+	// Headers are the message's headers ([WithHeaders]), nil if none.
+	Headers map[string]string
 	// Attempt counts deliveries of this message, 1 on the first, and grows
 	// by one with each delivery while the id stays live. So (ID, Attempt)
 	// orders the deliveries of one message: a store that refuses writes

@@ -29,6 +29,7 @@ type Option interface {
 type lockerConfig struct {
 	prefix string
 	log    *slog.Logger // nil: slog.Default()
+	hook   Hook         // nil: none
 	err    error
 }
 
@@ -269,6 +270,7 @@ type queueConfig struct {
 	deadLimit   int
 	backoff     func(attempt int) time.Duration
 	log         *slog.Logger // nil: slog.Default()
+	hook        Hook         // nil: none
 	err         error
 }
 
@@ -349,10 +351,11 @@ func WithRetryBackoff(f func(attempt int) time.Duration) QueueOption {
 type EnqueueOption func(*enqueueConfig)
 
 type enqueueConfig struct {
-	delay  time.Duration
-	id     string
-	unique time.Duration
-	err    error
+	delay   time.Duration
+	id      string
+	unique  time.Duration
+	headers map[string]string // WithHeaders'
+	err     error
 }
 
 // WithDelay makes the message ready only after d (millisecond resolution,

@@ -43,6 +43,7 @@ type Queue struct {
 	deadLimit   int // per shard
 	backoff     func(attempt int) time.Duration
 	log         *slog.Logger // WithLogger's; nil: slog.Default()
+	hook        Hook         // WithHook's; nil: none
 	err         error
 	wd          watchdog // renews the claims of Consume's handlers
 }
@@ -92,7 +93,7 @@ func validName(name string) bool { return name != "" && !strings.ContainsAny(nam
 func buildQueue(client redis.UniversalClient, name string, cfg queueConfig, shards []*shard) *Queue {
 	q := &Queue{client: client, name: name, shards: shards, wakeKey: shards[0].marker, lease: cfg.lease,
 		maxAttempts: cfg.maxAttempts, deadLimit: (cfg.deadLimit + len(shards) - 1) / len(shards),
-		backoff: cfg.backoff, log: cfg.log, err: cfg.err}
+		backoff: cfg.backoff, log: cfg.log, hook: cfg.hook, err: cfg.err}
 	q.wd = newWatchdog(context.Background(), q.extendAll)
 	return q
 }

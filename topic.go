@@ -34,6 +34,7 @@ type Topic struct {
 	opts    []QueueOption // the subscriptions' defaults
 	err     error
 	log     *slog.Logger // WithLogger's; nil: slog.Default()
+	hook    Hook         // WithHook's; nil: none
 	publish string       // "PUBLISH", or "SPUBLISH" on a Cluster
 	keys    topicKeys
 	view    atomic.Pointer[topicView] // the subscriptions as last seen
@@ -85,7 +86,7 @@ func NewTopic(client redis.UniversalClient, name string, opts ...QueueOption) *T
 	cfg := newQueueConfig(opts)
 	base := topicBase(cfg.prefix, name)
 	t := &Topic{
-		client: client, name: name, prefix: cfg.prefix, opts: opts, err: cfg.err, log: cfg.log, publish: publishCommand(client),
+		client: client, name: name, prefix: cfg.prefix, opts: opts, err: cfg.err, log: cfg.log, hook: cfg.hook, publish: publishCommand(client),
 		waits: listenWaits{ping: listenPing, answer: answerWait},
 		keys: topicKeys{
 			version: base + "version", subs: base + "subs", payloads: base + "payloads",
@@ -254,7 +255,22 @@ func (t *Topic) Publish(ctx context.Context, payload []byte, opts ...EnqueueOpti
 	if err != nil {
 		return "", err
 	}
-	took, subs, err := t.publishAll(ctx, publishOptions{cfg.delay.Milliseconds(), uniqueArg(cfg)}, [][]any{{id, payload}})
+	send := func(ctx context.Context, headers map[string]string) (string, error) {
+		return t.publishOne(ctx, cfg, id, payload, headers)
+	}
+	if t.hook != nil {
+		return t.hook.Enqueue(ctx, t.name, cfg.headers, send)
+	}
+	return send(ctx, cfg.headers)
+}
+
+// publishOne publishes one checked message with headers (which a Hook may
+// have added to).
+func (t *Topic) publishOne(ctx context.Context, cfg enqueueConfig, id string, payload []byte, headers map[string]string) (string, error) {
+	if err := checkHeaders(headers); err != nil {
+		return "", err
+	}
+	took, subs, err := t.publishAll(ctx, publishOptions{cfg.delay.Milliseconds(), uniqueArg(cfg)}, [][]any{{id, seal(payload, headers)}})
 	if err != nil {
 		return "", fmt.Errorf("redlease: publish on topic %q: %w", t.name, err)
 	}
@@ -264,6 +280,7 @@ func (t *Topic) Publish(ctx context.Context, payload []byte, opts ...EnqueueOpti
 	case took[0] == 0 && subs > 0:
 		return id, fmt.Errorf("%w: %q is live in every subscription of topic %q", ErrDuplicate, id, t.name)
 	}
+	t.observe(ctx, Observation{Kind: MessageEnqueued, Name: t.name, ID: id, N: 1})
 	return id, nil
 }
 
