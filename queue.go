@@ -100,6 +100,10 @@ func buildQueue(client redis.UniversalClient, name string, cfg queueConfig, shar
 
 func (q *Queue) check() error { return q.err }
 
+// Name returns the queue's name; a topic subscription's is
+// "topic/subscription".
+func (q *Queue) Name() string { return q.name }
+
 // shardOf picks the shard of a new message: by its id when the caller gave
 // one (so a duplicate lands where the original is), else in turn.
 func (q *Queue) shardOf(id string) *shard {

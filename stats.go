@@ -19,6 +19,20 @@ type Stats struct {
 	InFlight int64
 	// Dead counts messages in the dead-letter list.
 	Dead int64
+
+	// Totals since the queue's first message, which only grow (unless
+	// its keys are deleted): for rates, as in a dashboard or a
+	// Prometheus counter.
+
+	// Enqueued counts messages added.
+	Enqueued int64
+	// Acked counts messages acked.
+	Acked int64
+	// Nacked counts nacks and ended leases that sent a message back to
+	// be retried.
+	Nacked int64
+	// DeadLettered counts messages moved to the dead letters.
+	DeadLettered int64
 }
 
 // Stats counts the queue's messages by state, in one round trip. The

@@ -121,6 +121,9 @@ func publishCommand(c redis.UniversalClient) string {
 	return "PUBLISH"
 }
 
+// Name returns the topic's name.
+func (t *Topic) Name() string { return t.name }
+
 // Subscribe creates the subscription called name, if it does not exist,
 // and returns its Queue. It is idempotent: every call with the same name
 // returns a Queue on the same subscription. The Queue receives every
