@@ -16,8 +16,8 @@ import (
 // messaging.destination.name), read with [redlease.Queue.Stats] each time
 // the MeterProvider collects. The Stats calls of one collection run one
 // after the other, all within [WithStatsTimeout]'s bound; a queue whose
-// call fails reports nothing that time, and the error goes to the
-// MeterProvider (which hands it to otel.Handle). Queues may come from any
+// call fails reports nothing that time, while the others report, and its
+// error is the collection's (a periodic reader hands it to otel.Handle). Queues may come from any
 // clients, with or without this Hook installed.
 //
 // stop ends the reporting; it is safe to call more than once. A nil queue
