@@ -218,3 +218,14 @@ func eventually(t *testing.T, what string, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// histogramPoints returns the attribute sets of a float64 histogram's
+// points.
+func histogramPoints(m metricdata.Metrics) []attribute.Set {
+	d, _ := m.Data.(metricdata.Histogram[float64])
+	var sets []attribute.Set
+	for _, p := range d.DataPoints {
+		sets = append(sets, p.Attributes)
+	}
+	return sets
+}
