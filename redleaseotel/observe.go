@@ -6,6 +6,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/redlease/redlease"
 )
@@ -31,9 +32,9 @@ type dest struct {
 	process    metric.MeasurementOption // and operation process
 	processErr metric.MeasurementOption // and operation process, error.type
 
-	sendSpan, processSpan string               // span names
-	sendAttrs             []attribute.KeyValue // a send span's first attributes
-	processAttrs          []attribute.KeyValue // a process span's first attributes
+	sendSpan, processSpan string                  // span names
+	sendStart             []trace.SpanStartOption // a send span's kind and attributes
+	processAttrs          []attribute.KeyValue    // a process span's first attributes
 }
 
 // newDest builds the dest of a queue or topic name.
@@ -51,8 +52,8 @@ func newDest(name string) *dest {
 		processErr:  opt(semconv.MessagingOperationName(opProcess), semconv.ErrorTypeKey.String(errorOther)),
 		sendSpan:    opSend + " " + name,
 		processSpan: opProcess + " " + name,
-		sendAttrs: []attribute.KeyValue{system, dn, semconv.MessagingOperationName(opSend),
-			semconv.MessagingOperationTypeSend},
+		sendStart: []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindProducer),
+			trace.WithAttributes(system, dn, semconv.MessagingOperationName(opSend), semconv.MessagingOperationTypeSend)},
 		processAttrs: []attribute.KeyValue{system, dn, semconv.MessagingOperationName(opProcess),
 			semconv.MessagingOperationTypeProcess},
 	}

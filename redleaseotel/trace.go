@@ -5,6 +5,7 @@ import (
 	"maps"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/propagation"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
@@ -12,6 +13,10 @@ import (
 
 	"github.com/redlease/redlease"
 )
+
+// consumerKind is a process span's kind, made once: an option is an
+// interface, and making one allocates.
+var consumerKind = trace.WithSpanKind(trace.SpanKindConsumer)
 
 // Enqueue wraps one [redlease.Queue.Enqueue] or [redlease.Topic.Publish] in
 // a PRODUCER span named "send <dest>", with the attributes
@@ -22,8 +27,7 @@ import (
 // itself is never changed.
 func (h *Hook) Enqueue(ctx context.Context, dest string, headers map[string]string, next redlease.EnqueueFunc) (string, error) {
 	d := h.dest(dest)
-	ctx, span := h.tracer.Start(ctx, d.sendSpan, trace.WithSpanKind(trace.SpanKindProducer),
-		trace.WithAttributes(d.sendAttrs...))
+	ctx, span := h.tracer.Start(ctx, d.sendSpan, d.sendStart...)
 	defer span.End()
 	// Room for the propagator's headers (traceparent, tracestate) too.
 	carrier := make(propagation.MapCarrier, len(headers)+2)
@@ -75,13 +79,17 @@ func (h *Hook) Handle(ctx context.Context, m *redlease.Message, next func(contex
 			parent = trace.ContextWithSpan(parent, ambient)
 		}
 	}
-	opts := make([]trace.SpanStartOption, 0, 4)
-	opts = append(opts, trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(d.processAttrs...),
-		trace.WithAttributes(semconv.MessagingMessageID(m.ID), AttemptKey.Int(m.Attempt)))
+	// One attribute slice and one option slice, each allocated once at
+	// its final size: the SDK copies both.
+	attrs := make([]attribute.KeyValue, 0, len(d.processAttrs)+2)
+	attrs = append(append(attrs, d.processAttrs...), semconv.MessagingMessageID(m.ID), AttemptKey.Int(m.Attempt))
+	opts := [3]trace.SpanStartOption{consumerKind, trace.WithAttributes(attrs...)}
+	n := 2
 	if producer.IsValid() {
-		opts = append(opts, trace.WithLinks(trace.Link{SpanContext: producer}))
+		opts[2] = trace.WithLinks(trace.Link{SpanContext: producer})
+		n = 3
 	}
-	ctx, span := h.tracer.Start(parent, d.processSpan, opts...)
+	ctx, span := h.tracer.Start(parent, d.processSpan, opts[:n]...)
 	start := time.Now()
 	err := next(ctx, m)
 	elapsed := time.Since(start).Seconds()
