@@ -117,9 +117,10 @@ type Hook struct {
 	statsTimeout time.Duration
 
 	// Queue instruments.
-	sent, consumed, acked, nacked, dead, reclaimed metric.Int64Counter
-	process                                        metric.Float64Histogram
-	ready, delayed, inFlight, deadDepth            metric.Int64ObservableGauge
+	sent, consumed, acked, nacked, dead, reclaimed    metric.Int64Counter
+	process                                           metric.Float64Histogram
+	ready, delayed, inFlight, deadDepth               metric.Int64ObservableGauge
+	totalEnqueued, totalAcked, totalNacked, totalDead metric.Int64ObservableCounter
 
 	// Lock instruments.
 	lockLatency, lockWait                   metric.Float64Histogram
@@ -145,6 +146,10 @@ const (
 	delayedName       = "redlease.queue.delayed"
 	inFlightName      = "redlease.queue.in_flight"
 	deadDepthName     = "redlease.queue.dead"
+	totalEnqueuedName = "redlease.queue.enqueued"
+	totalAckedName    = "redlease.queue.acked"
+	totalNackedName   = "redlease.queue.nacked"
+	totalDeadName     = "redlease.queue.dead_lettered"
 	lockLatencyName   = "redlease.lock.acquire.duration"
 	lockWaitName      = "redlease.lock.wait.duration"
 	handoffsName      = "redlease.lock.handoffs"
@@ -215,6 +220,14 @@ func NewHook(opts ...Option) *Hook {
 		errs = append(errs, err)
 		return i
 	}
+	total := func(name, desc string) metric.Int64ObservableCounter {
+		i, err := h.meter.Int64ObservableCounter(name, metric.WithUnit("{message}"), metric.WithDescription(desc))
+		if i == nil {
+			return noop.Int64ObservableCounter{}
+		}
+		errs = append(errs, err)
+		return i
+	}
 	h.sent = counter(sentName, "{message}", "Messages added by Enqueue, EnqueueBatch and Publish.")
 	h.consumed = counter(consumedName, "{message}", "Messages claimed by Claim or Consume.")
 	h.acked = counter(ackedName, "{message}", "Messages acked.")
@@ -226,6 +239,10 @@ func NewHook(opts ...Option) *Hook {
 	h.delayed = gauge(delayedName, "Messages waiting for their delay or retry backoff.")
 	h.inFlight = gauge(inFlightName, "Messages claimed and not yet acked or nacked.")
 	h.deadDepth = gauge(deadDepthName, "Messages in the dead letters.")
+	h.totalEnqueued = total(totalEnqueuedName, "Messages ever added to the queue, by any client.")
+	h.totalAcked = total(totalAckedName, "Messages ever acked in the queue, by any client.")
+	h.totalNacked = total(totalNackedName, "Nacks and ended leases that sent a message back to be retried, by any client.")
+	h.totalDead = total(totalDeadName, "Messages ever moved to the queue's dead letters.")
 	h.lockLatency = histogram(lockLatencyName, "Duration of the calls that acquired a lock.", lockBuckets)
 	h.lockWait = histogram(lockWaitName, "Part of a lock acquisition spent waiting for other holders.", lockBuckets)
 	h.handoffs = counter(handoffsName, "{acquisition}", "Locks granted to a waiter by the previous holder's release.")

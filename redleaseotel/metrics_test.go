@@ -97,8 +97,8 @@ func TestReclaimCounter(t *testing.T) {
 	}
 }
 
-// TestDepthGauges: ObserveQueues reports Stats' counts per state, for each
-// queue registered, until stopped.
+// TestDepthGauges: ObserveQueues reports Stats' counts per state and its
+// totals, for each queue registered, until stopped.
 func TestDepthGauges(t *testing.T) {
 	mr := newRedis(t)
 	s := newSide(t, mr.Addr())
@@ -113,8 +113,17 @@ func TestDepthGauges(t *testing.T) {
 	if _, err := jobs.Enqueue(ctx, []byte("x"), redlease.WithDelay(time.Hour)); err != nil {
 		t.Fatal(err)
 	}
-	if m, err := jobs.Claim(ctx); err != nil || m == nil {
-		t.Fatalf("Claim: %v, %v", m, err)
+	// Of the 3 ready, one is acked and one stays claimed.
+	for i := range 2 {
+		m, err := jobs.Claim(ctx)
+		if err != nil || m == nil {
+			t.Fatalf("Claim: %v, %v", m, err)
+		}
+		if i == 0 {
+			if err := m.Ack(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
 	}
 	if _, err := mail.Enqueue(ctx, []byte("x")); err != nil {
 		t.Fatal(err)
@@ -128,9 +137,12 @@ func TestDepthGauges(t *testing.T) {
 		queue, gauge string
 		want         int64
 	}{
-		{"jobs", "redlease.queue.ready", 2}, {"jobs", "redlease.queue.delayed", 1},
+		{"jobs", "redlease.queue.ready", 1}, {"jobs", "redlease.queue.delayed", 1},
 		{"jobs", "redlease.queue.in_flight", 1}, {"jobs", "redlease.queue.dead", 0},
 		{"mail", "redlease.queue.ready", 1}, {"mail", "redlease.queue.in_flight", 0},
+		{"jobs", "redlease.queue.enqueued", 4}, {"jobs", "redlease.queue.acked", 1},
+		{"jobs", "redlease.queue.nacked", 0}, {"jobs", "redlease.queue.dead_lettered", 0},
+		{"mail", "redlease.queue.enqueued", 1},
 	} {
 		if got, ok := sum(rm, c.gauge, queueAttrs(c.queue)...); !ok || got != c.want {
 			t.Errorf("%s of %s = %d (reported: %v), want %d", c.gauge, c.queue, got, ok, c.want)
