@@ -108,7 +108,8 @@ func WithStatsTimeout(d time.Duration) Option {
 
 // A Hook is a [redlease.Hook] that records OpenTelemetry metrics and traces.
 // It is safe for concurrent use, and one Hook may serve any number of
-// Lockers, Queues and Topics. Its methods never block on the network.
+// Lockers, Queues and Topics. Its methods make no network calls of their
+// own: spans and measurements go to the providers, which export them apart.
 type Hook struct {
 	tracer       trace.Tracer
 	meter        metric.Meter

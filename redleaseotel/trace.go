@@ -55,15 +55,16 @@ func (h *Hook) Enqueue(ctx context.Context, dest string, headers map[string]stri
 // propagator extracts from m.Headers.
 //
 // The span links to the producer's span, whose context the propagator
-// extracts from m.Headers. Its parent is the span ctx carries, if any (the
-// one Consume was called under); if none, the producer's span, so that a
-// message's processing joins its producer's trace. This is the semantic
-// conventions' guidance for process spans: parent on the ambient context
-// when there is one, else on the message's creation context, and link to
-// the creation context. A message consumed with no ambient span, the
-// common case, thus shows under its producer in one trace, while a
-// consumer running inside a span of its own keeps it and still leads to the
-// producer through the link.
+// extracts from m.Headers: the semantic conventions ask a process span to
+// link to each message's creation context. They leave its parent to the
+// general rules, so the parent is the span ctx carries, if any (the one
+// Consume was called under), and otherwise the producer's span. Consume's
+// context rarely carries a span, and a process span without a parent would
+// start a trace of its own, tied to its producer only by a link, which
+// many trace viewers show poorly; as the producer's child, a message's
+// processing shows under its producer in one trace. A consumer running
+// inside a span of its own keeps it, and still leads to the producer
+// through the link.
 func (h *Hook) Handle(ctx context.Context, m *redlease.Message, next func(context.Context, *redlease.Message) error) error {
 	d := h.dest(queueName(m))
 	ambient := trace.SpanFromContext(ctx)
