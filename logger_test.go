@@ -264,7 +264,7 @@ func TestClaimLossIsLogged(t *testing.T) {
 	err = q.Consume(ctx, func(hctx context.Context, m *Message) error {
 		defer cancel()
 		require.NoError(t, c.Del(ctx, q.shards[0].messages).Err()) // the claim is gone
-		<-hctx.Done()                                               // cancelled when the renewal finds out
+		<-hctx.Done()                                              // cancelled when the renewal finds out
 		return nil
 	}, WithErrorHandler(func(error) {}))
 	require.ErrorIs(t, err, context.Canceled)
