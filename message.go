@@ -51,7 +51,16 @@ func (m *Message) ack(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("redlease: ack %q: %w", m.ID, err)
 	}
-	return claimGone(m.ID, code)
+	return m.acked(ctx, code)
+}
+
+// acked turns an ack's code into its error, and observes a success.
+func (m *Message) acked(ctx context.Context, code int64) error {
+	err := claimGone(m.ID, code)
+	if err == nil {
+		m.q.observe(ctx, Observation{Kind: MessageAcked, Name: m.q.name, ID: m.ID, Attempt: m.Attempt})
+	}
+	return err
 }
 
 // settle ends the claim on the client's side once Redis has answered for
@@ -126,6 +135,13 @@ func (m *Message) nack(ctx context.Context, cause error) error {
 	code, err := runAll(ctx, m.q.client, nackScript, []scriptCall{call}, m.q.wake(ctx)...)[0].Int64()
 	if err != nil {
 		return fmt.Errorf("redlease: nack %q: %w", m.ID, err)
+	}
+	switch code {
+	case codeOK:
+		m.q.observe(ctx, Observation{Kind: MessageNacked, Name: m.q.name, ID: m.ID, Attempt: m.Attempt, Err: cause})
+	case codeBuried:
+		m.q.logger().Warn("redlease: message dead-lettered", "queue", m.q.name, "id", m.ID, "attempt", m.Attempt, "err", cause)
+		m.q.observe(ctx, Observation{Kind: MessageDead, Name: m.q.name, ID: m.ID, Attempt: m.Attempt, Err: cause})
 	}
 	return claimGone(m.ID, code)
 }

@@ -74,14 +74,6 @@ func WithLogger(log *slog.Logger) Option { return loggerOption{log} }
 
 type loggerOption struct{ log *slog.Logger }
 
-// orDefault is log, or slog's default as it is now when log is nil.
-func orDefault(log *slog.Logger) *slog.Logger {
-	if log != nil {
-		return log
-	}
-	return slog.Default()
-}
-
 var errNilLogger = fmt.Errorf("%w: nil logger", ErrInvalidArgument)
 
 func (o loggerOption) applyLocker(c *lockerConfig) {
