@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log"
+	"strings"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
@@ -58,12 +59,12 @@ func Example() {
 	defer cancel()
 	_ = q.Consume(cctx, func(ctx context.Context, m *redlease.Message) error {
 		defer cancel() // one message is enough here
-		// ctx carries the "process emails" span, child of "send emails".
+		// ctx carries the process span, child of "send emails".
 		return nil
 	})
 
 	for _, s := range spans.Ended() {
-		fmt.Println(s.SpanKind(), s.Name())
+		fmt.Println(s.SpanKind(), strings.Fields(s.Name())[0]) // the operation
 	}
 	var rm metricdata.ResourceMetrics
 	if err := reader.Collect(ctx, &rm); err != nil {
@@ -75,7 +76,7 @@ func Example() {
 		}
 	}
 	// Output:
-	// producer send emails
-	// consumer process emails
+	// producer send
+	// consumer process
 	// messaging.client.sent.messages 1
 }

@@ -83,7 +83,8 @@ func TestLockRenewals(t *testing.T) {
 	ctx := context.Background()
 	l := redlease.NewLocker(s.client, redlease.WithHook(s.hook))
 	defer l.Close()
-	lk, err := l.ObtainShared(ctx, "k", redlease.WithTTL(150*time.Millisecond))
+	// Renewals every 200ms: a failed one is reported before the lease ends.
+	lk, err := l.ObtainShared(ctx, "k", redlease.WithTTL(600*time.Millisecond))
 	if err != nil {
 		t.Fatal(err)
 	}

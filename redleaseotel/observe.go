@@ -37,12 +37,21 @@ type dest struct {
 	processAttrs          []attribute.KeyValue    // a process span's first attributes
 }
 
-// newDest builds the dest of a queue or topic name.
+// newDest builds the dest of a queue or topic name. An empty name, a
+// destination not known, leaves messaging.destination.name out, and the
+// span names are the operation's alone, as the semantic conventions ask.
 func newDest(name string) *dest {
-	system := semconv.MessagingSystemKey.String(System)
-	dn := semconv.MessagingDestinationName(name)
+	base := []attribute.KeyValue{semconv.MessagingSystemKey.String(System)}
+	sendSpan, processSpan := opSend, opProcess
+	if name != "" {
+		base = append(base, semconv.MessagingDestinationName(name))
+		sendSpan, processSpan = opSend+" "+name, opProcess+" "+name
+	}
+	with := func(kv ...attribute.KeyValue) []attribute.KeyValue {
+		return append(append(make([]attribute.KeyValue, 0, len(base)+len(kv)), base...), kv...)
+	}
 	opt := func(kv ...attribute.KeyValue) metric.MeasurementOption {
-		return metric.WithAttributeSet(attribute.NewSet(append([]attribute.KeyValue{system, dn}, kv...)...))
+		return metric.WithAttributeSet(attribute.NewSet(with(kv...)...))
 	}
 	return &dest{
 		plain:       opt(),
@@ -50,12 +59,11 @@ func newDest(name string) *dest {
 		claim:       opt(semconv.MessagingOperationName(opClaim)),
 		process:     opt(semconv.MessagingOperationName(opProcess)),
 		processErr:  opt(semconv.MessagingOperationName(opProcess), semconv.ErrorTypeKey.String(errorOther)),
-		sendSpan:    opSend + " " + name,
-		processSpan: opProcess + " " + name,
+		sendSpan:    sendSpan,
+		processSpan: processSpan,
 		sendStart: []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindProducer),
-			trace.WithAttributes(system, dn, semconv.MessagingOperationName(opSend), semconv.MessagingOperationTypeSend)},
-		processAttrs: []attribute.KeyValue{system, dn, semconv.MessagingOperationName(opProcess),
-			semconv.MessagingOperationTypeProcess},
+			trace.WithAttributes(with(semconv.MessagingOperationName(opSend), semconv.MessagingOperationTypeSend)...)},
+		processAttrs: with(semconv.MessagingOperationName(opProcess), semconv.MessagingOperationTypeProcess),
 	}
 }
 

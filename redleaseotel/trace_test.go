@@ -56,11 +56,13 @@ func checkConsumer(t *testing.T, sp sdktrace.ReadOnlySpan, dest, id string, atte
 	if sp.SpanKind() != trace.SpanKindConsumer {
 		t.Errorf("%s: kind %v, want consumer", sp.Name(), sp.SpanKind())
 	}
-	want := []attribute.KeyValue{semconv.MessagingSystemKey.String("redlease"), semconv.MessagingDestinationName(dest),
-		semconv.MessagingOperationName("process"), semconv.MessagingOperationTypeProcess, semconv.MessagingMessageID(id),
-		AttemptKey.Int(attempt)}
+	want := append(queueAttrs(consumed(dest)), semconv.MessagingOperationName("process"),
+		semconv.MessagingOperationTypeProcess, semconv.MessagingMessageID(id), AttemptKey.Int(attempt))
 	if !has(attrs(sp), want...) {
 		t.Errorf("%s: attributes %v, want %v", sp.Name(), sp.Attributes(), want)
+	}
+	if set := attrs(sp); set.HasValue(semconv.MessagingDestinationNameKey) != (consumed(dest) != "") {
+		t.Errorf("%s: attributes %v: destination name present: %v", sp.Name(), sp.Attributes(), !(consumed(dest) != ""))
 	}
 	links := sp.Links()
 	if len(links) != 1 || !links[0].SpanContext.Equal(producer.WithRemote(true)) && !links[0].SpanContext.Equal(producer) {
@@ -109,12 +111,12 @@ func TestQueueTrace(t *testing.T) {
 	if got["tenant"] != "a" || got["traceparent"] == "" {
 		t.Errorf("consumer saw headers %v, want tenant and traceparent", got)
 	}
-	proc := only(t, cons, "process jobs")
+	proc := only(t, cons, processSpan("jobs"))
 	checkConsumer(t, proc, "jobs", id, 1, send.SpanContext(), trace.SpanContext{})
 	if !inHandler.Equal(proc.SpanContext()) {
 		t.Errorf("handler's context carries span %v, want the consumer span %v", inHandler, proc.SpanContext())
 	}
-	if len(prod.ended("process jobs")) != 0 || len(cons.ended("send jobs")) != 0 {
+	if len(prod.ended(processSpan("jobs"))) != 0 || len(cons.ended("send jobs")) != 0 {
 		t.Error("a side recorded the other side's span")
 	}
 }
@@ -135,7 +137,7 @@ func TestQueueTraceAmbient(t *testing.T) {
 	ctx, worker := cons.tp.Tracer("test").Start(context.Background(), "worker")
 	consume(t, ctx, cq, 1, func(context.Context, *redlease.Message) error { return nil })
 	worker.End()
-	proc := only(t, cons, "process jobs")
+	proc := only(t, cons, processSpan("jobs"))
 	checkConsumer(t, proc, "jobs", id, 1, send.SpanContext(), worker.SpanContext())
 	if proc.SpanContext().TraceID() == send.SpanContext().TraceID() {
 		t.Error("the process span joined the producer's trace despite an ambient span")
@@ -160,7 +162,7 @@ func TestTopicTrace(t *testing.T) {
 	send := only(t, prod, "send events")
 	checkProducer(t, send, "events", id)
 	consume(t, ctx, sub, 1, func(context.Context, *redlease.Message) error { return nil })
-	proc := only(t, cons, "process events/billing")
+	proc := only(t, cons, processSpan("events/billing"))
 	checkConsumer(t, proc, "events/billing", id, 1, send.SpanContext(), trace.SpanContext{})
 }
 
@@ -190,7 +192,7 @@ func TestTraceSurvivesRetry(t *testing.T) {
 	}
 	consume(t, ctx, cq, 1, func(context.Context, *redlease.Message) error { return nil })
 
-	spans := cons.ended("process jobs")
+	spans := cons.ended(processSpan("jobs"))
 	if len(spans) != 3 {
 		t.Fatalf("%d process spans, want 3", len(spans))
 	}
