@@ -16,7 +16,9 @@
 # hook (redleaseotel, on SDK providers that record every span and export
 # nothing) off and on: the Enqueue loop, and per Consume concurrency a
 # fill by Enqueue (so that messages carry a traceparent when on) and a
-# Consume drain; msgs/s and allocations per message, on ÷ off.
+# Consume drain; msgs/s and allocations per message, on ÷ off. Spans go
+# to a processor that drops them, or with OTEL_SPANS=batch through the
+# SDK's batch span processor to an exporter that drops them.
 #
 # It exports OLD_COMMIT with `git archive` into a temporary directory (no
 # worktree is registered, nothing is left in the repository), builds the
@@ -55,8 +57,8 @@ case "$what" in
     about="goroutines $goroutines" ;;
   queue) run_args=(-conc "$concurrency" -msgs "$queue_msgs" -payload "$payload" -dur "$dur")
     about="Enqueue loop; EnqueueBatch + Consume of $queue_msgs messages of $payload B at concurrency $concurrency; Stats" ;;
-  otel) run_args=(-conc "$concurrency" -msgs "$queue_msgs" -payload "$payload" -dur "$dur")
-    about="Enqueue loop; Enqueue fill + Consume of $queue_msgs messages of $payload B at concurrency $concurrency" ;;
+  otel) run_args=(-conc "$concurrency" -msgs "$queue_msgs" -payload "$payload" -dur "$dur" -spans "${OTEL_SPANS:-discard}")
+    about="Enqueue loop; Enqueue fill + Consume of $queue_msgs messages of $payload B at concurrency $concurrency; spans to ${OTEL_SPANS:-discard}" ;;
 esac
 lib=github.com/redlease/redlease
 port_tries=20      # ports tried before giving up

@@ -4,8 +4,9 @@
 // message at a time on one goroutine, then, per Consume concurrency, a
 // queue filled (unmeasured) and drained by Consume with a no-op handler.
 // With the hook on, every queue has a Hook with an SDK MeterProvider (a
-// ManualReader), an SDK TracerProvider sampling every span into a batch
-// span processor whose exporter drops them, and the TraceContext
+// ManualReader), an SDK TracerProvider sampling every span into a span
+// processor that drops them (-spans discard) or the SDK's batch span
+// processor with an exporter that drops them (-spans batch), and the TraceContext
 // propagator; so the messages consumed carry a traceparent header, as
 // they would in a traced program. Besides msgs/s it reports the heap
 // allocations per message of the whole process.
@@ -22,6 +23,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -75,11 +77,16 @@ func runCmd(args []string) error {
 	dur := fs.Duration("dur", time.Second, "length of the measured Enqueue loop")
 	warm := fs.Duration("warmup", 200*time.Millisecond, "unmeasured Enqueue loop before the measured one")
 	timeout := fs.Duration("timeout", time.Minute, "longest one drain may take")
+	spans := fs.String("spans", "discard", "with -hook on, where ended spans go: discard (a span processor that drops them) or batch (the SDK's batch span processor, to an exporter that drops them)")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the run to this file")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if *addr == "" || (*hook != "on" && *hook != "off") {
 		return errors.New("-addr and -hook on|off are required")
+	}
+	if *spans != "discard" && *spans != "batch" {
+		return errors.New("-spans must be discard or batch")
 	}
 	if *msgs < 1 || *warmMsgs < 1 || *size < 0 || *size > redlease.MaxPayload {
 		return errors.New("-msgs and -warmup-msgs must be positive, -payload 0 to redlease.MaxPayload")
@@ -94,6 +101,18 @@ func runCmd(args []string) error {
 		cfg.conc = append(cfg.conc, n)
 	}
 
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+
 	ctx := context.Background()
 	client := redis.NewClient(&redis.Options{Addr: *addr, PoolSize: 2 * fillers})
 	defer client.Close()
@@ -101,24 +120,34 @@ func runCmd(args []string) error {
 	defer cleanup(client, prefix)
 	opts := []redlease.QueueOption{redlease.WithPrefix(prefix)}
 	if *hook == "on" {
-		h, shutdown := newHook()
+		h, shutdown := newHook(*spans == "batch")
 		defer shutdown()
 		opts = append(opts, redlease.WithHook(h))
 	}
 	return measure(ctx, client, opts, cfg)
 }
 
-// discard is a span exporter that drops what it is given.
+// discard is a span exporter, and a span processor, that drops what it
+// is given.
 type discard struct{}
 
 func (discard) ExportSpans(context.Context, []sdktrace.ReadOnlySpan) error { return nil }
+func (discard) OnStart(context.Context, sdktrace.ReadWriteSpan)            {}
+func (discard) OnEnd(sdktrace.ReadOnlySpan)                                {}
+func (discard) ForceFlush(context.Context) error                           { return nil }
 func (discard) Shutdown(context.Context) error                             { return nil }
 
-// newHook returns a Hook on SDK providers that record everything and
-// export nothing, and their shutdown.
-func newHook() (*redleaseotel.Hook, func()) {
-	tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.AlwaysSample()),
-		sdktrace.WithBatcher(discard{}))
+// newHook returns a Hook on SDK providers that record everything (every
+// span sampled, recorded and ended) and export nothing, and their
+// shutdown. With batch, ended spans go through the SDK's batch span
+// processor, which hands each to a goroutine of its own, to an exporter
+// that drops them; else to a processor that drops them at once.
+func newHook(batch bool) (*redleaseotel.Hook, func()) {
+	processor := sdktrace.WithSpanProcessor(discard{})
+	if batch {
+		processor = sdktrace.WithBatcher(discard{})
+	}
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.AlwaysSample()), processor)
 	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()))
 	h := redleaseotel.NewHook(redleaseotel.WithTracerProvider(tp), redleaseotel.WithMeterProvider(mp),
 		redleaseotel.WithPropagator(propagation.TraceContext{}))
