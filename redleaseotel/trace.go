@@ -49,7 +49,8 @@ func (h *Hook) Enqueue(ctx context.Context, dest string, headers map[string]stri
 // messaging.destination.name (the queue's name; a topic subscription's
 // queue is "topic/subscription"), messaging.operation.name and
 // messaging.operation.type "process", messaging.message.id and
-// messaging.redlease.message.attempt; the handler's error sets its status.
+// messaging.redlease.message.attempt; the handler's error, or its panic,
+// sets its status.
 // It records the call's duration in messaging.process.duration. The
 // handler's context carries the span, and whatever else (baggage, say) the
 // propagator extracts from m.Headers.
@@ -94,7 +95,19 @@ func (h *Hook) Handle(ctx context.Context, m *redlease.Message, next func(contex
 	}
 	ctx, span := h.tracer.Start(parent, d.processSpan, opts[:n]...)
 	start := time.Now()
+	returned := false
+	defer func() {
+		if !returned {
+			// next panicked (Consume recovers it further up, and still
+			// sees where it happened) or called runtime.Goexit.
+			span.SetAttributes(semconv.ErrorTypeKey.String(errorOther))
+			span.SetStatus(codes.Error, "handler panicked or exited")
+			h.process.Record(ctx, time.Since(start).Seconds(), d.processErr)
+			span.End()
+		}
+	}()
 	err := next(ctx, m)
+	returned = true
 	elapsed := time.Since(start).Seconds()
 	if err != nil {
 		span.SetAttributes(semconv.ErrorTypeKey.String(errorOther))

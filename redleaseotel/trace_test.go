@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"maps"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -234,5 +235,36 @@ func TestEnqueueError(t *testing.T) {
 	}
 	if !has(attrs(spans[1]), semconv.ErrorTypeKey.String("_OTHER")) {
 		t.Errorf("failed send's attributes %v lack error.type", spans[1].Attributes())
+	}
+}
+
+// TestHandlerPanic: a handler's panic, which Consume recovers, still ends
+// its process span with an error status and records its duration.
+func TestHandlerPanic(t *testing.T) {
+	mr := newRedis(t)
+	s := newSide(t, mr.Addr())
+	ctx := context.Background()
+	q := redlease.NewQueue(s.client, "jobs", redlease.WithHook(s.hook), redlease.WithMaxAttempts(1))
+	if _, err := q.Enqueue(ctx, []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	var errs atomic.Int64
+	cctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		q.Consume(cctx, func(context.Context, *redlease.Message) error { panic("boom") },
+			redlease.WithErrorHandler(func(error) { errs.Add(1) }))
+	}()
+	eventually(t, "the panic reported", func() bool { return errs.Load() > 0 })
+	cancel()
+	<-done
+	spans := s.ended(processSpan("jobs"))
+	if len(spans) != 1 || spans[0].Status().Code != codes.Error {
+		t.Fatalf("process spans %v, want one with an error status", spans)
+	}
+	n, _, _ := histogram(s.collect(t), "messaging.process.duration", semconv.ErrorTypeKey.String("_OTHER"))
+	if n != 1 {
+		t.Errorf("messaging.process.duration: %d failed calls, want 1", n)
 	}
 }
