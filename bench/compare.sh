@@ -17,8 +17,9 @@
 # nothing) off and on: the Enqueue loop, and per Consume concurrency a
 # fill by Enqueue (so that messages carry a traceparent when on) and a
 # Consume drain; msgs/s and allocations per message, on ÷ off. Spans go
-# to a processor that drops them, or with OTEL_SPANS=batch through the
-# SDK's batch span processor to an exporter that drops them.
+# to a processor that drops them; with OTEL_SPANS=batch through the SDK's
+# batch span processor to an exporter that drops them; with
+# OTEL_SPANS=none nowhere (a no-op TracerProvider: metrics only).
 #
 # It exports OLD_COMMIT with `git archive` into a temporary directory (no
 # worktree is registered, nothing is left in the repository), builds the

@@ -34,6 +34,8 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
+	tracenoop "go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/redlease/redlease"
 	"github.com/redlease/redlease/bench/internal/cmpstat"
@@ -77,7 +79,7 @@ func runCmd(args []string) error {
 	dur := fs.Duration("dur", time.Second, "length of the measured Enqueue loop")
 	warm := fs.Duration("warmup", 200*time.Millisecond, "unmeasured Enqueue loop before the measured one")
 	timeout := fs.Duration("timeout", time.Minute, "longest one drain may take")
-	spans := fs.String("spans", "discard", "with -hook on, where ended spans go: discard (a span processor that drops them) or batch (the SDK's batch span processor, to an exporter that drops them)")
+	spans := fs.String("spans", "discard", "with -hook on, where ended spans go: discard (a span processor that drops them), batch (the SDK's batch span processor, to an exporter that drops them), or none (a no-op TracerProvider: metrics only)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the run to this file")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -85,8 +87,8 @@ func runCmd(args []string) error {
 	if *addr == "" || (*hook != "on" && *hook != "off") {
 		return errors.New("-addr and -hook on|off are required")
 	}
-	if *spans != "discard" && *spans != "batch" {
-		return errors.New("-spans must be discard or batch")
+	if *spans != "discard" && *spans != "batch" && *spans != "none" {
+		return errors.New("-spans must be discard, batch or none")
 	}
 	if *msgs < 1 || *warmMsgs < 1 || *size < 0 || *size > redlease.MaxPayload {
 		return errors.New("-msgs and -warmup-msgs must be positive, -payload 0 to redlease.MaxPayload")
@@ -120,7 +122,7 @@ func runCmd(args []string) error {
 	defer cleanup(client, prefix)
 	opts := []redlease.QueueOption{redlease.WithPrefix(prefix)}
 	if *hook == "on" {
-		h, shutdown := newHook(*spans == "batch")
+		h, shutdown := newHook(*spans)
 		defer shutdown()
 		opts = append(opts, redlease.WithHook(h))
 	}
@@ -139,22 +141,27 @@ func (discard) Shutdown(context.Context) error                             { ret
 
 // newHook returns a Hook on SDK providers that record everything (every
 // span sampled, recorded and ended) and export nothing, and their
-// shutdown. With batch, ended spans go through the SDK's batch span
-// processor, which hands each to a goroutine of its own, to an exporter
-// that drops them; else to a processor that drops them at once.
-func newHook(batch bool) (*redleaseotel.Hook, func()) {
+// shutdown. Ended spans go to a processor that drops them (spans
+// "discard"), or through the SDK's batch span processor, which hands each
+// to a goroutine of its own, to an exporter that drops them ("batch"); with
+// "none" the TracerProvider is a no-op, so that only metrics are recorded.
+func newHook(spans string) (*redleaseotel.Hook, func()) {
 	processor := sdktrace.WithSpanProcessor(discard{})
-	if batch {
+	if spans == "batch" {
 		processor = sdktrace.WithBatcher(discard{})
 	}
-	tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.AlwaysSample()), processor)
+	sdk := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.AlwaysSample()), processor)
+	var tp trace.TracerProvider = sdk
+	if spans == "none" {
+		tp = tracenoop.NewTracerProvider()
+	}
 	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()))
 	h := redleaseotel.NewHook(redleaseotel.WithTracerProvider(tp), redleaseotel.WithMeterProvider(mp),
 		redleaseotel.WithPropagator(propagation.TraceContext{}))
 	return h, func() {
 		ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
 		defer cancel()
-		tp.Shutdown(ctx)
+		sdk.Shutdown(ctx)
 		mp.Shutdown(ctx)
 	}
 }
