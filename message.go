@@ -34,6 +34,10 @@ type Message struct {
 	ackErr error // the outcome of an ack folded into the next claim
 }
 
+// Queue returns the name of the queue the message was claimed from (a
+// topic subscription's is "topic/subscription").
+func (m *Message) Queue() string { return m.q.name }
+
 // Ack ends the claim by deleting the message. If the claim was lost (its
 // lease expired, or another consumer claimed the message since), Ack
 // changes nothing and returns an error that errors.Is [ErrNotHeld]. After a

@@ -167,7 +167,7 @@ func measure(ctx context.Context, e *env, cfg config) error {
 		op := opConsume + "/c=" + strconv.Itoa(conc)
 		emit(kindRate, op, "msgs/s", float64(cfg.msgs)/took.Seconds())
 		emitPerMessage(op, c, cfg.msgs)
-		if s, err := q.Stats(ctx); err != nil || s != (redlease.Stats{}) {
+		if s, err := q.Stats(ctx); err != nil || s.Ready+s.Delayed+s.InFlight+s.Dead != 0 {
 			return fmt.Errorf("queue not empty after consume at concurrency %d: %+v %v", conc, s, err)
 		}
 	}
