@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log"
-	"strings"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
@@ -59,12 +58,12 @@ func Example() {
 	defer cancel()
 	_ = q.Consume(cctx, func(ctx context.Context, m *redlease.Message) error {
 		defer cancel() // one message is enough here
-		// ctx carries the process span, child of "send emails".
+		// ctx carries the "process emails" span, child of "send emails".
 		return nil
 	})
 
 	for _, s := range spans.Ended() {
-		fmt.Println(s.SpanKind(), strings.Fields(s.Name())[0]) // the operation
+		fmt.Println(s.SpanKind(), s.Name())
 	}
 	var rm metricdata.ResourceMetrics
 	if err := reader.Collect(ctx, &rm); err != nil {
@@ -76,7 +75,7 @@ func Example() {
 		}
 	}
 	// Output:
-	// producer send
-	// consumer process
+	// producer send emails
+	// consumer process emails
 	// messaging.client.sent.messages 1
 }

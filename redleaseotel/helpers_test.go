@@ -46,30 +46,8 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// messageNamesQueue is whether redlease.Message says which queue it came
-// from (see queueName): until it does, Handle's spans and durations name
-// no queue, and the tests expect that.
-var messageNamesQueue = func() bool {
-	_, ok := any(&redlease.Message{}).(interface{ QueueName() string })
-	return ok
-}()
-
-// consumed is the destination name Handle reports for a message of queue
-// name: name, or "" while Message does not say (see messageNamesQueue).
-func consumed(name string) string {
-	if !messageNamesQueue {
-		return ""
-	}
-	return name
-}
-
 // processSpan is the name of the process span of a message of queue name.
-func processSpan(name string) string {
-	if d := consumed(name); d != "" {
-		return "process " + d
-	}
-	return "process"
-}
+func processSpan(name string) string { return "process " + name }
 
 // side is one "process": its own Redis client, providers, recorders and
 // Hook, as a producer or consumer in another program would have.

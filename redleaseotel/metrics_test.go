@@ -66,7 +66,7 @@ func TestQueueCounters(t *testing.T) {
 	if n, ok := sum(rm, "redlease.messages.reclaimed"); ok && n != 0 {
 		t.Errorf("redlease.messages.reclaimed = %d, want 0", n)
 	}
-	okAttrs := append(queueAttrs(consumed("jobs")), semconv.MessagingOperationName("process"))
+	okAttrs := append(queueAttrs("jobs"), semconv.MessagingOperationName("process"))
 	n, total, _ := histogram(rm, "messaging.process.duration", okAttrs...)
 	nErr, _, _ := histogram(rm, "messaging.process.duration", append(okAttrs, semconv.ErrorTypeKey.String("_OTHER"))...)
 	if n != 4 || nErr != 2 {

@@ -69,7 +69,7 @@ func (h *Hook) Enqueue(ctx context.Context, dest string, headers map[string]stri
 // with it, 3.1µs without, on a 2-core machine). A consumer running inside a span of its own
 // keeps it, and leads to the producer through the link.
 func (h *Hook) Handle(ctx context.Context, m *redlease.Message, next func(context.Context, *redlease.Message) error) error {
-	d := h.dest(queueName(m))
+	d := h.dest(m.Queue())
 	ambient := trace.SpanFromContext(ctx)
 	parent := ctx
 	var producer trace.SpanContext
@@ -118,19 +118,4 @@ func (h *Hook) Handle(ctx context.Context, m *redlease.Message, next func(contex
 	}
 	span.End()
 	return err
-}
-
-// queueName is the name of the queue m was claimed from, or "" if m does
-// not say.
-//
-// TODO(core): redlease.Message does not yet say which queue it came from,
-// and Hook.Handle is not told either. Until it does, through a method
-// QueueName() string on *Message, process spans are named "process" and
-// they and messaging.process.duration carry no messaging.destination.name;
-// once it does, this picks the name up without a change here.
-func queueName(m *redlease.Message) string {
-	if q, ok := any(m).(interface{ QueueName() string }); ok {
-		return q.QueueName()
-	}
-	return ""
 }

@@ -58,13 +58,10 @@ func checkConsumer(t *testing.T, sp sdktrace.ReadOnlySpan, dest, id string, atte
 	if sp.SpanKind() != trace.SpanKindConsumer {
 		t.Errorf("%s: kind %v, want consumer", sp.Name(), sp.SpanKind())
 	}
-	want := append(queueAttrs(consumed(dest)), semconv.MessagingOperationName("process"),
+	want := append(queueAttrs(dest), semconv.MessagingOperationName("process"),
 		semconv.MessagingOperationTypeProcess, semconv.MessagingMessageID(id), AttemptKey.Int(attempt))
 	if !has(attrs(sp), want...) {
 		t.Errorf("%s: attributes %v, want %v", sp.Name(), sp.Attributes(), want)
-	}
-	if set := attrs(sp); set.HasValue(semconv.MessagingDestinationNameKey) != (consumed(dest) != "") {
-		t.Errorf("%s: attributes %v: destination name present: %v", sp.Name(), sp.Attributes(), !(consumed(dest) != ""))
 	}
 	links := sp.Links()
 	if !parent.IsValid() {
