@@ -121,14 +121,14 @@ func (h *Hook) Observe(ctx context.Context, o redlease.Observation) {
 	case redlease.MessageNacked:
 		h.nacked.Add(ctx, 1, h.dest(o.Name).plain)
 	case redlease.MessageDead:
-		h.dead.Add(ctx, 1, h.dest(o.Name).plain)
+		h.dead.Add(ctx, count(o.N), h.dest(o.Name).plain)
 	case redlease.MessagesReclaimed:
 		h.reclaimed.Add(ctx, int64(o.N), h.dest(o.Name).plain)
 	}
 }
 
-// count is the number of messages an enqueue observation reports: N, or 1
-// for a single message that left N unset.
+// count is the number of messages an observation reports: N, or 1 for a
+// single message that left N unset.
 func count(n int) int64 {
 	if n < 1 {
 		return 1
