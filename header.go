@@ -66,7 +66,7 @@ func checkHeaders(h map[string]string) error {
 // envelope, else envelopeMagic, the header count, each key and value
 // (length-prefixed, keys sorted) and then the payload.
 func seal(payload []byte, h map[string]string) []byte {
-	if len(h) == 0 && !strings.HasPrefix(string(payload), envelopeMagic) {
+	if len(h) == 0 && !looksSealed(payload) {
 		return payload
 	}
 	size := len(envelopeMagic) + binary.MaxVarintLen64 + len(payload)
@@ -89,6 +89,12 @@ func seal(payload []byte, h map[string]string) []byte {
 		b = append(b, h[k]...)
 	}
 	return append(b, payload...)
+}
+
+// looksSealed says whether payload starts with envelopeMagic, without
+// copying it (a string conversion of a 1 MiB payload would).
+func looksSealed(payload []byte) bool {
+	return len(payload) >= len(envelopeMagic) && string(payload[:len(envelopeMagic)]) == envelopeMagic
 }
 
 // unseal splits what Redis stored into payload and headers (nil when
