@@ -94,3 +94,28 @@ func TestPeekBounds(t *testing.T) {
 	_, err = NewQueue(c, "").Peek(ctx, 1)
 	require.ErrorIs(t, err, ErrInvalidArgument)
 }
+
+func TestTopicSubscriptionCreatesNothing(t *testing.T) {
+	backends(t, func(t *testing.T, c *redis.Client) {
+		ctx := context.Background()
+		topic := NewTopic(c, "news", WithPrefix(uniq(t)))
+		q, err := topic.Subscription("gone")
+		require.NoError(t, err)
+		require.Equal(t, "news/gone", q.Name())
+		subs, err := topic.Subscriptions(ctx)
+		require.NoError(t, err)
+		require.Empty(t, subs)
+
+		_, err = topic.Subscribe(ctx, "mail")
+		require.NoError(t, err)
+		_, err = topic.Publish(ctx, []byte("hi"))
+		require.NoError(t, err)
+		q, err = topic.Subscription("mail")
+		require.NoError(t, err)
+		st, err := q.Stats(ctx)
+		require.NoError(t, err)
+		require.Equal(t, int64(1), st.Ready)
+		_, err = topic.Subscription("a{b")
+		require.ErrorIs(t, err, ErrInvalidArgument)
+	})
+}
