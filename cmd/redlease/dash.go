@@ -181,7 +181,7 @@ func securityHeaders(next http.Handler) http.Handler {
 		h.Set("Content-Security-Policy", contentSecurityPolicy)
 		h.Set("X-Frame-Options", "DENY")
 		h.Set("X-Content-Type-Options", "nosniff")
-		h.Set("Referrer-Policy", "no-referrer")
+		h.Set("Referrer-Policy", "same-origin") // not no-referrer: browsers then send "Origin: null" on our own forms
 		h.Set("Cache-Control", "no-store")
 		next.ServeHTTP(w, r)
 	})
