@@ -116,7 +116,7 @@ func (q *Queue) claimOn(ctx context.Context, s *shard, done *Message, renew bool
 		if err != nil {
 			done.ackErr = done.ack(ctx) // the ack's fate is unknown: ack again
 		} else if code, ok := res[0].(int64); ok {
-			done.ackErr, res = claimGone(done.ID, code), res[1:]
+			done.ackErr, res = done.acked(ctx, code), res[1:]
 		}
 	} else {
 		res, err = run(ctx, q.client, claimScript, s.keys, q.lease.Milliseconds(), token, q.maxAttempts, q.deadLimit).Slice()
@@ -139,6 +139,7 @@ func (q *Queue) claimOn(ctx context.Context, s *shard, done *Message, renew bool
 		if renew {
 			q.wd.add(&m.lease, start)
 		}
+		q.observe(ctx, Observation{Kind: MessageClaimed, Name: q.name, ID: m.ID, Attempt: m.Attempt})
 	}
 	return m, next, nil
 }
@@ -165,10 +166,12 @@ func (q *Queue) parseClaim(res []any, token string, renew bool, onLost context.C
 		return nil, 0, errUnexpected(res)
 	}
 	body, headers := unseal(payload)
-	return &Message{
+	m := &Message{
 		ID: id, Payload: body, Headers: headers, Attempt: int(attempt), q: q,
 		lease: newLease(id, id, token, q.lease, renew, onLost),
-	}, 0, nil
+	}
+	m.fence = attempt
+	return m, 0, nil
 }
 
 // block waits on the queue's wake key until a producer signals work, the

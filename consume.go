@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -321,10 +322,28 @@ func (c *consumer) handle(ctx context.Context, m *Message, w *worker) (done *Mes
 // cause. Whatever Redis answers, Consume stops renewing the claim: one the
 // nack did not end expires and is delivered again.
 func (c *consumer) fail(m *Message, err error) {
-	c.report(fmt.Errorf("redlease: handler failed on %q (attempt %d): %w", m.ID, m.Attempt, err))
+	var p *handlerPanic
+	switch {
+	case c.onError != nil:
+		c.onError(fmt.Errorf("redlease: handler failed on %q (attempt %d): %w", m.ID, m.Attempt, err))
+	case c.ctx.Err() != nil && errors.Is(err, c.ctx.Err()):
+		// Shutting down: the handler only says its context ended.
+	case errors.As(err, &p):
+		c.q.logger().Error("redlease: handler panicked", "queue", c.q.name, "id", m.ID, "attempt", m.Attempt, "err", err, "stack", string(p.stack))
+	default:
+		c.q.logger().Warn("redlease: handler failed", "queue", c.q.name, "id", m.ID, "attempt", m.Attempt, "err", err)
+	}
 	c.report(m.Nack(context.WithoutCancel(c.ctx), WithCause(err)))
 	c.q.wd.release(&m.lease)
 }
+
+// handlerPanic is a handler's panic, with the stack where it happened.
+type handlerPanic struct {
+	value any
+	stack []byte
+}
+
+func (p *handlerPanic) Error() string { return fmt.Sprintf("panic: %v", p.value) }
 
 // errGoexit stands for a handler that ended its goroutine with
 // runtime.Goexit (t.FailNow, for one) instead of returning.
@@ -351,10 +370,14 @@ func (c *consumer) run(ctx context.Context, m *Message, w *worker) (mine bool, e
 	func() {
 		defer func() {
 			if !returned {
-				err = fmt.Errorf("panic: %v", recover()) // a Goexit goes on all the same
+				err = &handlerPanic{recover(), debug.Stack()} // a Goexit goes on all the same
 			}
 		}()
-		err = c.h(ctx, m)
+		if c.q.hook != nil {
+			err = c.q.hook.Handle(ctx, m, c.h)
+		} else {
+			err = c.h(ctx, m)
+		}
 		returned = true
 	}()
 	panicked = !returned

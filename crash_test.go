@@ -49,7 +49,7 @@ func crashChild(env string) int {
 		m, err := q.Claim(cctx)
 		cancel()
 		if err != nil {
-			if s, err := q.Stats(ctx); err == nil && s == (Stats{}) {
+			if s, err := q.Stats(ctx); err == nil && s.depth() == (Stats{}) {
 				return 0
 			}
 			continue

@@ -190,6 +190,38 @@
 // A payload is stored once for all the subscriptions that took it, with a
 // count of them, and freed when the last one is done with it.
 //
+// # Headers
+//
+// [WithHeaders] gives a message string headers, which [Message.Headers],
+// [DeadLetter.Headers] and a listener's [Event.Headers] read back. They
+// stay with the message through retries, its death, [Queue.RetryDead] and
+// every subscription of a topic; [MaxHeaders] and [MaxHeaderBytes] bound
+// them. They carry what is about the message rather than in it: a trace
+// context, a tenant, a schema version.
+//
+// # Operations
+//
+// Logging: a Locker, Queue or Topic logs what it recovers from by itself
+// to [WithLogger]'s *slog.Logger, with the attributes key, fence, queue,
+// id and attempt as they apply: lost leases and claims and failed
+// renewals (Warn), messages dead-lettered (Warn), handlers' errors (Warn)
+// and panics (Error, with the stack), reclaimed claims (Info), a
+// listener's resubscriptions (Warn). With no WithLogger, records at Warn
+// level and above go to [slog.Default], so nothing important is silent.
+//
+// Metrics and traces: [WithHook] installs a [Hook], which is told of each
+// [Observation] (a lock obtained, renewed or lost; a message enqueued,
+// claimed, acked, nacked, dead-lettered or reclaimed) and wraps each
+// Enqueue, Publish and Consume handler. The module
+// github.com/redlease/redlease/redleaseotel is one for OpenTelemetry: it
+// records metrics and links the consumer's span to the producer's through
+// the message's headers. [Queue.Stats] adds totals (enqueued, acked,
+// nacked, dead-lettered) to the depths, for rates.
+//
+// The command github.com/redlease/redlease/cmd/redlease lists and
+// inspects locks, queues and topics, reads and retries dead letters, and
+// serves a dashboard with Prometheus metrics (redlease dash).
+//
 // # Redis
 //
 // redlease needs Redis 7.0 or later and works with go-redis's Client,

@@ -47,7 +47,7 @@ func ExampleQueue_Consume() {
 	// email to bob (attempt 1)
 	// email to cyd (attempt 1)
 	// context canceled
-	// {Ready:0 Delayed:0 InFlight:0 Dead:0}
+	// {Ready:0 Delayed:0 InFlight:0 Dead:0 Enqueued:3 Acked:3 Nacked:0 DeadLettered:0}
 }
 
 // Claim, Ack, Nack and Extend give a consumer full control over each claim.
@@ -395,5 +395,5 @@ func ExampleWithShutdownTimeout() {
 	// Output:
 	// handler stopped: redlease: consume's shutdown timeout passed
 	// consume: context canceled
-	// {Ready:0 Delayed:1 InFlight:0 Dead:0}
+	// {Ready:0 Delayed:1 InFlight:0 Dead:0 Enqueued:1 Acked:0 Nacked:1 DeadLettered:0}
 }

@@ -237,5 +237,5 @@ func ExampleTopic_Unsubscribe() {
 	// Output:
 	// ack: true
 	// subscriptions: []
-	// {Ready:0 Delayed:0 InFlight:0 Dead:0}
+	// {Ready:0 Delayed:0 InFlight:0 Dead:0 Enqueued:0 Acked:0 Nacked:0 DeadLettered:0}
 }

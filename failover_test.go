@@ -418,7 +418,7 @@ func (r *failoverRun) ackAndDrain() {
 			}
 		}
 		s, err := r.q.Stats(ctx)
-		if err == nil && s != (Stats{}) {
+		if err == nil && s.depth() != (Stats{}) {
 			err = fmt.Errorf("queue not empty: %+v", s)
 		}
 		return err

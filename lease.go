@@ -22,6 +22,8 @@ type lease struct {
 	skey   string // a lock's shared leases (lua/lock.lua SHARED), which renewals read too
 	shard  int    // for claims: the index of the message's queue shard
 	token  string
+	fence  int64 // a lock's fencing token; a claim's attempt
+	shared bool  // a shared lock's lease
 	lost   chan struct{}
 	onLost context.CancelCauseFunc // cancels the holder's context, if any
 

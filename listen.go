@@ -270,6 +270,8 @@ func (l *topicListener) resubscribe(ctx context.Context, log *slog.Logger, pause
 		ps, err := l.subscribe(ctx)
 		switch {
 		case err == nil:
+			// Events published meanwhile reached nobody here.
+			log.Warn("redlease: listen: subscribed again; events published meanwhile were missed")
 			return ps
 		case ctx.Err() != nil || errors.Is(err, errListenerClosed):
 			return nil

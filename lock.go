@@ -10,14 +10,16 @@ import (
 // are safe for concurrent use.
 type Lock struct {
 	lease
-	l        *Locker
-	keyList  [4]string // the lease, its slot's fence counter, the lock's waiter queue, its shared leases
-	ttlMs    int64     // the lease's ttl when obtained, for the scripts
-	limit    int64     // a shared lease's WithLimit, 0: none
-	shared   bool
-	fence    int64
-	replicas int           // WithReplicaAck
-	wait     time.Duration // WithReplicaAck
+	l       *Locker
+	keyList [4]string // the lease, its slot's fence counter, the lock's waiter queue, its shared leases
+	ttlMs   int64     // the lease's ttl when obtained, for the scripts
+	limit   int64     // a shared lease's WithLimit, 0: none
+	// For the hook: when the first attempt found the lock taken, and
+	// whether a release handed the lease over.
+	waitFrom  time.Time
+	handedOff bool
+	replicas  int           // WithReplicaAck
+	wait      time.Duration // WithReplicaAck
 }
 
 // keys are the lock's keys in the order lua/lock.lua names them.

@@ -58,6 +58,7 @@ func NewLocker(client redis.UniversalClient, opts ...Option) *Locker {
 	l.wd = newWatchdog(l.ctx, func(ctx context.Context, batch []renewal) ([]int64, []error) {
 		return l.store.renewAll(ctx, batch)
 	})
+	l.wd.report, l.wd.reportRenewals = l.leaseNews, l.hook != nil
 	l.waits = newWaitlist(l, n)
 	return l
 }
@@ -149,8 +150,9 @@ func (l *Locker) newLock(key string, cfg lockConfig, onLost context.CancelCauseF
 	lk := &Lock{
 		l: l, lease: newLease(key, keys[0], token, cfg.ttl, cfg.watchdog, onLost),
 		keyList: keys, ttlMs: cfg.ttl.Milliseconds(), replicas: cfg.replicas, wait: cfg.wait,
-		shared: cfg.shared, limit: int64(cfg.limit),
+		limit: int64(cfg.limit),
 	}
+	lk.shared = cfg.shared
 	lk.skey = keys[3]
 	return lk
 }
@@ -166,6 +168,9 @@ func (l *Locker) acquire(ctx context.Context, lk *Lock, entry *string) (ok bool,
 		return false, 0, fmt.Errorf("redlease: obtain %q: %w", lk.name, err)
 	}
 	if !ok {
+		if lk.waitFrom.IsZero() {
+			lk.waitFrom = time.Now()
+		}
 		return false, time.Duration(n) * time.Millisecond, nil
 	}
 	lk.fence = n
@@ -207,6 +212,7 @@ func (l *Locker) tryObtain(ctx context.Context, key string, opts []LockOption, s
 		return nil, err
 	}
 	lk := l.newLock(key, cfg, nil)
+	defer l.observeAcquired(ctx, lk, time.Now())
 	ok, pttl, err := l.acquire(ctx, lk, nil)
 	switch {
 	case errors.Is(err, ErrClosed):
@@ -244,6 +250,7 @@ func (l *Locker) obtain(ctx context.Context, key string, cfg lockConfig, onLost 
 		return nil, gaveUp(key, err)
 	}
 	lk := l.newLock(key, cfg, onLost)
+	defer l.observeAcquired(ctx, lk, time.Now())
 	queue := l.waits != nil && lk.replicas == 0
 	retry := cfg.retry
 	if retry == nil {
@@ -410,7 +417,7 @@ func (l *Locker) checkWaiter(ctx context.Context, w *waiter, take, listening boo
 		l.waits.suspect(w.sub)
 	}
 	if code == codeOK {
-		lk.fence = v
+		lk.fence, lk.handedOff = v, take
 		l.wd.add(&lk.lease, start)
 		return true, false, 0, nil
 	}
@@ -440,9 +447,24 @@ func (l *Locker) takeGrant(ctx context.Context, w *waiter, fence int64) (bool, e
 		}
 		return ok, err
 	}
-	lk.fence = fence
+	lk.fence, lk.handedOff = fence, true
 	l.wd.addSpan(&lk.lease, w.start, span)
 	return true, l.keepUnlessClosed(ctx, lk)
+}
+
+// observeAcquired tells the hook, if any, that lk was obtained by a call
+// that started at start, if it was. Deferred: it reads lk when the call
+// returns.
+func (l *Locker) observeAcquired(ctx context.Context, lk *Lock, start time.Time) {
+	if l.hook == nil || !l.wd.holding(&lk.lease) {
+		return
+	}
+	o := Observation{Kind: LockAcquired, Name: lk.name, Shared: lk.shared, Fence: lk.fence,
+		Latency: time.Since(start), HandedOff: lk.handedOff}
+	if !lk.waitFrom.IsZero() {
+		o.Wait = time.Since(lk.waitFrom)
+	}
+	l.hook.Observe(ctx, o)
 }
 
 // keepUnlessClosed gives back a lease obtained after Close.

@@ -121,3 +121,156 @@ func TestWithLoggerConsume(t *testing.T) {
 		}
 	})
 }
+
+// byMsg returns the entries logged with message msg.
+func byMsg(entries []map[string]any, msg string) []map[string]any {
+	var out []map[string]any
+	for _, e := range entries {
+		if e["msg"] == msg {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// waitLogged waits, within a bound, for an entry with message msg.
+func waitLogged(t *testing.T, logs *logLines, msg string) map[string]any {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if e := byMsg(logs.entries(t), msg); len(e) > 0 {
+			return e[0]
+		}
+	}
+	t.Fatalf("%q not logged in 5s; logged %v", msg, logs.entries(t))
+	return nil
+}
+
+// With no WithLogger, slog's default handler gets records at Warn level
+// and above only, attributes and groups kept.
+func TestDefaultLoggerKeepsWarnAndAbove(t *testing.T) {
+	if _, ok := orDefault(nil).Handler().(warnAndAbove); !ok {
+		t.Fatalf("default handler %T, want warnAndAbove", orDefault(nil).Handler())
+	}
+	var logs logLines
+	log := slog.New(warnAndAbove{logs.logger().Handler()}).With("queue", "q").WithGroup("g")
+	log.Debug("debug")
+	log.Info("info")
+	log.Warn("warn", "id", "1")
+	log.Error("error")
+	entries := logs.entries(t)
+	require.Len(t, entries, 2, "%v", entries)
+	require.Equal(t, "warn", entries[0]["msg"])
+	require.Equal(t, "q", entries[0]["queue"])
+	require.Equal(t, map[string]any{"id": "1"}, entries[0]["g"])
+	require.Equal(t, "error", entries[1]["msg"])
+	// A logger given is used as it is.
+	given := logs.logger()
+	require.Same(t, given, orDefault(given))
+}
+
+// A lock's lost lease and its failed renewals are logged at Warn level
+// with the key and fence.
+func TestLockLossIsLogged(t *testing.T) {
+	mr, c := newMini(t)
+	var logs logLines
+	l := NewLocker(c, WithPrefix(uniq(t)), WithLogger(logs.logger()))
+	defer l.Close()
+	ctx := context.Background()
+	lk, err := l.TryObtain(ctx, "k", WithTTL(300*time.Millisecond))
+	require.NoError(t, err)
+	mr.SetError("LOADING injected")
+	e := waitLogged(t, &logs, "redlease: lock renewal failed; retrying")
+	mr.SetError("")
+	require.Equal(t, "WARN", e["level"])
+	require.Equal(t, "k", e["key"])
+	require.EqualValues(t, lk.Fence(), e["fence"])
+	require.Contains(t, e["err"], "LOADING injected")
+
+	require.NoError(t, c.Del(ctx, l.lockKey("k")).Err())
+	select {
+	case <-lk.Lost():
+	case <-time.After(5 * time.Second):
+		t.Fatal("lease not lost in 5s")
+	}
+	e = waitLogged(t, &logs, "redlease: lock lost")
+	require.Equal(t, "WARN", e["level"])
+	require.Equal(t, "k", e["key"])
+	require.EqualValues(t, lk.Fence(), e["fence"])
+	require.Equal(t, false, e["shared"])
+	require.Contains(t, e["err"], "lease not held")
+}
+
+// Consume logs a handler's panic at Error level with its stack, and a
+// message it dead-letters at Warn level, each with the queue, id and
+// attempt; a reclaim is logged at Info level.
+func TestConsumeEventsAreLogged(t *testing.T) {
+	backends(t, func(t *testing.T, c *redis.Client) {
+		var logs logLines
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		q := newQueue(t, c, WithLogger(logs.logger()), WithMaxAttempts(1))
+		id, err := q.Enqueue(ctx, []byte("m"))
+		require.NoError(t, err)
+		err = q.Consume(ctx, func(context.Context, *Message) error {
+			defer cancel()
+			panic("boom")
+		})
+		require.ErrorIs(t, err, context.Canceled)
+		entries := logs.entries(t)
+		p := byMsg(entries, "redlease: handler panicked")
+		require.Len(t, p, 1, "%v", entries)
+		require.Equal(t, "ERROR", p[0]["level"])
+		require.Equal(t, "q", p[0]["queue"])
+		require.Equal(t, id, p[0]["id"])
+		require.EqualValues(t, 1, p[0]["attempt"])
+		require.Equal(t, "panic: boom", p[0]["err"])
+		require.Contains(t, p[0]["stack"], "logger_test.go")
+		d := byMsg(entries, "redlease: message dead-lettered")
+		require.Len(t, d, 1, "%v", entries)
+		require.Equal(t, "WARN", d[0]["level"])
+		require.Equal(t, id, d[0]["id"])
+		require.EqualValues(t, 1, d[0]["attempt"])
+		require.Equal(t, "panic: boom", d[0]["err"])
+
+		short := NewQueue(c, "short", WithPrefix(uniq(t)), WithLogger(logs.logger()), WithLease(20*time.Millisecond))
+		ctx = context.Background()
+		_, err = short.Enqueue(ctx, nil)
+		require.NoError(t, err)
+		_, err = short.Claim(ctx)
+		require.NoError(t, err)
+		n := 0
+		for deadline := time.Now().Add(5 * time.Second); n == 0 && time.Now().Before(deadline); {
+			time.Sleep(25 * time.Millisecond)
+			n, err = short.Reclaim(ctx)
+			require.NoError(t, err)
+		}
+		e := waitLogged(t, &logs, "redlease: reclaimed claims whose lease ended")
+		require.Equal(t, "INFO", e["level"])
+		require.Equal(t, "short", e["queue"])
+		require.EqualValues(t, 1, e["ready"])
+	})
+}
+
+// A claim Consume renews that is lost is logged at Warn level with the
+// queue, id and attempt.
+func TestClaimLossIsLogged(t *testing.T) {
+	_, c := newMini(t)
+	var logs logLines
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	q := newQueue(t, c, WithLogger(logs.logger()), WithLease(150*time.Millisecond))
+	id, err := q.Enqueue(ctx, nil)
+	require.NoError(t, err)
+	err = q.Consume(ctx, func(hctx context.Context, m *Message) error {
+		defer cancel()
+		require.NoError(t, c.Del(ctx, q.shards[0].messages).Err()) // the claim is gone
+		<-hctx.Done()                                              // cancelled when the renewal finds out
+		return nil
+	}, WithErrorHandler(func(error) {}))
+	require.ErrorIs(t, err, context.Canceled)
+	e := waitLogged(t, &logs, "redlease: claim lost")
+	require.Equal(t, "WARN", e["level"])
+	require.Equal(t, "q", e["queue"])
+	require.Equal(t, id, e["id"])
+	require.EqualValues(t, 1, e["attempt"])
+}

@@ -34,6 +34,10 @@ type Message struct {
 	ackErr error // the outcome of an ack folded into the next claim
 }
 
+// Queue returns the name of the queue the message was claimed from (a
+// topic subscription's is "topic/subscription").
+func (m *Message) Queue() string { return m.q.name }
+
 // Ack ends the claim by deleting the message. If the claim was lost (its
 // lease expired, or another consumer claimed the message since), Ack
 // changes nothing and returns an error that errors.Is [ErrNotHeld]. After a
@@ -51,7 +55,16 @@ func (m *Message) ack(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("redlease: ack %q: %w", m.ID, err)
 	}
-	return claimGone(m.ID, code)
+	return m.acked(ctx, code)
+}
+
+// acked turns an ack's code into its error, and observes a success.
+func (m *Message) acked(ctx context.Context, code int64) error {
+	err := claimGone(m.ID, code)
+	if err == nil {
+		m.q.observe(ctx, Observation{Kind: MessageAcked, Name: m.q.name, ID: m.ID, Attempt: m.Attempt})
+	}
+	return err
 }
 
 // settle ends the claim on the client's side once Redis has answered for
@@ -126,6 +139,13 @@ func (m *Message) nack(ctx context.Context, cause error) error {
 	code, err := runAll(ctx, m.q.client, nackScript, []scriptCall{call}, m.q.wake(ctx)...)[0].Int64()
 	if err != nil {
 		return fmt.Errorf("redlease: nack %q: %w", m.ID, err)
+	}
+	switch code {
+	case codeOK:
+		m.q.observe(ctx, Observation{Kind: MessageNacked, Name: m.q.name, ID: m.ID, Attempt: m.Attempt, Err: cause})
+	case codeBuried:
+		m.q.logger().Warn("redlease: message dead-lettered", "queue", m.q.name, "id", m.ID, "attempt", m.Attempt, "err", cause)
+		m.q.observe(ctx, Observation{Kind: MessageDead, Name: m.q.name, ID: m.ID, Attempt: m.Attempt, Err: cause})
 	}
 	return claimGone(m.ID, code)
 }

@@ -63,24 +63,25 @@ func validPrefix(prefix string) error {
 	return nil
 }
 
-// WithLogger sets where a Locker or Queue reports the errors it recovers
-// from by itself (default: [slog.Default], as it is when each line is
-// logged). [Locker.Every] logs its function's errors and panics at Error
-// level and its own Redis errors at Warn level, with the attributes name,
-// slot (when known) and err. [Queue.Consume], when no [WithErrorHandler] is
-// given, logs at Warn level, with the attributes queue and err, what it
-// would pass to the handler. A nil logger is an error.
+// WithLogger sets where a Locker, Queue or Topic logs what it recovers
+// from by itself. Without it, records at Warn level and above go to
+// [slog.Default] (as it is when each is logged), and the rest are dropped.
+//
+// Warn: a lock's lease lost ("redlease: lock lost", attributes key,
+// fence, shared, err) or its renewal failed; a claim Consume renews lost
+// ("redlease: claim lost", queue, id, attempt, err) or its renewal
+// failed; a message dead-lettered (queue, id, attempt, err); a Topic
+// listener's errors and resubscriptions. [Queue.Consume], when no
+// [WithErrorHandler] is given, logs its handler's errors at Warn level and
+// panics at Error level with the stack (queue, id, attempt, err), and its
+// own Redis errors at Warn level (queue, err). Info: claims a reclaim gave
+// back (queue, shard, ready, dead) and a lease stopped by Close.
+// [Locker.Every] logs its function's errors and panics at Error level and
+// its own Redis errors at Warn level (name, slot when known, err). A nil
+// logger is an error.
 func WithLogger(log *slog.Logger) Option { return loggerOption{log} }
 
 type loggerOption struct{ log *slog.Logger }
-
-// orDefault is log, or slog's default as it is now when log is nil.
-func orDefault(log *slog.Logger) *slog.Logger {
-	if log != nil {
-		return log
-	}
-	return slog.Default()
-}
 
 var errNilLogger = fmt.Errorf("%w: nil logger", ErrInvalidArgument)
 

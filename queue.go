@@ -95,6 +95,7 @@ func buildQueue(client redis.UniversalClient, name string, cfg queueConfig, shar
 		maxAttempts: cfg.maxAttempts, deadLimit: (cfg.deadLimit + len(shards) - 1) / len(shards),
 		backoff: cfg.backoff, log: cfg.log, hook: cfg.hook, err: cfg.err}
 	q.wd = newWatchdog(context.Background(), q.extendAll)
+	q.wd.report = q.claimNews
 	return q
 }
 

@@ -328,7 +328,7 @@ func TestGoexitHandlerNacksItsMessage(t *testing.T) {
 	}()
 	redistest.Eventually(t, 5*time.Second, "the message delivered again and acked", func() bool {
 		st, _ := q.Stats(ctx)
-		return calls.Load() == 2 && st == Stats{}
+		return calls.Load() == 2 && st.depth() == Stats{}
 	})
 	cancel()
 	<-done

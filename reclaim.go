@@ -55,5 +55,13 @@ func (q *Queue) reclaim(ctx context.Context, s *shard, guard time.Duration, toke
 		// Best effort, and only while ctx lasts: idle consumers also poll.
 		_ = q.client.ZAdd(ctx, q.wakeKey, redis.Z{Member: "m"}).Err()
 	}
-	return int(res[0] + res[1]), nil
+	back, dead := int(res[0]), int(res[1])
+	if back+dead > 0 {
+		q.logger().Info("redlease: reclaimed claims whose lease ended", "queue", q.name, "shard", s.index, "ready", back, "dead", dead)
+		q.observe(ctx, Observation{Kind: MessagesReclaimed, Name: q.name, N: back + dead})
+	}
+	if dead > 0 {
+		q.logger().Warn("redlease: messages dead-lettered: their last lease ended", "queue", q.name, "shard", s.index, "n", dead)
+	}
+	return back + dead, nil
 }

@@ -3,6 +3,7 @@ package redlease
 import (
 	"context"
 	"fmt"
+	"strconv"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -35,16 +36,18 @@ type Stats struct {
 	DeadLettered int64
 }
 
-// Stats counts the queue's messages by state, in one round trip. The
-// counts are read in one pipeline, not atomically.
+// Stats counts the queue's messages by state, and what it has done, in
+// one round trip. The counts are read in one pipeline, not atomically.
 func (q *Queue) Stats(ctx context.Context) (Stats, error) {
 	if err := q.check(); err != nil {
 		return Stats{}, err
 	}
 	cmds := make([][4]*redis.IntCmd, len(q.shards))
+	totals := make([]*redis.SliceCmd, len(q.shards))
 	_, err := q.client.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i, s := range q.shards {
 			cmds[i] = [4]*redis.IntCmd{p.LLen(ctx, s.ready), p.ZCard(ctx, s.delayed), p.ZCard(ctx, s.inflight), p.ZCard(ctx, s.dead)}
+			totals[i] = p.HMGet(ctx, s.messages, totalFields[:]...)
 		}
 		return nil
 	})
@@ -52,11 +55,26 @@ func (q *Queue) Stats(ctx context.Context) (Stats, error) {
 		return Stats{}, fmt.Errorf("redlease: stats of %q: %w", q.name, err)
 	}
 	var st Stats
-	for _, c := range cmds {
+	for i, c := range cmds {
 		st.Ready += c[0].Val()
 		st.Delayed += c[1].Val()
 		st.InFlight += c[2].Val()
 		st.Dead += c[3].Val()
+		t := totals[i].Val()
+		for j, sum := range []*int64{&st.Enqueued, &st.Acked, &st.Nacked, &st.DeadLettered} {
+			*sum += total(t[j])
+		}
 	}
 	return st, nil
+}
+
+// totalFields are the fields of a shard's messages hash that hold its
+// totals, as lua/queue.lua names them: enqueued, acked, nacked, dead.
+var totalFields = [...]string{"#enqueued", "#acked", "#nacked", "#dead"}
+
+// total reads one of HMGET's values: a count, or nil when none was kept.
+func total(v any) int64 {
+	s, _ := v.(string)
+	n, _ := strconv.ParseInt(s, 10, 64)
+	return n
 }

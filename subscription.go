@@ -167,6 +167,7 @@ func (h *waitlist) read(sub *subscription) {
 				if answered {
 					// Subscribed again after a reconnect: grants may have
 					// been published to nobody meanwhile.
+					h.l.logger().Info("redlease: waiters' channel subscribed again", "channel", sub.channel)
 					h.checkAll(sub)
 				}
 				answer()
@@ -196,6 +197,7 @@ func (h *waitlist) read(sub *subscription) {
 		// Silent through a ping, failed or suspected: start over on a new
 		// connection (to the current master, for a failover or Cluster
 		// client).
+		h.l.logger().Warn("redlease: waiters' channel lost; subscribing again", "channel", sub.channel)
 		h.mu.Lock()
 		if sub.ps == ps {
 			sub.ps = nil

@@ -30,6 +30,47 @@ type watchdog struct {
 	// does not wait for them: a call stuck on a dead link ends by the
 	// client's own timeouts, and its answer is ignored.
 	calls sync.WaitGroup
+
+	// report, if set, is told of what happened to leases (renewals only
+	// with reportRenewals), after mu is unlocked: news is what waits.
+	report         func(news leaseNews)
+	reportRenewals bool
+	news           []leaseNews
+}
+
+// leaseNews is something that happened to a lease, for its owner to log
+// and observe.
+type leaseNews struct {
+	kind  leaseNewsKind
+	name  string
+	fence int64 // a lock's fence; a claim's attempt
+	share bool  // a shared lease
+	err   error
+}
+
+type leaseNewsKind int
+
+const (
+	leaseLost leaseNewsKind = iota
+	leaseRenewed
+	leaseRenewFailed
+)
+
+// tellLocked queues news of ls for report. Called with mu held.
+func (w *watchdog) tellLocked(ls *lease, kind leaseNewsKind, err error) {
+	if w.report != nil && (kind != leaseRenewed || w.reportRenewals) {
+		w.news = append(w.news, leaseNews{kind, ls.name, ls.fence, ls.shared, err})
+	}
+}
+
+// unlock unlocks mu, then reports the news queued under it.
+func (w *watchdog) unlock() {
+	news := w.news
+	w.news = nil
+	w.mu.Unlock()
+	for _, n := range news {
+		w.report(n)
+	}
 }
 
 func newWatchdog(ctx context.Context, renewAll func(context.Context, []renewal) ([]int64, []error)) watchdog {
@@ -45,7 +86,7 @@ func (w *watchdog) add(ls *lease, start time.Time) {
 // handed to a waiter, say; renewals ask for ls.ttl.
 func (w *watchdog) addSpan(ls *lease, start time.Time, span time.Duration) {
 	w.mu.Lock()
-	defer w.mu.Unlock()
+	defer w.unlock()
 	ls.deadline = start.Add(span - drift(span))
 	ls.held = span
 	ls.next = earlier(time.Now().Add(renewAfter(ls.ttl)), start.Add(renewAfter(span)))
@@ -81,6 +122,9 @@ func (w *watchdog) endLocked(ls *lease, cause error) {
 	delete(w.leases, ls)
 	ls.cause, ls.endedAt = cause, time.Now()
 	close(ls.lost)
+	if cause != nil {
+		w.tellLocked(ls, leaseLost, cause)
+	}
 	if cause != nil && ls.onLost != nil {
 		ls.onLost(cause)
 	}
@@ -94,7 +138,7 @@ func (w *watchdog) endLocked(ls *lease, cause error) {
 
 func (w *watchdog) end(ls *lease, cause error) {
 	w.mu.Lock()
-	defer w.mu.Unlock()
+	defer w.unlock()
 	w.endLocked(ls, cause)
 }
 
@@ -102,7 +146,7 @@ func (w *watchdog) end(ls *lease, cause error) {
 // before and whether it had been released already.
 func (w *watchdog) release(ls *lease) (wasLost, already bool) {
 	w.mu.Lock()
-	defer w.mu.Unlock()
+	defer w.unlock()
 	wasLost, already = ls.cause != nil, ls.released
 	ls.released = true
 	w.endLocked(ls, nil)
@@ -112,7 +156,7 @@ func (w *watchdog) release(ls *lease) (wasLost, already bool) {
 // holds reports whether a tracked lease has token.
 func (w *watchdog) holds(token string) bool {
 	w.mu.Lock()
-	defer w.mu.Unlock()
+	defer w.unlock()
 	for ls := range w.leases {
 		if ls.token == token {
 			return true
@@ -121,9 +165,17 @@ func (w *watchdog) holds(token string) bool {
 	return false
 }
 
+// holding reports whether ls is tracked: obtained, and neither lost nor
+// released.
+func (w *watchdog) holding(ls *lease) bool {
+	w.mu.Lock()
+	defer w.unlock()
+	return ls.tracked
+}
+
 func (w *watchdog) isReleased(ls *lease) bool {
 	w.mu.Lock()
-	defer w.mu.Unlock()
+	defer w.unlock()
 	return ls.released
 }
 
@@ -138,15 +190,15 @@ func (w *watchdog) extend(ls *lease, verb, released string, ttl time.Duration, s
 	w.mu.Lock()
 	switch {
 	case ls.released:
-		w.mu.Unlock()
+		w.unlock()
 		return notHeld(ls.name, released)
 	case ls.ended:
-		w.mu.Unlock()
+		w.unlock()
 		return ls.cause
 	}
 	ls.ttl = ttl // later renewals ask for the new ttl
 	ls.sending(time.Now(), ttl)
-	w.mu.Unlock()
+	w.unlock()
 
 	code, err := send()
 
@@ -156,7 +208,7 @@ func (w *watchdog) extend(ls *lease, verb, released string, ttl time.Duration, s
 		w.signal()
 	}
 	ended, cause := ls.ended, ls.cause
-	w.mu.Unlock()
+	w.unlock()
 	switch {
 	case err != nil:
 		return fmt.Errorf("redlease: %s %q: %w", verb, ls.name, err)
@@ -178,7 +230,7 @@ func (w *watchdog) close() {
 	for ls := range w.leases {
 		w.endLocked(ls, fmt.Errorf("%w: lease on %q is not renewed", ErrClosed, ls.name))
 	}
-	w.mu.Unlock()
+	w.unlock()
 	w.signal()
 	w.wg.Wait()
 }
@@ -188,7 +240,7 @@ func (w *watchdog) loop() {
 	w.mu.Lock()
 	timer := time.NewTimer(time.Hour)
 	w.timer = timer
-	w.mu.Unlock()
+	w.unlock()
 	stopLocked := func() { // the loop ends; called with mu held
 		w.running = false
 		timer.Stop()
@@ -200,7 +252,7 @@ func (w *watchdog) loop() {
 		w.mu.Lock()
 		if w.closed {
 			stopLocked()
-			w.mu.Unlock()
+			w.unlock()
 			return
 		}
 		var batch []renewal
@@ -230,7 +282,7 @@ func (w *watchdog) loop() {
 			}
 			if now.Sub(idleSince) >= idleLinger {
 				stopLocked()
-				w.mu.Unlock()
+				w.unlock()
 				return
 			}
 			wakeAt = idleSince.Add(idleLinger)
@@ -239,7 +291,7 @@ func (w *watchdog) loop() {
 		}
 		w.wakeAt = wakeAt
 		timer.Reset(time.Until(wakeAt)) // under mu, as endLocked resets it
-		w.mu.Unlock()
+		w.unlock()
 
 		if len(batch) > 0 {
 			w.calls.Add(1)
@@ -268,10 +320,13 @@ func (w *watchdog) renew(batch []renewal) {
 			// Transient: retry soon; the deadline check ends the lease if
 			// nothing gets through in time.
 			ls.next = now.Add(retryRenewal(ls.span(ls.ttl)))
+			w.tellLocked(ls, leaseRenewFailed, errs[i])
 		case codes[i] != 1:
 			w.endLocked(ls, leaseGone(ls.name, codes[i]))
+		default:
+			w.tellLocked(ls, leaseRenewed, nil)
 		}
 	}
-	w.mu.Unlock()
+	w.unlock()
 	w.signal()
 }

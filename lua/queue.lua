@@ -22,6 +22,10 @@ local READY, DELAYED, INFLIGHT, MESSAGES = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local DEAD, MARKER, RECLAIMER, DONE = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local UNIQUE, PAYLOADS = KEYS[9], KEYS[10]
 
+-- MESSAGES's fields that count, for Stats, what the shard has done since
+-- its first message; no message field starts with '#'.
+local ENQUEUED, ACKED_N, NACKED_N, DEAD_N = '#enqueued', '#acked', '#nacked', '#dead'
+
 -- Claim codes, as in scripts.go.
 local OK, GONE, TAKEN, BURIED = 1, 0, -1, 2
 
@@ -141,6 +145,7 @@ local function bury(id, attempts, now, err, limit)
   -- First the write that fails if DEAD is not a sorted set (a script
   -- that fails keeps what it wrote).
   redis.call('ZADD', DEAD, now, id)
+  redis.call('HINCRBY', MESSAGES, DEAD_N, 1)
   local p = payloadOf(redis.call('HGET', MESSAGES, 'p' .. id)) or ''
   redis.call('HSET', MESSAGES, 'd' .. id, string.format('%d:%d:%d:', attempts, now, #err) .. err .. p)
   drop(id)
@@ -265,6 +270,7 @@ local function ack(id, token)
   redis.call('ZREM', INFLIGHT, id)
   unref(ref)
   redis.call('HDEL', MESSAGES, 'p' .. id, 's' .. id, 'c' .. token)
+  redis.call('HINCRBY', MESSAGES, ACKED_N, 1)
   remember('c' .. token, now, ACKED)
   return OK, now
 end

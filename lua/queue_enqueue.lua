@@ -40,5 +40,8 @@ if unique > 0 and added > 0 and redis.call('PTTL', UNIQUE) < unique then
   redis.call('PEXPIRE', UNIQUE, unique)
 end
 forget(now)
-if added > 0 then remember('e' .. ARGV[3], now, ACKED) end
+if added > 0 then
+  redis.call('HINCRBY', MESSAGES, ENQUEUED, added)
+  remember('e' .. ARGV[3], now, ACKED)
+end
 return codes

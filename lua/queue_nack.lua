@@ -22,6 +22,7 @@ if attempts >= tonumber(ARGV[4]) or ARGV[6] == '1' then
   return BURIED
 end
 redis.call('HSET', MESSAGES, 's' .. ARGV[1], attempts)
+redis.call('HINCRBY', MESSAGES, NACKED_N, 1)
 local delay = tonumber(ARGV[3])
 if delay > 0 then
   redis.call('ZADD', DELAYED, now + delay, ARGV[1])

@@ -44,8 +44,8 @@ local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local delay, unique = tonumber(ARGV[3]), tonumber(ARGV[4])
 local nsubs = (#KEYS - 5) / 4
 if unique > 0 then redis.call('ZREMRANGEBYSCORE', UNIQUE, '-inf', now) end
-local ready, wrote = {}, false
-for s = 1, nsubs do ready[s] = {} end
+local ready, added, wrote = {}, {}, false
+for s = 1, nsubs do ready[s], added[s] = {}, 0 end
 for i = FIRST, #ARGV, 2 do
   local id, payload = ARGV[i], ARGV[i + 1]
   local took = 0
@@ -58,6 +58,7 @@ for i = FIRST, #ARGV, 2 do
       local k = 5 + (s - 1) * 4
       if redis.call('HSETNX', KEYS[k + 3], 'p' .. id, ref) == 1 then
         took = took + 1
+        added[s] = added[s] + 1
         if delay > 0 then
           redis.call('ZADD', KEYS[k + 2], now + delay, id)
         else
@@ -78,11 +79,13 @@ for i = FIRST, #ARGV, 2 do
   reply[#reply + 1] = took
 end
 for s = 1, nsubs do
+  local k = 5 + (s - 1) * 4
   if #ready[s] > 0 then
-    local k = 5 + (s - 1) * 4
     redis.call('RPUSH', KEYS[k + 1], unpack(ready[s]))
     redis.call('ZADD', KEYS[k + 4], 0, 'm')
   end
+  -- The subscription's total, as lua/queue.lua's ENQUEUED.
+  if added[s] > 0 then redis.call('HINCRBY', KEYS[k + 3], '#enqueued', added[s]) end
 end
 -- Only a call that did something is remembered: a resend of one that
 -- found every id live must report the duplicates again.
