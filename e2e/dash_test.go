@@ -59,6 +59,7 @@ func TestDashboardInBrowser(t *testing.T) {
 	defer cancel()
 
 	s := seed(t, ctx, c)
+	traffic(t, ctx, c)
 	base := startDash(t, srv.Port)
 	shots := os.Getenv(screenshotEnv)
 	if shots == "" {
@@ -102,7 +103,12 @@ func TestDashboardInBrowser(t *testing.T) {
 		chromedp.EmulateViewport(viewportWidth, viewportHeight),
 		chromedp.Navigate(base+"/?token="+dashToken))
 	waitFor(t, browserCtx, "#queues")
-	has(t, "overview", text(t, browserCtx, "main"), "emails", "orders", "orders/billing", "Sampled every")
+	has(t, "overview", text(t, browserCtx, "main"), "emails", "orders", "orders/billing", "thumbnails", "Sampled every")
+	sparks, err := chromedp.Run(browserCtx, chromedp.Evaluate[int](`document.querySelectorAll("svg.spark polyline").length`))
+	require(t, err)
+	if sparks == 0 {
+		t.Fatal("the overview draws no sparkline")
+	}
 	save(t, shots, "dash-overview.png", screenshot(t, browserCtx))
 	location, err := chromedp.Run(browserCtx, chromedp.Location())
 	require(t, err)
@@ -186,6 +192,39 @@ func screenshot(t *testing.T, ctx context.Context) []byte {
 	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(pngQuality))
 	require(t, err)
 	return png
+}
+
+// Background traffic: a message enqueued and one acked every trafficTick.
+const trafficTick = 100 * time.Millisecond
+
+// traffic enqueues and acks messages on queue "thumbnails" until t ends,
+// so that the dashboard's samples see throughput.
+func traffic(t *testing.T, ctx context.Context, c *redis.Client) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	q := redlease.NewQueue(c, "thumbnails")
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(trafficTick)
+		defer tick.Stop()
+		for i := 0; ; i++ {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			if _, err := q.Enqueue(ctx, []byte(fmt.Sprintf("img-%d.png", i))); err != nil {
+				continue
+			}
+			if i%3 == 0 {
+				continue // a backlog grows
+			}
+			if m, err := q.Claim(ctx); err == nil {
+				_ = m.Ack(ctx)
+			}
+		}
+	}()
+	t.Cleanup(func() { cancel(); <-done })
 }
 
 // seeded is what seed put in Redis.

@@ -157,6 +157,8 @@ func TestCLIOnRealRedis(t *testing.T) {
 	require.Equal(t, "emails", qs.Queues[0].Name)
 	require.Equal(t, int64(3), qs.Queues[0].Stats.Ready)
 	require.Equal(t, int64(2), qs.Queues[0].Stats.Dead)
+	require.Equal(t, int64(5), qs.Queues[0].Stats.Enqueued)
+	require.Equal(t, int64(2), qs.Queues[0].Stats.DeadLettered)
 	require.Len(t, qs.Topics, 1)
 	require.Equal(t, "orders/billing", qs.Topics[0].Subscriptions[0].Name)
 	require.Equal(t, int64(1), qs.Topics[0].Subscriptions[0].Stats.Ready)

@@ -179,7 +179,9 @@ func TestDashMetrics(t *testing.T) {
 		`redlease_queue_messages{queue="orders/billing",state="ready"} 1`+"\n",
 		`redlease_queue_dead_letters{queue="emails"} 2`+"\n",
 		"# TYPE redlease_queue_enqueued_total counter\n",
-		`redlease_queue_acked_total{queue="emails"} `,
+		`redlease_queue_enqueued_total{queue="emails"} 5`+"\n",
+		`redlease_queue_dead_lettered_total{queue="emails"} 2`+"\n",
+		`redlease_queue_acked_total{queue="emails"} 0`+"\n",
 		"redlease_dash_scan_truncated 0\n")
 	// Every sample line is "name{labels} value" or "name value".
 	for _, line := range strings.Split(strings.TrimSpace(body), "\n") {
@@ -198,8 +200,10 @@ func TestMetricLabelsEscaped(t *testing.T) {
 }
 
 func TestSparklineAndRates(t *testing.T) {
-	require.Empty(t, sparkline([]int64{5}))
-	require.Equal(t, "0.0,23.0 120.0,1.0", sparkline([]int64{0, 4}))
+	require.Empty(t, sparkline([]int64{5}, 5))
+	require.Equal(t, "0.0,23.0 120.0,1.0", sparkline([]int64{0, 4}, 4))
+	sp := sparksOf(throughput{Acked: []int64{0, 2}, Enqueued: []int64{4, 4}})
+	require.Equal(t, sparks{Acked: "0.0,23.0 120.0,12.0", Enqueued: "0.0,1.0 120.0,1.0"}, sp)
 	s := &sampler{interval: time.Second, keep: 100, history: map[string][]totals{}}
 	t0 := time.Unix(1000, 0)
 	for i := range 5 {

@@ -8,6 +8,7 @@ import (
 	"html/template"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -32,7 +33,7 @@ var pageFuncs = template.FuncMap{
 	"utc":     func(t time.Time) string { return t.UTC().Format(time.DateTime) },
 	"ms":      func(ms int64) string { return (time.Duration(ms) * time.Millisecond).String() },
 	"oneLine": oneLine,
-	"spark":   sparkline,
+	"sparks":  sparksOf,
 	"inc":     func(i int) int { return i + 1 },
 	"dec":     func(i int) int { return i - 1 },
 	"deref":   func(s *string) string { return *s },
@@ -275,15 +276,13 @@ func (d *dash) lockPage(w http.ResponseWriter, r *http.Request) {
 }
 
 // sparkline is the points of an SVG polyline drawing values, scaled to
-// sparkWidth by sparkHeight; "" with fewer than two values.
-func sparkline(values []int64) string {
+// sparkWidth by sparkHeight with top as the highest value; "" with fewer
+// than two values.
+func sparkline(values []int64, top int64) string {
 	if len(values) < 2 {
 		return ""
 	}
-	top := int64(1)
-	for _, v := range values {
-		top = max(top, v)
-	}
+	top = max(top, 1)
 	var b strings.Builder
 	step := float64(sparkWidth) / float64(len(values)-1)
 	for i, v := range values {
@@ -291,6 +290,18 @@ func sparkline(values []int64) string {
 		fmt.Fprintf(&b, "%.1f,%.1f ", float64(i)*step, y)
 	}
 	return strings.TrimSpace(b.String())
+}
+
+// sparks are a queue's two sparklines on one scale.
+type sparks struct{ Acked, Enqueued string }
+
+// sparksOf draws r's acked and enqueued counts per sample on one scale.
+func sparksOf(r throughput) sparks {
+	var top int64
+	for _, v := range append(slices.Clip(r.Acked), r.Enqueued...) {
+		top = max(top, v)
+	}
+	return sparks{Acked: sparkline(r.Acked, top), Enqueued: sparkline(r.Enqueued, top)}
 }
 
 // isBadInput says whether err is the user's: a bad name or id.
