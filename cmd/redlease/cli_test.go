@@ -166,6 +166,7 @@ func TestCLIOnRealRedis(t *testing.T) {
 
 	contains(t, do("queue", "emails"), "ready", "3", "dead", "2")
 	contains(t, do("queue", "orders/billing"), "subscription billing")
+	contains(t, do("queue", "nothing"), "no such queue")
 
 	contains(t, do("peek", "emails"), "mail-ann", `"mail to ann"`, "to=ann")
 	var msgs []messageView
@@ -230,6 +231,9 @@ func TestScanTruncates(t *testing.T) {
 	inv, err := discover(ctx, c, "redlease", scanner{limit: 1, timeout: time.Minute})
 	require.NoError(t, err)
 	require.True(t, inv.Truncated)
+	inv, err = discover(ctx, c, "redlease", scanner{limit: defaultScanLimit, timeout: time.Nanosecond})
+	require.NoError(t, err)
+	require.True(t, inv.Truncated, "a scan past its time is truncated, not an error")
 	inv, err = discover(ctx, c, "redlease", scanner{limit: defaultScanLimit, timeout: time.Minute})
 	require.NoError(t, err)
 	require.False(t, inv.Truncated)

@@ -251,7 +251,13 @@ func runQueue(ctx context.Context, a *app, args []string) error {
 	s := v.Stats
 	fmt.Fprintf(w, "shards\t%d\nready\t%d\ndelayed\t%d\nin flight\t%d\ndead\t%d\n", v.Shards, s.Ready, s.Delayed, s.InFlight, s.Dead)
 	fmt.Fprintf(w, "enqueued (total)\t%d\nacked (total)\t%d\nnacked (total)\t%d\ndead-lettered (total)\t%d\n", s.Enqueued, s.Acked, s.Nacked, s.DeadLettered)
-	return w.Flush()
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	if s == (statsView{}) {
+		fmt.Fprintf(a.out, "(no such queue under prefix %q on %s, or it never had a message)\n", a.opts.prefix, a.target)
+	}
+	return nil
 }
 
 // shownPayload is a payload for a text column: quoted, cut short.
