@@ -239,3 +239,40 @@ func TestScanTruncates(t *testing.T) {
 	require.False(t, inv.Truncated)
 	require.Len(t, inv.Queues, 3000)
 }
+
+func TestCLIOnCluster(t *testing.T) {
+	cl := redistest.NewClusterT(t)
+	c := cl.Client(t, nil)
+	ctx := context.Background()
+	// A sharded queue spreads over the masters; discovery must scan them all.
+	q := redlease.NewQueue(c, "spread", redlease.WithShards(8))
+	for i := range 16 {
+		_, err := q.Enqueue(ctx, []byte("m"+strconv.Itoa(i)))
+		require.NoError(t, err)
+	}
+	l := redlease.NewLocker(c)
+	defer l.Close()
+	lk, err := l.TryObtain(ctx, "on-cluster")
+	require.NoError(t, err)
+	defer lk.Release(ctx)
+
+	conn := []string{"--cluster-addrs", strings.Join(cl.Addrs(), ",")}
+	code, out, errOut := cli(t, append(conn, "queues", "--json")...)
+	require.Equal(t, exitOK, code, errOut)
+	var qs queuesView
+	require.NoError(t, json.Unmarshal([]byte(out), &qs))
+	require.Len(t, qs.Queues, 1)
+	require.Equal(t, 8, qs.Queues[0].Shards)
+	require.Equal(t, int64(16), qs.Queues[0].Stats.Ready)
+
+	code, out, errOut = cli(t, append(conn, "queue", "spread", "--json")...)
+	require.Equal(t, exitOK, code, errOut)
+	var qv queueView
+	require.NoError(t, json.Unmarshal([]byte(out), &qv))
+	require.Equal(t, 8, qv.Shards, "shards detected from the keys")
+	require.Equal(t, int64(16), qv.Stats.Ready)
+
+	code, out, errOut = cli(t, append(conn, "locks")...)
+	require.Equal(t, exitOK, code, errOut)
+	contains(t, out, "on-cluster", lk.Token())
+}
