@@ -276,3 +276,17 @@ func TestCLIOnCluster(t *testing.T) {
 	require.Equal(t, exitOK, code, errOut)
 	contains(t, out, "on-cluster", lk.Token())
 }
+
+func TestCLIOnSentinel(t *testing.T) {
+	ts := redistest.NewSentinelT(t)
+	c := ts.Client(t)
+	q := redlease.NewQueue(c, "via-sentinel")
+	_, err := q.Enqueue(context.Background(), []byte("hello"))
+	require.NoError(t, err)
+	code, out, errOut := cli(t, "--sentinel-master", redistest.SentinelMaster, "--sentinel-addrs", strings.Join(ts.SentinelAddrs(), ","), "peek", "via-sentinel", "--json")
+	require.Equal(t, exitOK, code, errOut)
+	var msgs []messageView
+	require.NoError(t, json.Unmarshal([]byte(out), &msgs))
+	require.Len(t, msgs, 1)
+	require.Equal(t, "hello", *msgs[0].Text)
+}
