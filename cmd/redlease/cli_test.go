@@ -272,9 +272,21 @@ func TestCLIOnCluster(t *testing.T) {
 	require.Equal(t, 8, qv.Shards, "shards detected from the keys")
 	require.Equal(t, int64(16), qv.Stats.Ready)
 
+	code, out, errOut = cli(t, append(conn, "peek", "spread", "-n", "100", "--json")...)
+	require.Equal(t, exitOK, code, errOut)
+	var msgs []messageView
+	require.NoError(t, json.Unmarshal([]byte(out), &msgs))
+	require.Len(t, msgs, 16)
+
 	code, out, errOut = cli(t, append(conn, "locks")...)
 	require.Equal(t, exitOK, code, errOut)
 	contains(t, out, "on-cluster", lk.Token())
+	code, out, errOut = cli(t, append(conn, "lock", "on-cluster", "--json")...)
+	require.Equal(t, exitOK, code, errOut)
+	var lv lockView
+	require.NoError(t, json.Unmarshal([]byte(out), &lv))
+	require.Equal(t, lk.Token(), lv.Holder)
+	require.Equal(t, lk.Fence(), lv.Fence)
 }
 
 func TestCLIOnSentinel(t *testing.T) {
