@@ -140,3 +140,17 @@ func TestParseWaiter(t *testing.T) {
 	_, err = parseWaiter("2000 ch tok", "NaN?")
 	require.Error(t, err)
 }
+
+// FuzzParseWaiter: no entry panics the parser, and one it accepts has a
+// token and no negative field.
+func FuzzParseWaiter(f *testing.F) {
+	for _, e := range []string{"2000 ch tok", "2000:3 redlease:grant:x tok", "1:0 a b c", " ", "2000: ch tok", "x y z"} {
+		f.Add(e, "7")
+	}
+	f.Fuzz(func(t *testing.T, entry, score string) {
+		w, err := parseWaiter(entry, score)
+		if err == nil && (w.Token == "" || w.Grant < 0 || w.Limit < 0) {
+			t.Fatalf("%q: %+v", entry, w)
+		}
+	})
+}
