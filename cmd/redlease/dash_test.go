@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -246,4 +247,29 @@ func TestDashServesAndStops(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("dash did not stop")
 	}
+}
+
+func TestDashPagesDeadLetters(t *testing.T) {
+	_, c := newMini(t)
+	ctx := context.Background()
+	q := redlease.NewQueue(c, "many", redlease.WithMaxAttempts(1))
+	for i := range deadOnPage + 10 {
+		_, err := q.Enqueue(ctx, []byte("x"), redlease.WithID(fmt.Sprintf("d-%03d", i)))
+		require.NoError(t, err)
+		m, err := q.Claim(ctx)
+		require.NoError(t, err)
+		require.NoError(t, m.Nack(ctx))
+	}
+	_, h := newTestDash(t, c, dashConfig{})
+	w := get(h, "/queue?name=many")
+	require.Equal(t, http.StatusOK, w.Code)
+	body := w.Body.String()
+	require.Equal(t, deadOnPage, strings.Count(body, `<tr data-id="d-`))
+	next := fmt.Sprintf("/queue?name=many&amp;after=d-%03d", deadOnPage-1)
+	contains(t, body, next)
+	w = get(h, strings.ReplaceAll(next, "&amp;", "&"))
+	require.Equal(t, http.StatusOK, w.Code)
+	require.Equal(t, 10, strings.Count(w.Body.String(), `<tr data-id="d-`))
+	contains(t, w.Body.String(), "d-059")
+	require.Equal(t, http.StatusBadRequest, get(h, "/queue?name=many&after=nobody").Code)
 }

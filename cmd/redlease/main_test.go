@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"flag"
 	"fmt"
+	"log/slog"
 	"os"
 	"strings"
 	"testing"
@@ -20,6 +22,11 @@ import (
 
 func TestMain(m *testing.M) {
 	redis.SetLogger(quiet{})
+	// The library logs dead letters at Warn; the tests make them on purpose.
+	flag.Parse()
+	if !testing.Verbose() {
+		slog.SetDefault(slog.New(slog.DiscardHandler))
+	}
 	code := m.Run()
 	if code == 0 {
 		if err := redistest.Leaks(5 * time.Second); err != nil {
