@@ -260,6 +260,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		defer cancel()
 	}
 	if err := cmd.run(ctx, a, pos); err != nil {
+		if errors.Is(err, context.DeadlineExceeded) {
+			err = fmt.Errorf("%w (gave up after --timeout %v)", err, opts.timeout)
+		}
 		fmt.Fprintf(stderr, "redlease %s: %v\n", cmd.name, err)
 		if errors.Is(err, errUsage) || errors.Is(err, redlease.ErrInvalidArgument) {
 			return exitUsage
