@@ -130,9 +130,13 @@ func (q *Queue) claimOn(ctx context.Context, s *shard, done *Message, renew bool
 	if err != nil {
 		return nil, 0, fmt.Errorf("redlease: claim on %q: %w", q.name, err)
 	}
-	m, next, err := q.parseClaim(res, token, renew, onLost)
+	m, next, buried, err := q.parseClaim(res, token, renew, onLost)
 	if err != nil {
 		return nil, 0, fmt.Errorf("redlease: claim on %q: %w", q.name, err)
+	}
+	if buried > 0 {
+		q.logger().Warn("redlease: messages dead-lettered: their last lease ended", "queue", q.name, "shard", s.index, "n", buried)
+		q.observe(ctx, Observation{Kind: MessageDead, Name: q.name, N: buried})
 	}
 	if m != nil {
 		m.lease.shard = s.index
@@ -144,34 +148,41 @@ func (q *Queue) claimOn(ctx context.Context, s *shard, done *Message, renew bool
 	return m, next, nil
 }
 
-// parseClaim reads the claim script's reply (lua/queue_claim.lua).
-func (q *Queue) parseClaim(res []any, token string, renew bool, onLost context.CancelCauseFunc) (*Message, time.Duration, error) {
-	if len(res) < 2 {
-		return nil, 0, errUnexpected(res)
+// parseClaim reads the claim script's reply (lua/queue_claim.lua): a
+// message or how long until one is due, and how many expired claims the
+// claim dead-lettered.
+func (q *Queue) parseClaim(res []any, token string, renew bool, onLost context.CancelCauseFunc) (m *Message, next time.Duration, buried int, err error) {
+	if len(res) < 3 {
+		return nil, 0, 0, errUnexpected(res)
 	}
+	n, isInt := res[len(res)-1].(int64)
+	if !isInt || n < 0 {
+		return nil, 0, 0, errUnexpected(res)
+	}
+	buried, res = int(n), res[:len(res)-1]
 	if ok, _ := res[0].(int64); ok == 0 {
 		next, isInt := res[1].(int64)
 		if !isInt {
-			return nil, 0, errUnexpected(res)
+			return nil, 0, 0, errUnexpected(res)
 		}
-		return nil, time.Duration(next) * time.Millisecond, nil
+		return nil, time.Duration(next) * time.Millisecond, buried, nil
 	}
 	if len(res) != 5 {
-		return nil, 0, errUnexpected(res)
+		return nil, 0, 0, errUnexpected(res)
 	}
 	id, ok1 := res[1].(string)
 	payload, ok2 := res[2].(string)
 	attempt, ok3 := res[3].(int64)
 	if !ok1 || !ok2 || !ok3 {
-		return nil, 0, errUnexpected(res)
+		return nil, 0, 0, errUnexpected(res)
 	}
 	body, headers := unseal(payload)
-	m := &Message{
+	m = &Message{
 		ID: id, Payload: body, Headers: headers, Attempt: int(attempt), q: q,
 		lease: newLease(id, id, token, q.lease, renew, onLost),
 	}
 	m.fence = attempt
-	return m, 0, nil
+	return m, 0, buried, nil
 }
 
 // block waits on the queue's wake key until a producer signals work, the

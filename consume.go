@@ -311,6 +311,8 @@ func (c *consumer) handle(ctx context.Context, m *Message, w *worker) (done *Mes
 	switch {
 	case !mine:
 		return nil, false
+	case err == nil && c.q.wd.isReleased(&m.lease):
+		return nil, true // the handler acked or nacked it itself
 	case err == nil:
 		return m, true
 	}

@@ -29,8 +29,11 @@ func (q *Queue) Enqueue(ctx context.Context, payload []byte, opts ...EnqueueOpti
 	if err != nil {
 		return "", err
 	}
+	// One shard and request token for every call of send: a hook that
+	// calls it again resends the same request, which adds nothing twice.
+	s, token := q.shardOf(cfg.id), uuid.NewString()
 	send := func(ctx context.Context, headers map[string]string) (string, error) {
-		return q.enqueue(ctx, cfg, id, payload, headers)
+		return q.enqueue(ctx, s, token, cfg, id, payload, headers)
 	}
 	if q.hook != nil {
 		return q.hook.Enqueue(ctx, q.name, cfg.headers, send)
@@ -40,11 +43,11 @@ func (q *Queue) Enqueue(ctx context.Context, payload []byte, opts ...EnqueueOpti
 
 // enqueue sends one checked message with headers (which a Hook may have
 // added to).
-func (q *Queue) enqueue(ctx context.Context, cfg enqueueConfig, id string, payload []byte, headers map[string]string) (string, error) {
+func (q *Queue) enqueue(ctx context.Context, s *shard, token string, cfg enqueueConfig, id string, payload []byte, headers map[string]string) (string, error) {
 	if err := checkHeaders(headers); err != nil {
 		return "", err
 	}
-	call := scriptCall{keys: q.shardOf(cfg.id).keys, args: []any{cfg.delay.Milliseconds(), uniqueArg(cfg), uuid.NewString(), id, seal(payload, headers)}}
+	call := scriptCall{keys: s.keys, args: []any{cfg.delay.Milliseconds(), uniqueArg(cfg), token, id, seal(payload, headers)}}
 	codes, err := ints(runAll(ctx, q.client, enqueueScript, []scriptCall{call}, q.wake(ctx)...)[0], 1)
 	if err != nil {
 		return "", fmt.Errorf("redlease: enqueue on %q: %w", q.name, err)
@@ -132,7 +135,7 @@ func (q *Queue) EnqueueBatch(ctx context.Context, payloads [][]byte) ([]string, 
 			call.args[0], call.args[1], call.args[2] = 0, randomIDs, uuid.NewString()
 		}
 		ids[i] = uuid.NewString()
-		call.args = append(call.args, ids[i], p)
+		call.args = append(call.args, ids[i], seal(p, nil))
 		size += len(p)
 		if n := (len(call.args) - 3) / 2; n >= min(enqueueChunk, per) || size >= enqueueChunkBytes || i == len(payloads)-1 {
 			calls = append(calls, call)
@@ -147,5 +150,6 @@ func (q *Queue) EnqueueBatch(ctx context.Context, payloads [][]byte) ([]string, 
 			return nil, fmt.Errorf("redlease: enqueue batch on %q: %w", q.name, err)
 		}
 	}
+	q.observe(ctx, Observation{Kind: MessageEnqueued, Name: q.name, N: len(ids)})
 	return ids, nil
 }

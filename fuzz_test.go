@@ -42,24 +42,28 @@ func FuzzDeadLetter(f *testing.F) {
 }
 
 func FuzzParseClaim(f *testing.F) {
-	f.Add(int64(1), "id", "payload", int64(1), int64(1700000000000), uint8(5))
-	f.Add(int64(0), "", "", int64(250), int64(0), uint8(2))
+	f.Add(int64(1), "id", "payload", int64(1), int64(1700000000000), uint8(6))
+	f.Add(int64(0), "", "", int64(250), int64(0), uint8(3))
 	f.Add(int64(1), "x", "", int64(-1), int64(0), uint8(3))
 	q := NewQueue(nil, "q")
 	f.Fuzz(func(t *testing.T, ok int64, id, payload string, attempt, deadline int64, n uint8) {
-		full := []any{ok, id, payload, attempt, deadline, "extra"}
+		full := []any{ok, id, payload, attempt, deadline, int64(n % 3), "extra"}
 		res := full[:min(int(n), len(full))]
-		if n%7 == 6 {
-			res = []any{id, ok} // wrong types
+		if ok == 0 && len(res) > 2 {
+			res = []any{ok, deadline, int64(n % 3)} // an empty claim's reply
 		}
-		m, next, err := q.parseClaim(res, "tok", false, nil)
+		if n%8 == 7 {
+			res = []any{id, ok, "x"} // wrong types
+		}
+		m, next, _, err := q.parseClaim(res, "tok", false, nil)
 		switch {
 		case err != nil:
 			if m != nil {
 				t.Fatal("a message with an error")
 			}
 		case m != nil:
-			if m.ID != id || string(m.Payload) != payload || m.Attempt != int(attempt) || m.token != "tok" {
+			body, _ := unseal(payload)
+			if m.ID != id || string(m.Payload) != string(body) || m.Attempt != int(attempt) || m.token != "tok" {
 				t.Fatalf("parsed %+v from %v", m, res)
 			}
 		default:

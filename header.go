@@ -17,6 +17,9 @@ const (
 	MaxHeaderBytes = 16 << 10
 )
 
+// fewHeaders is how many header keys seal sorts on the stack.
+const fewHeaders = 8
+
 // envelopeMagic starts a stored message that carries headers. 0xF5 never
 // starts valid UTF-8, so no text payload looks like an envelope; a payload
 // that does start with the magic is stored in an envelope too, so that
@@ -73,7 +76,13 @@ func seal(payload []byte, h map[string]string) []byte {
 	b := make([]byte, 0, size)
 	b = append(b, envelopeMagic...)
 	b = binary.AppendUvarint(b, uint64(len(h)))
-	for _, k := range slices.Sorted(maps.Keys(h)) {
+	var few [fewHeaders]string // the usual few keys sort without an allocation
+	keys := few[:0]
+	for k := range h {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
 		b = binary.AppendUvarint(b, uint64(len(k)))
 		b = append(b, k...)
 		b = binary.AppendUvarint(b, uint64(len(h[k])))

@@ -60,6 +60,23 @@ func TestHeadersTravelWithTheMessage(t *testing.T) {
 			require.Nil(t, m.Headers)
 			require.NoError(t, m.Ack(ctx))
 		}
+		// So does one in a batch.
+		looks := envelopeMagic + "\x01\x01k\x01v"
+		_, err = q.EnqueueBatch(ctx, [][]byte{[]byte(looks)})
+		require.NoError(t, err)
+		m, err = q.Claim(ctx)
+		require.NoError(t, err)
+		require.Equal(t, looks, string(m.Payload))
+		require.Nil(t, m.Headers)
+		tp := NewTopic(c, "t", WithPrefix(uniq(t)))
+		sub, err := tp.Subscribe(ctx, "s")
+		require.NoError(t, err)
+		_, err = tp.PublishBatch(ctx, [][]byte{[]byte(looks)})
+		require.NoError(t, err)
+		m, err = sub.Claim(ctx)
+		require.NoError(t, err)
+		require.Equal(t, looks, string(m.Payload))
+		require.Nil(t, m.Headers)
 	})
 }
 

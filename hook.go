@@ -11,14 +11,17 @@ import (
 // one with [WithHook]; the module github.com/redlease/redlease/redleaseotel
 // has one for OpenTelemetry metrics and traces. A Hook's methods run on the
 // goroutine doing the work, so they must be quick, must not block, and
-// must be safe for concurrent use.
+// must be safe for concurrent use. Observe may run on the goroutine that
+// renews every lease of its Locker or Queue: it must not call Close.
 type Hook interface {
 	// Observe is told of each Observation as it happens.
 	Observe(ctx context.Context, o Observation)
 	// Enqueue wraps each [Queue.Enqueue] and [Topic.Publish]: it may add
 	// headers (a trace context, say) to a copy of headers, which may be
 	// nil and must not be changed, and pass it to next, whose id and error
-	// it returns. dest is the queue's or topic's name.
+	// it returns. dest is the queue's or topic's name. It should call next
+	// once: on a Queue a second call is a resend that adds nothing again,
+	// but on a Topic it publishes the message again.
 	Enqueue(ctx context.Context, dest string, headers map[string]string, next EnqueueFunc) (string, error)
 	// Handle wraps each call of a [Queue.Consume] handler: it calls next,
 	// perhaps with a derived context, and returns what next returns.
@@ -42,19 +45,24 @@ const (
 	// LockRenewFailed: a renewal failed on a Redis error; the lease is
 	// kept and renewed again (Fence, Err).
 	LockRenewFailed
-	// MessageEnqueued: N messages were added (ID for a single one).
+	// MessageEnqueued: N messages were added (ID for a single one; a
+	// batch, which [Hook.Enqueue] does not wrap, has none).
 	MessageEnqueued
 	// MessageClaimed: a message was claimed (ID, Attempt).
 	MessageClaimed
 	// MessageAcked: a message was acked (ID, Attempt).
 	MessageAcked
 	// MessageNacked: a message was nacked and will be retried (ID,
-	// Attempt, Err: the cause, if any).
+	// Attempt, Err: the cause, if any). A Nack resent after a lost reply
+	// that had dead-lettered the message is reported as MessageNacked.
 	MessageNacked
-	// MessageDead: a nacked message was dead-lettered (ID, Attempt, Err).
+	// MessageDead: N messages were dead-lettered: a nacked one (N 1, ID,
+	// Attempt, Err), or those whose last lease ended, found by a reclaim
+	// (N, no ID).
 	MessageDead
 	// MessagesReclaimed: N claims whose lease had ended were taken back
-	// by a reclaim.
+	// by a reclaim, to ready or, on their last attempt, dead (those also
+	// reported as MessageDead).
 	MessagesReclaimed
 )
 
@@ -101,7 +109,8 @@ type Observation struct {
 	Attempt int
 	// Fence is the lock's fencing token.
 	Fence int64
-	// N counts messages for MessageEnqueued and MessagesReclaimed.
+	// N counts the messages of MessageEnqueued, MessageDead and
+	// MessagesReclaimed.
 	N int
 	// Latency is how long the call that acquired the lock took.
 	Latency time.Duration

@@ -112,7 +112,7 @@ func TestHookOnAQueue(t *testing.T) {
 		require.Equal(t, []ObservationKind{MessageEnqueued, MessageEnqueued, MessageClaimed, MessageAcked,
 			MessageClaimed, MessageNacked, MessageClaimed, MessageDead}, rec.kinds("q"))
 		o, _ := rec.last(MessageDead)
-		require.Equal(t, Observation{Kind: MessageDead, Name: "q", ID: bad, Attempt: 2, Err: cause}, o)
+		require.Equal(t, Observation{Kind: MessageDead, Name: "q", ID: bad, Attempt: 2, N: 1, Err: cause}, o)
 		o, _ = rec.last(MessageAcked)
 		require.Equal(t, Observation{Kind: MessageAcked, Name: "q", ID: good, Attempt: 1}, o)
 
@@ -155,6 +155,15 @@ func TestHookOnATopic(t *testing.T) {
 		require.Equal(t, []ObservationKind{MessageClaimed, MessageAcked}, rec.kinds("t/s"))
 		o, _ := rec.last(MessageEnqueued)
 		require.Equal(t, Observation{Kind: MessageEnqueued, Name: "t", ID: id, N: 1}, o)
+		// Batches are observed with their count.
+		_, err = tp.PublishBatch(ctx, [][]byte{nil, nil})
+		require.NoError(t, err)
+		o, _ = rec.last(MessageEnqueued)
+		require.Equal(t, Observation{Kind: MessageEnqueued, Name: "t", N: 2}, o)
+		_, err = sub.EnqueueBatch(ctx, [][]byte{nil, nil, nil})
+		require.NoError(t, err)
+		o, _ = rec.last(MessageEnqueued)
+		require.Equal(t, Observation{Kind: MessageEnqueued, Name: "t/s", N: 3}, o)
 	})
 }
 

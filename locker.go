@@ -28,7 +28,7 @@ type Locker struct {
 	store  store
 	waits  *waitlist // nil for a quorum, whose waiters poll
 	prefix string
-	log    *slog.Logger // WithLogger's; nil: slog.Default()
+	log    *slog.Logger // WithLogger's; nil: slog.Default(), Warn and above
 	hook   Hook         // WithHook's; nil: none
 	err    error        // from a bad client or option, returned by every call
 

@@ -32,13 +32,14 @@ func (h warnAndAbove) WithGroup(name string) slog.Handler {
 }
 
 // leaseNews logs and observes what happened to one of the Locker's leases.
-// A lease the closing Locker stops renewing is reported at Info level.
+// A lease the closing Locker stops renewing, or one without the watchdog
+// that ran out (as such leases do), is reported at Info level.
 func (l *Locker) leaseNews(n leaseNews) {
 	ctx := context.Background()
 	switch n.kind {
 	case leaseLost:
 		level := slog.LevelWarn
-		if errors.Is(n.err, ErrClosed) {
+		if errors.Is(n.err, ErrClosed) || !n.renew {
 			level = slog.LevelInfo
 		}
 		l.logger().Log(ctx, level, "redlease: lock lost", "key", n.name, "fence", n.fence, "shared", n.share, "err", n.err)

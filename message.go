@@ -145,7 +145,7 @@ func (m *Message) nack(ctx context.Context, cause error) error {
 		m.q.observe(ctx, Observation{Kind: MessageNacked, Name: m.q.name, ID: m.ID, Attempt: m.Attempt, Err: cause})
 	case codeBuried:
 		m.q.logger().Warn("redlease: message dead-lettered", "queue", m.q.name, "id", m.ID, "attempt", m.Attempt, "err", cause)
-		m.q.observe(ctx, Observation{Kind: MessageDead, Name: m.q.name, ID: m.ID, Attempt: m.Attempt, Err: cause})
+		m.q.observe(ctx, Observation{Kind: MessageDead, Name: m.q.name, ID: m.ID, Attempt: m.Attempt, N: 1, Err: cause})
 	}
 	return claimGone(m.ID, code)
 }

@@ -28,7 +28,7 @@ type Option interface {
 
 type lockerConfig struct {
 	prefix string
-	log    *slog.Logger // nil: slog.Default()
+	log    *slog.Logger // nil: slog.Default(), Warn and above
 	hook   Hook         // nil: none
 	err    error
 }
@@ -75,7 +75,8 @@ func validPrefix(prefix string) error {
 // [WithErrorHandler] is given, logs its handler's errors at Warn level and
 // panics at Error level with the stack (queue, id, attempt, err), and its
 // own Redis errors at Warn level (queue, err). Info: claims a reclaim gave
-// back (queue, shard, ready, dead) and a lease stopped by Close.
+// back (queue, shard, ready, dead), a lease stopped by Close, and a lease
+// without the watchdog ([WithoutWatchdog]) that ran out.
 // [Locker.Every] logs its function's errors and panics at Error level and
 // its own Redis errors at Warn level (name, slot when known, err). A nil
 // logger is an error.
@@ -270,7 +271,7 @@ type queueConfig struct {
 	maxAttempts int
 	deadLimit   int
 	backoff     func(attempt int) time.Duration
-	log         *slog.Logger // nil: slog.Default()
+	log         *slog.Logger // nil: slog.Default(), Warn and above
 	hook        Hook         // nil: none
 	err         error
 }

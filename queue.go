@@ -42,7 +42,7 @@ type Queue struct {
 	maxAttempts int
 	deadLimit   int // per shard
 	backoff     func(attempt int) time.Duration
-	log         *slog.Logger // WithLogger's; nil: slog.Default()
+	log         *slog.Logger // WithLogger's; nil: slog.Default(), Warn and above
 	hook        Hook         // WithHook's; nil: none
 	err         error
 	wd          watchdog // renews the claims of Consume's handlers

@@ -485,13 +485,13 @@ func TestOddIDsAndPayloadsRoundTrip(t *testing.T) {
 func TestParseClaimCopiesPayloadOnce(t *testing.T) {
 	q := NewQueue(nil, "q") // parseClaim needs no client
 	payload := strings.Repeat("x", MaxPayload)
-	res := []any{int64(1), "id", payload, int64(1), int64(0)}
+	res := []any{int64(1), "id", payload, int64(1), int64(0), int64(0)}
 	var before, after runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&before)
 	const n = 20
 	for range n {
-		if m, _, err := q.parseClaim(res, "tok", false, nil); err != nil || m == nil {
+		if m, _, _, err := q.parseClaim(res, "tok", false, nil); err != nil || m == nil {
 			t.Fatal(err)
 		}
 	}

@@ -62,6 +62,7 @@ func (q *Queue) reclaim(ctx context.Context, s *shard, guard time.Duration, toke
 	}
 	if dead > 0 {
 		q.logger().Warn("redlease: messages dead-lettered: their last lease ended", "queue", q.name, "shard", s.index, "n", dead)
+		q.observe(ctx, Observation{Kind: MessageDead, Name: q.name, N: dead})
 	}
 	return back + dead, nil
 }

@@ -29,10 +29,13 @@ type Stats struct {
 	Enqueued int64
 	// Acked counts messages acked.
 	Acked int64
-	// Nacked counts nacks and ended leases that sent a message back to
-	// be retried.
+	// Nacked counts Nacks (a Consume handler's errors included) that sent
+	// a message back to be retried; a claim whose lease ended is not
+	// counted.
 	Nacked int64
-	// DeadLettered counts messages moved to the dead letters.
+	// DeadLettered counts messages moved to the dead letters. A dead
+	// letter [Queue.RetryDead] moves back is not counted as enqueued
+	// again, so Enqueued − Acked − DeadLettered is not the backlog.
 	DeadLettered int64
 }
 

@@ -33,7 +33,7 @@ type Topic struct {
 	prefix  string
 	opts    []QueueOption // the subscriptions' defaults
 	err     error
-	log     *slog.Logger // WithLogger's; nil: slog.Default()
+	log     *slog.Logger // WithLogger's; nil: slog.Default(), Warn and above
 	hook    Hook         // WithHook's; nil: none
 	publish string       // "PUBLISH", or "SPUBLISH" on a Cluster
 	keys    topicKeys
@@ -312,7 +312,7 @@ func (t *Topic) PublishBatch(ctx context.Context, payloads [][]byte) ([]string, 
 	pairs := make([][]any, len(payloads))
 	for i, p := range payloads {
 		ids[i] = uuid.NewString()
-		pairs[i] = []any{ids[i], p}
+		pairs[i] = []any{ids[i], seal(p, nil)}
 	}
 	if len(pairs) == 0 {
 		return ids, nil
@@ -320,6 +320,7 @@ func (t *Topic) PublishBatch(ctx context.Context, payloads [][]byte) ([]string, 
 	if _, _, err := t.publishAll(ctx, publishOptions{unique: randomIDs}, pairs); err != nil {
 		return nil, fmt.Errorf("redlease: publish batch on topic %q: %w", t.name, err)
 	}
+	t.observe(ctx, Observation{Kind: MessageEnqueued, Name: t.name, N: len(ids)})
 	return ids, nil
 }
 

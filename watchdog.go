@@ -45,6 +45,7 @@ type leaseNews struct {
 	name  string
 	fence int64 // a lock's fence; a claim's attempt
 	share bool  // a shared lease
+	renew bool  // the watchdog renewed it
 	err   error
 }
 
@@ -59,7 +60,7 @@ const (
 // tellLocked queues news of ls for report. Called with mu held.
 func (w *watchdog) tellLocked(ls *lease, kind leaseNewsKind, err error) {
 	if w.report != nil && (kind != leaseRenewed || w.reportRenewals) {
-		w.news = append(w.news, leaseNews{kind, ls.name, ls.fence, ls.shared, err})
+		w.news = append(w.news, leaseNews{kind, ls.name, ls.fence, ls.shared, ls.renew, err})
 	}
 }
 

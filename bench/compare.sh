@@ -3,6 +3,7 @@
 #
 #   ./compare.sh [cycle] [OLD_COMMIT [ROUNDS [DUR]]]  # defaults: 20cc1ab 6 1s
 #   ./compare.sh queue [OLD_COMMIT [ROUNDS [DUR]]]    # defaults: 5692040 6 1s
+#   ./compare.sh otel [ROUNDS [DUR]]                  # defaults: 6 1s
 #
 # cycle (cyclecmp/): the uncontended exclusive cycle, TryObtain + Release,
 # 1 and 16 goroutines on their own keys, for DUR each.
@@ -11,6 +12,14 @@
 # such messages into a fresh queue and Consume draining it; then one Stats
 # call. Besides msgs/s it counts Redis commands (INFO commandstats, those
 # inside scripts included) and round trips per message.
+# otel (otelcmp/): not two commits but this tree with the OpenTelemetry
+# hook (redleaseotel, on SDK providers that record every span and export
+# nothing) off and on: the Enqueue loop, and per Consume concurrency a
+# fill by Enqueue (so that messages carry a traceparent when on) and a
+# Consume drain; msgs/s and allocations per message, on ÷ off. Spans go
+# to a processor that drops them; with OTEL_SPANS=batch through the SDK's
+# batch span processor to an exporter that drops them; with
+# OTEL_SPANS=none nowhere (a no-op TracerProvider: metrics only).
 #
 # It exports OLD_COMMIT with `git archive` into a temporary directory (no
 # worktree is registered, nothing is left in the repository), builds the
@@ -27,15 +36,19 @@ cd "$(dirname "$0")"
 
 what=cycle
 case "${1:-}" in
-  cycle | queue) what=$1; shift ;;
+  cycle | queue | otel) what=$1; shift ;;
 esac
 case "$what" in
   cycle) default_old=20cc1ab prog=cyclecmp ;;
   queue) default_old=5692040 prog=queuecmp ;;
+  otel) prog=otelcmp ;;
 esac
-old=${1:-$default_old}
-rounds=${2:-6}
-dur=${3:-1s}
+if [ "$what" != otel ]; then
+  old=${1:-$default_old}
+  shift || true
+fi
+rounds=${1:-6}
+dur=${2:-1s}
 goroutines=1,16    # cycle: goroutine counts
 concurrency=1,16   # queue: Consume concurrencies
 queue_msgs=20000   # queue: messages per fill and drain
@@ -45,6 +58,8 @@ case "$what" in
     about="goroutines $goroutines" ;;
   queue) run_args=(-conc "$concurrency" -msgs "$queue_msgs" -payload "$payload" -dur "$dur")
     about="Enqueue loop; EnqueueBatch + Consume of $queue_msgs messages of $payload B at concurrency $concurrency; Stats" ;;
+  otel) run_args=(-conc "$concurrency" -msgs "$queue_msgs" -payload "$payload" -dur "$dur" -spans "${OTEL_SPANS:-discard}")
+    about="Enqueue loop; Enqueue fill + Consume of $queue_msgs messages of $payload B at concurrency $concurrency; spans to ${OTEL_SPANS:-discard}" ;;
 esac
 lib=github.com/redlease/redlease
 port_tries=20      # ports tried before giving up
@@ -59,6 +74,10 @@ cleanup() {
 trap cleanup EXIT
 
 repo=$(git rev-parse --show-toplevel)
+if [ "$what" = otel ]; then
+  go build -o "$tmp/$what" "./$prog"
+  echo "hook off vs on: $(git -C "$repo" rev-parse --short HEAD)$(git -C "$repo" diff --quiet HEAD -- . || echo +changes)"
+else
 old_full=$(git -C "$repo" rev-parse --verify "$old^{commit}")
 new_desc="$(git -C "$repo" rev-parse --short HEAD)$(git -C "$repo" diff --quiet HEAD -- . ':!bench' || echo +changes)"
 mkdir "$tmp/old" "$tmp/mod"
@@ -70,6 +89,7 @@ go build -modfile "$tmp/mod/go.mod" -o "$tmp/$what-old" "./$prog"
 go build -o "$tmp/$what-new" "./$prog"
 echo "old: $old ($("$tmp/$what-old" run -lib))"
 echo "new: $new_desc ($("$tmp/$what-new" run -lib))"
+fi
 
 # One redis-server for both versions, on a free loopback port.
 for _ in $(seq "$port_tries"); do
@@ -92,9 +112,11 @@ echo "redis-server $(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/') on 12
 # per-message counts of queue are left to the summary.
 for r in $(seq "$rounds"); do
   order="old new"
-  if [ $((r % 2)) -eq 0 ]; then order="new old"; fi
+  if [ "$what" = otel ]; then order="off on"; fi
+  if [ $((r % 2)) -eq 0 ]; then order=$(echo "$order" | awk '{print $2, $1}'); fi
   for v in $order; do
-    "$tmp/$what-$v" run -addr "127.0.0.1:$port" "${run_args[@]}" |
+    if [ "$what" = otel ]; then cmd=("$tmp/$what" run -hook "$v"); else cmd=("$tmp/$what-$v" run); fi
+    "${cmd[@]}" -addr "127.0.0.1:$port" "${run_args[@]}" |
       while read -r line; do
         echo "$r $v $line" >>"$tmp/results"
         case "$line" in
@@ -104,4 +126,4 @@ for r in $(seq "$rounds"); do
       done
   done
 done
-"$tmp/$what-new" summary "$tmp/results"
+if [ "$what" = otel ]; then "$tmp/$what" summary "$tmp/results"; else "$tmp/$what-new" summary "$tmp/results"; fi

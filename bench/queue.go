@@ -166,7 +166,7 @@ func queueRedlease(ctx context.Context, e *env, n, conc int, timeout time.Durati
 	if err := comp.consumeErr(); err != nil {
 		return res, err
 	}
-	if s, err := consumer.Stats(ctx); err != nil || s != (redlease.Stats{}) {
+	if s, err := consumer.Stats(ctx); err != nil || s.Ready+s.Delayed+s.InFlight+s.Dead != 0 {
 		return res, fmt.Errorf("queue not empty after the run: %+v %v", s, err)
 	}
 	return res, nil

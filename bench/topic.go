@@ -240,7 +240,7 @@ func drainQueues(ctx context.Context, e *env, qs []*redlease.Queue, total, perQu
 		if h := handled[i].Load(); perQueue >= 0 && h != int64(perQueue) {
 			return took, cnt, fmt.Errorf("queue %d handled %d messages, want %d", i, h, perQueue)
 		}
-		if s, err := q.Stats(ctx); err != nil || s != (redlease.Stats{}) {
+		if s, err := q.Stats(ctx); err != nil || s.Ready+s.Delayed+s.InFlight+s.Dead != 0 {
 			return took, cnt, fmt.Errorf("queue %d not empty after the run: %+v %v", i, s, err)
 		}
 	}

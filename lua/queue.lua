@@ -206,20 +206,27 @@ end
 -- claim claims the next message for lease ms with token: a due delayed
 -- message first (due retries are served before the ready backlog), then
 -- the head of READY, then an expired claim; see queue_claim.lua for the
--- reply. max and limit are the queue's attempts and dead letters.
+-- reply, which ends with how many expired claims on their last attempt
+-- it dead-lettered on the way. max and limit are the queue's attempts and
+-- dead letters.
 local function claim(now, lease, token, max, limit)
+  local buried = 0
+  local function reply(r)
+    r[#r + 1] = buried
+    return r
+  end
   local prev = redis.call('HGET', MESSAGES, 'c' .. token)
   if prev then
     -- A resend: answer with the claim the first run made.
     local attempts, deadline, tok = parse(redis.call('HGET', MESSAGES, 's' .. prev))
     if tok == token then
-      return {1, prev, payloadOf(redis.call('HGET', MESSAGES, 'p' .. prev)), attempts, deadline}
+      return reply({1, prev, payloadOf(redis.call('HGET', MESSAGES, 'p' .. prev)), attempts, deadline})
     end
     redis.call('HDEL', MESSAGES, 'c' .. token)
   elseif doneAs('c' .. token) then
     -- The first run arriving after its resend's claim was settled: its
     -- reply reaches nobody, so it must claim nothing.
-    return {0, -1}
+    return reply({0, -1})
   end
   for _ = 1, MAX_SKIPPED do
     local id = due(now)
@@ -231,10 +238,15 @@ local function claim(now, lease, token, max, limit)
       if not e then
         redis.call('DEL', MARKER) -- no work: a stale marker would wake a consumer for nothing
         forget(now)
-        return nextDue(now)
+        return reply(nextDue(now))
       end
       release(e, tok)
-      if a >= max then bury(e, a, now, '', limit) else id, attempts = e, a end
+      if a >= max then
+        bury(e, a, now, '', limit)
+        buried = buried + 1
+      else
+        id, attempts = e, a
+      end
     end
     if id then
       local m = redis.call('HMGET', MESSAGES, 'p' .. id, 's' .. id)
@@ -251,12 +263,12 @@ local function claim(now, lease, token, max, limit)
         else
           redis.call('DEL', MARKER)
         end
-        return {1, id, payload, attempt, deadline}
+        return reply({1, id, payload, attempt, deadline})
       end
       drop(id) -- an id without a payload: drop it
     end
   end
-  return {0, 1}
+  return reply({0, 1})
 end
 
 -- ack deletes id claimed with token: OK (also when a resend finds it

@@ -5,7 +5,9 @@
 -- ARGV[2] claim token
 -- ARGV[3] max attempts
 -- ARGV[4] most dead letters kept
--- returns {1, id, payload, attempt, lease deadline in ms}; a resend
---         returns the first run's claim.
---         {0, ms until the next delayed message is due, or -1} when empty
+-- returns {1, id, payload, attempt, lease deadline in ms, buried}; a
+--         resend returns the first run's claim.
+--         {0, ms until the next delayed message is due, or -1, buried}
+--         when empty; buried counts expired claims on their last attempt
+--         that the call dead-lettered
 return claim(nowms(), ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]))

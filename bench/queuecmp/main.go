@@ -30,13 +30,10 @@ import (
 
 	"github.com/redlease/redlease"
 	"github.com/redlease/redlease/bench/internal/cmpstat"
+	"github.com/redlease/redlease/bench/internal/queueload"
 )
 
 const (
-	// maxEnqueues bounds the Enqueue loop in count as well as time.
-	maxEnqueues = 1 << 20
-	// stopWait bounds how long Consume may take to return once cancelled.
-	stopWait = 10 * time.Second
 	// cleanupTimeout bounds deleting the run's keys at the end.
 	cleanupTimeout = 10 * time.Second
 	// scanCount is the COUNT hint of the SCAN that finds the run's keys.
@@ -128,13 +125,13 @@ func runCmd(args []string) error {
 // measure runs every measurement of one run and prints its lines.
 func measure(ctx context.Context, e *env, cfg config) error {
 	producer := redlease.NewQueue(e.counted, "enqueue", e.opt)
-	if _, err := enqueueLoop(ctx, producer, cfg.payload, cfg.warm); err != nil {
+	if _, err := queueload.EnqueueLoop(ctx, producer, cfg.payload, cfg.warm); err != nil {
 		return fmt.Errorf("warm-up: %w", err)
 	}
 	var n int
 	c, err := e.window(ctx, func() error {
 		var err error
-		n, err = enqueueLoop(ctx, producer, cfg.payload, cfg.dur)
+		n, err = queueload.EnqueueLoop(ctx, producer, cfg.payload, cfg.dur)
 		return err
 	})
 	if err != nil {
@@ -150,7 +147,7 @@ func measure(ctx context.Context, e *env, cfg config) error {
 		if err := fill(ctx, q, cfg.payload, cfg.warmMsgs); err != nil {
 			return fmt.Errorf("warm-up: %w", err)
 		}
-		if _, err := drain(ctx, q, cfg.warmMsgs, conc, cfg.timeout); err != nil {
+		if _, err := queueload.Drain(ctx, q, cfg.warmMsgs, conc, cfg.timeout); err != nil {
 			return fmt.Errorf("warm-up: %w", err)
 		}
 		c, err := e.window(ctx, func() error { return fill(ctx, q, cfg.payload, cfg.msgs) })
@@ -161,7 +158,7 @@ func measure(ctx context.Context, e *env, cfg config) error {
 		var took time.Duration
 		c, err = e.window(ctx, func() error {
 			var err error
-			took, err = drain(ctx, q, cfg.msgs, conc, cfg.timeout)
+			took, err = queueload.Drain(ctx, q, cfg.msgs, conc, cfg.timeout)
 			return err
 		})
 		if err != nil {
@@ -170,7 +167,7 @@ func measure(ctx context.Context, e *env, cfg config) error {
 		op := opConsume + "/c=" + strconv.Itoa(conc)
 		emit(kindRate, op, "msgs/s", float64(cfg.msgs)/took.Seconds())
 		emitPerMessage(op, c, cfg.msgs)
-		if s, err := q.Stats(ctx); err != nil || s != (redlease.Stats{}) {
+		if s, err := q.Stats(ctx); err != nil || s.Ready+s.Delayed+s.InFlight+s.Dead != 0 {
 			return fmt.Errorf("queue not empty after consume at concurrency %d: %+v %v", conc, s, err)
 		}
 	}
@@ -205,19 +202,6 @@ func emitPerMessage(op string, c counts, n int) {
 	}
 }
 
-// enqueueLoop enqueues payload one message at a time for d, and returns
-// how many it enqueued.
-func enqueueLoop(ctx context.Context, q *redlease.Queue, payload []byte, d time.Duration) (int, error) {
-	deadline := time.Now().Add(d)
-	n := 0
-	for ; n < maxEnqueues && time.Now().Before(deadline); n++ {
-		if _, err := q.Enqueue(ctx, payload); err != nil {
-			return n, fmt.Errorf("enqueue: %w", err)
-		}
-	}
-	return n, nil
-}
-
 // fill enqueues n copies of payload with one EnqueueBatch.
 func fill(ctx context.Context, q *redlease.Queue, payload []byte, n int) error {
 	batch := make([][]byte, n)
@@ -228,65 +212,6 @@ func fill(ctx context.Context, q *redlease.Queue, payload []byte, n int) error {
 		return fmt.Errorf("enqueue batch: %w", err)
 	}
 	return nil
-}
-
-// drain runs Consume with a no-op handler at concurrency conc until n
-// messages were handled, then cancels it and waits for it to return (so
-// that its last acks fall inside a measured window). It returns the time
-// from Consume's start to the n-th handler call.
-func drain(ctx context.Context, q *redlease.Queue, n, conc int, timeout time.Duration) (time.Duration, error) {
-	var (
-		handled  atomic.Int64
-		last     atomic.Int64 // UnixNano of the n-th handler call
-		finished = make(chan struct{})
-		errCount atomic.Int64
-		firstErr atomic.Pointer[error]
-	)
-	handler := func(context.Context, *redlease.Message) error {
-		if handled.Add(1) == int64(n) {
-			last.Store(time.Now().UnixNano())
-			close(finished)
-		}
-		return nil
-	}
-	// Errors while messages remain fail the run; once all were handled
-	// and Consume is being cancelled, context errors are expected.
-	onError := func(err error) {
-		if handled.Load() >= int64(n) && errors.Is(err, context.Canceled) {
-			return
-		}
-		errCount.Add(1)
-		firstErr.CompareAndSwap(nil, &err)
-	}
-	cctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	returned := make(chan struct{})
-	start := time.Now()
-	go func() {
-		defer close(returned)
-		_ = q.Consume(cctx, handler, redlease.WithConcurrency(conc), redlease.WithErrorHandler(onError))
-	}()
-	t := time.NewTimer(timeout)
-	defer t.Stop()
-	var err error
-	select {
-	case <-finished:
-	case <-t.C:
-		err = fmt.Errorf("timed out after %v with %d of %d messages handled", timeout, handled.Load(), n)
-	}
-	cancel()
-	select {
-	case <-returned:
-	case <-time.After(stopWait):
-		return 0, fmt.Errorf("Consume did not return within %v of being cancelled", stopWait)
-	}
-	if err != nil {
-		return 0, err
-	}
-	if k := errCount.Load(); k > 0 {
-		return 0, fmt.Errorf("Consume reported %d errors, the first: %v", k, *firstErr.Load())
-	}
-	return time.Unix(0, last.Load()).Sub(start), nil
 }
 
 // env holds one run's clients: an admin client that is not counted, and
