@@ -29,6 +29,7 @@ var (
 	pttlScript    = lockScript("lock_pttl.lua")
 	fenceScript   = lockScript("lock_fence.lua")
 	everyScript   = lockScript("every.lua")
+	inspectScript = lockScript("lock_inspect.lua")
 )
 
 // Queue scripts: each is lua/queue.lua's prelude followed by its body.
@@ -44,6 +45,7 @@ var (
 	deadScript       = queueScript("queue_dead.lua")
 	retryDeadScript  = queueScript("queue_dead_retry.lua")
 	deleteDeadScript = queueScript("queue_dead_delete.lua")
+	readyScript      = queueScript("queue_ready.lua")
 )
 
 // Topic scripts.
