@@ -20,6 +20,8 @@
 # to a processor that drops them; with OTEL_SPANS=batch through the SDK's
 # batch span processor to an exporter that drops them; with
 # OTEL_SPANS=none nowhere (a no-op TracerProvider: metrics only).
+# OTEL_SAMPLE=0.1 samples a tenth of the traces (ParentBased
+# TraceIDRatioBased) instead of every one.
 #
 # It exports OLD_COMMIT with `git archive` into a temporary directory (no
 # worktree is registered, nothing is left in the repository), builds the
@@ -58,8 +60,8 @@ case "$what" in
     about="goroutines $goroutines" ;;
   queue) run_args=(-conc "$concurrency" -msgs "$queue_msgs" -payload "$payload" -dur "$dur")
     about="Enqueue loop; EnqueueBatch + Consume of $queue_msgs messages of $payload B at concurrency $concurrency; Stats" ;;
-  otel) run_args=(-conc "$concurrency" -msgs "$queue_msgs" -payload "$payload" -dur "$dur" -spans "${OTEL_SPANS:-discard}")
-    about="Enqueue loop; Enqueue fill + Consume of $queue_msgs messages of $payload B at concurrency $concurrency; spans to ${OTEL_SPANS:-discard}" ;;
+  otel) run_args=(-conc "$concurrency" -msgs "$queue_msgs" -payload "$payload" -dur "$dur" -spans "${OTEL_SPANS:-discard}" -sample "${OTEL_SAMPLE:-1}")
+    about="Enqueue loop; Enqueue fill + Consume of $queue_msgs messages of $payload B at concurrency $concurrency; spans to ${OTEL_SPANS:-discard}, sampled ${OTEL_SAMPLE:-1}" ;;
 esac
 lib=github.com/redlease/redlease
 port_tries=20      # ports tried before giving up

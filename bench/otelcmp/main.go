@@ -80,6 +80,7 @@ func runCmd(args []string) error {
 	warm := fs.Duration("warmup", 200*time.Millisecond, "unmeasured Enqueue loop before the measured one")
 	timeout := fs.Duration("timeout", time.Minute, "longest one drain may take")
 	spans := fs.String("spans", "discard", "with -hook on, where ended spans go: discard (a span processor that drops them), batch (the SDK's batch span processor, to an exporter that drops them), or none (a no-op TracerProvider: metrics only)")
+	sample := fs.Float64("sample", 1, "with -hook on, the fraction of traces sampled: 1 samples every one (AlwaysSample), less a ParentBased TraceIDRatioBased sampler")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the run to this file")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -89,6 +90,9 @@ func runCmd(args []string) error {
 	}
 	if *spans != "discard" && *spans != "batch" && *spans != "none" {
 		return errors.New("-spans must be discard, batch or none")
+	}
+	if *sample < 0 || *sample > 1 {
+		return errors.New("-sample must be 0 to 1")
 	}
 	if *msgs < 1 || *warmMsgs < 1 || *size < 0 || *size > redlease.MaxPayload {
 		return errors.New("-msgs and -warmup-msgs must be positive, -payload 0 to redlease.MaxPayload")
@@ -122,7 +126,7 @@ func runCmd(args []string) error {
 	defer cleanup(client, prefix)
 	opts := []redlease.QueueOption{redlease.WithPrefix(prefix)}
 	if *hook == "on" {
-		h, shutdown := newHook(*spans)
+		h, shutdown := newHook(*spans, *sample)
 		defer shutdown()
 		opts = append(opts, redlease.WithHook(h))
 	}
@@ -145,12 +149,16 @@ func (discard) Shutdown(context.Context) error                             { ret
 // "discard"), or through the SDK's batch span processor, which hands each
 // to a goroutine of its own, to an exporter that drops them ("batch"); with
 // "none" the TracerProvider is a no-op, so that only metrics are recorded.
-func newHook(spans string) (*redleaseotel.Hook, func()) {
+func newHook(spans string, sample float64) (*redleaseotel.Hook, func()) {
 	processor := sdktrace.WithSpanProcessor(discard{})
 	if spans == "batch" {
 		processor = sdktrace.WithBatcher(discard{})
 	}
-	sdk := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.AlwaysSample()), processor)
+	sampler := sdktrace.AlwaysSample()
+	if sample < 1 {
+		sampler = sdktrace.ParentBased(sdktrace.TraceIDRatioBased(sample))
+	}
+	sdk := sdktrace.NewTracerProvider(sdktrace.WithSampler(sampler), processor)
 	var tp trace.TracerProvider = sdk
 	if spans == "none" {
 		tp = tracenoop.NewTracerProvider()
