@@ -35,8 +35,14 @@ type Message struct {
 }
 
 // Queue returns the name of the queue the message was claimed from (a
-// topic subscription's is "topic/subscription").
-func (m *Message) Queue() string { return m.q.name }
+// topic subscription's is "topic/subscription"), or "" for a Message not
+// claimed from a Queue (one a test made).
+func (m *Message) Queue() string {
+	if m.q == nil {
+		return ""
+	}
+	return m.q.name
+}
 
 // Ack ends the claim by deleting the message. If the claim was lost (its
 // lease expired, or another consumer claimed the message since), Ack

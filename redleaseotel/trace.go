@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/baggage"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/propagation"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
@@ -29,6 +30,11 @@ func (h *Hook) Enqueue(ctx context.Context, dest string, headers map[string]stri
 	d := h.dest(dest)
 	ctx, span := h.tracer.Start(ctx, d.sendSpan, d.sendStart...)
 	defer span.End()
+	if !span.SpanContext().IsValid() && baggage.FromContext(ctx).Len() == 0 {
+		// No trace (a no-op TracerProvider) and no baggage: nothing to
+		// propagate, so the message goes as it is.
+		return next(ctx, headers)
+	}
 	// Room for the propagator's headers (traceparent, tracestate) too.
 	carrier := make(propagation.MapCarrier, len(headers)+2)
 	maps.Copy(carrier, headers)
@@ -83,17 +89,20 @@ func (h *Hook) Handle(ctx context.Context, m *redlease.Message, next func(contex
 			parent = trace.ContextWithSpan(parent, ambient)
 		}
 	}
-	// One attribute slice and one option slice, each allocated once at
-	// its final size: the SDK copies both.
-	attrs := make([]attribute.KeyValue, 0, len(d.processAttrs)+2)
-	attrs = append(append(attrs, d.processAttrs...), semconv.MessagingMessageID(m.ID), AttemptKey.Int(m.Attempt))
-	opts := [3]trace.SpanStartOption{consumerKind, trace.WithAttributes(attrs...)}
-	n := 2
+	opts := [2]trace.SpanStartOption{consumerKind}
+	n := 1
 	if producer.IsValid() && ambient.SpanContext().IsValid() {
-		opts[2] = trace.WithLinks(trace.Link{SpanContext: producer})
-		n = 3
+		opts[1] = trace.WithLinks(trace.Link{SpanContext: producer})
+		n = 2
 	}
 	ctx, span := h.tracer.Start(parent, d.processSpan, opts[:n]...)
+	if span.IsRecording() {
+		// Set only on a span that records: an unsampled one (or a no-op
+		// TracerProvider's) costs no attribute slice. One slice at its
+		// final size, which the SDK copies.
+		attrs := make([]attribute.KeyValue, 0, len(d.processAttrs)+2)
+		span.SetAttributes(append(append(attrs, d.processAttrs...), semconv.MessagingMessageID(m.ID), AttemptKey.Int(m.Attempt))...)
+	}
 	start := time.Now()
 	returned := false
 	defer func() {
