@@ -117,23 +117,30 @@ func TestHookOnAQueue(t *testing.T) {
 		require.Equal(t, Observation{Kind: MessageAcked, Name: "q", ID: good, Attempt: 1}, o)
 
 		// A claim whose lease ends is reclaimed.
-		ctx = context.Background()
-		short := NewQueue(c, "short", WithPrefix(uniq(t)), WithHook(rec), WithLease(20*time.Millisecond))
-		_, err = short.Enqueue(ctx, []byte("x"))
-		require.NoError(t, err)
-		_, err = short.Claim(ctx)
-		require.NoError(t, err)
-		n := 0
-		for deadline := time.Now().Add(5 * time.Second); n == 0 && time.Now().Before(deadline); {
-			time.Sleep(25 * time.Millisecond)
-			n, err = short.Reclaim(ctx)
-			require.NoError(t, err)
-		}
-		require.Equal(t, 1, n)
+		reclaimExpired(t, c, WithHook(rec))
 		o, ok := rec.last(MessagesReclaimed)
 		require.True(t, ok)
 		require.Equal(t, Observation{Kind: MessagesReclaimed, Name: "short", N: 1}, o)
 	})
+}
+
+// reclaimExpired claims a message of a queue "short" (with opts) under a
+// short lease, and reclaims it once the lease has ended, within a bound.
+func reclaimExpired(t *testing.T, c *redis.Client, opts ...QueueOption) {
+	t.Helper()
+	ctx := context.Background()
+	short := NewQueue(c, "short", append([]QueueOption{WithPrefix(uniq(t)), WithLease(20 * time.Millisecond)}, opts...)...)
+	_, err := short.Enqueue(ctx, nil)
+	require.NoError(t, err)
+	_, err = short.Claim(ctx)
+	require.NoError(t, err)
+	n := 0
+	for deadline := time.Now().Add(5 * time.Second); n == 0 && time.Now().Before(deadline); {
+		time.Sleep(25 * time.Millisecond)
+		n, err = short.Reclaim(ctx)
+		require.NoError(t, err)
+	}
+	require.Equal(t, 1, n, "claims reclaimed")
 }
 
 // A Topic's hook sees its publishes, under the topic's name, and its

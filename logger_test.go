@@ -232,18 +232,7 @@ func TestConsumeEventsAreLogged(t *testing.T) {
 		require.EqualValues(t, 1, d[0]["attempt"])
 		require.Equal(t, "panic: boom", d[0]["err"])
 
-		short := NewQueue(c, "short", WithPrefix(uniq(t)), WithLogger(logs.logger()), WithLease(20*time.Millisecond))
-		ctx = context.Background()
-		_, err = short.Enqueue(ctx, nil)
-		require.NoError(t, err)
-		_, err = short.Claim(ctx)
-		require.NoError(t, err)
-		n := 0
-		for deadline := time.Now().Add(5 * time.Second); n == 0 && time.Now().Before(deadline); {
-			time.Sleep(25 * time.Millisecond)
-			n, err = short.Reclaim(ctx)
-			require.NoError(t, err)
-		}
+		reclaimExpired(t, c, WithLogger(logs.logger()))
 		e := waitLogged(t, &logs, "redlease: reclaimed claims whose lease ended")
 		require.Equal(t, "INFO", e["level"])
 		require.Equal(t, "short", e["queue"])
