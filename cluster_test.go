@@ -178,6 +178,11 @@ func TestClusterHandoff(t *testing.T) {
 	}
 }
 
+// handoffUnderLoad bounds TestClusterWakeupUnderLoad's p90: well under
+// the tens of milliseconds a delayed ACK costs, and above what a machine
+// busy with other test processes adds to a round trip.
+const handoffUnderLoad = 20 * time.Millisecond
+
 // Releases of other locks on the same master, about one a millisecond, do
 // not delay grants: with notices on the cluster bus (before shard
 // channels), a notice behind an unacknowledged one waited for the peer's
@@ -210,7 +215,7 @@ func TestClusterWakeupUnderLoad(t *testing.T) {
 	require.NoError(t, err)
 	p90 := quantileDur(lat, 0.9)
 	t.Logf("lock and subscriptions on %s, under load: hand-off p50 %v p90 %v p99 %v", master, quantileDur(lat, 0.5), p90, quantileDur(lat, 0.99))
-	if p90 > 5*time.Millisecond {
+	if p90 > handoffUnderLoad {
 		t.Fatalf("hand-off p90 %v under load: grants were delayed", p90)
 	}
 }

@@ -219,10 +219,11 @@ func TestShardKeysNeverCollideWithAnotherQueue(t *testing.T) {
 // timeout.
 func TestClaimWaitsWithinShortReadTimeout(t *testing.T) {
 	direct := realRedis(t)
-	c := redis.NewClient(&redis.Options{Addr: direct.Options().Addr, ReadTimeout: 100 * time.Millisecond})
+	// The wait blocks for half of it: a margin of 200ms for a busy machine.
+	c := redis.NewClient(&redis.Options{Addr: direct.Options().Addr, ReadTimeout: 400 * time.Millisecond})
 	defer c.Close()
 	q := NewQueue(c, "q", WithPrefix(uniq(t)))
-	ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	start := time.Now()
 	_, err := q.Claim(ctx)
