@@ -11,6 +11,7 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
 
 	"github.com/redis/go-redis/v9"
 
@@ -73,7 +74,7 @@ func runLocks(ctx context.Context, a *app, _ []string) error {
 	w := table(a.out)
 	fmt.Fprintln(w, "LOCK\tSTATE\tHOLDER\tTTL\tFENCE\tWAITERS\tSHARED")
 	for _, l := range locks {
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%d\t%d\n", l.Name, l.State, orDash(l.Holder), ttlText(l.TTLMs, l.State), l.Fence, l.WaiterCount, l.SharedCount)
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%d\t%d\n", safe(l.Name), l.State, orDash(safe(l.Holder)), ttlText(l.TTLMs, l.State), l.Fence, l.WaiterCount, l.SharedCount)
 	}
 	if err := w.Flush(); err != nil {
 		return err
@@ -97,9 +98,9 @@ func runLock(ctx context.Context, a *app, args []string) error {
 		return writeJSON(a.out, l)
 	}
 	w := table(a.out)
-	fmt.Fprintf(w, "lock\t%s\n", l.Name)
+	fmt.Fprintf(w, "lock\t%s\n", safe(l.Name))
 	fmt.Fprintf(w, "state\t%s\n", l.State)
-	fmt.Fprintf(w, "holder\t%s\n", orDash(l.Holder))
+	fmt.Fprintf(w, "holder\t%s\n", orDash(safe(l.Holder)))
 	fmt.Fprintf(w, "ttl\t%s\n", ttlText(l.TTLMs, l.State))
 	fmt.Fprintf(w, "fence counter\t%d\t(last fence or ticket handed out in the lock's slot)\n", l.Fence)
 	fmt.Fprintf(w, "waiters\t%d\n", l.WaiterCount)
@@ -111,11 +112,11 @@ func runLock(ctx context.Context, a *app, args []string) error {
 				kind += " limit " + strconv.Itoa(wt.Limit)
 			}
 		}
-		fmt.Fprintf(w, "  %d.\tticket %d\t%s\t%s\n", i+1, wt.Ticket, wt.Token, kind)
+		fmt.Fprintf(w, "  %d.\tticket %d\t%s\t%s\n", i+1, wt.Ticket, safe(wt.Token), kind)
 	}
 	fmt.Fprintf(w, "shared holders\t%d\n", l.SharedCount)
 	for _, s := range l.SharedHolders {
-		fmt.Fprintf(w, "  -\t%s\tttl %s\n", s.Token, time.Duration(s.TTLMs)*time.Millisecond)
+		fmt.Fprintf(w, "  -\t%s\tttl %s\n", safe(s.Token), time.Duration(s.TTLMs)*time.Millisecond)
 	}
 	return w.Flush()
 }
@@ -189,7 +190,7 @@ func runQueues(ctx context.Context, a *app, _ []string) error {
 	fmt.Fprintln(w, "QUEUE\tSHARDS\tREADY\tDELAYED\tIN FLIGHT\tDEAD\tENQUEUED\tACKED\tNACKED\tDEAD-LETTERED")
 	row := func(q queueView) {
 		s := q.Stats
-		fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\n", q.Name, q.Shards, s.Ready, s.Delayed, s.InFlight, s.Dead, s.Enqueued, s.Acked, s.Nacked, s.DeadLettered)
+		fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\n", safe(q.Name), q.Shards, s.Ready, s.Delayed, s.InFlight, s.Dead, s.Enqueued, s.Acked, s.Nacked, s.DeadLettered)
 	}
 	for _, q := range v.Queues {
 		row(q)
@@ -211,7 +212,7 @@ func runQueues(ctx context.Context, a *app, _ []string) error {
 			for _, q := range t.Subscriptions {
 				names = append(names, q.Subscription)
 			}
-			fmt.Fprintf(w, "%s\t%s\n", t.Name, orDash(strings.Join(names, ", ")))
+			fmt.Fprintf(w, "%s\t%s\n", safe(t.Name), orDash(safe(strings.Join(names, ", "))))
 		}
 		if err := w.Flush(); err != nil {
 			return err
@@ -244,9 +245,9 @@ func runQueue(ctx context.Context, a *app, args []string) error {
 		return writeJSON(a.out, v)
 	}
 	w := table(a.out)
-	fmt.Fprintf(w, "queue\t%s\n", v.Name)
+	fmt.Fprintf(w, "queue\t%s\n", safe(v.Name))
 	if v.Topic != "" {
-		fmt.Fprintf(w, "topic\t%s (subscription %s)\n", v.Topic, v.Subscription)
+		fmt.Fprintf(w, "topic\t%s (subscription %s)\n", safe(v.Topic), safe(v.Subscription))
 	}
 	s := v.Stats
 	fmt.Fprintf(w, "shards\t%d\nready\t%d\ndelayed\t%d\nin flight\t%d\ndead\t%d\n", v.Shards, s.Ready, s.Delayed, s.InFlight, s.Dead)
@@ -278,7 +279,49 @@ func shownHeaders(h map[string]string) string {
 		parts = append(parts, k+"="+v)
 	}
 	slices.Sort(parts)
-	return strings.Join(parts, ",")
+	return safe(strings.Join(parts, ","))
+}
+
+// safe is s for a terminal: as it is when every rune is printable, else
+// quoted with Go's escapes, so that a value from Redis cannot move the
+// cursor, retitle the window, or break a table's columns.
+func safe(s string) string {
+	for _, r := range s {
+		if r == '\t' || !unicode.IsPrint(r) {
+			return strconv.Quote(s)
+		}
+	}
+	return s
+}
+
+// shellWord is s as one word bash reads back as s: as it is when it has
+// only safe characters, in single quotes when it is printable, else in
+// $'...' with \xHH for every other byte (no raw control byte reaches the
+// terminal).
+func shellWord(s string) string {
+	if s != "" && strings.IndexFunc(s, func(r rune) bool {
+		return !(r < unicode.MaxASCII && (unicode.IsLetter(r) || unicode.IsDigit(r) || strings.ContainsRune("-_.:/@%+=,", r)))
+	}) < 0 {
+		return s
+	}
+	if safe(s) == s {
+		return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+	}
+	var b strings.Builder
+	b.WriteString("$'")
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c == '\\' || c == '\'':
+			b.WriteByte('\\')
+			b.WriteByte(c)
+		case c >= ' ' && c < unicode.MaxASCII:
+			b.WriteByte(c)
+		default:
+			fmt.Fprintf(&b, "\\x%02x", c)
+		}
+	}
+	b.WriteByte('\'')
+	return b.String()
 }
 
 func runPeek(ctx context.Context, a *app, args []string) error {
@@ -300,7 +343,7 @@ func runPeek(ctx context.Context, a *app, args []string) error {
 	w := table(a.out)
 	fmt.Fprintln(w, "ID\tATTEMPTS\tBYTES\tHEADERS\tPAYLOAD")
 	for _, m := range msgs {
-		fmt.Fprintf(w, "%s\t%d\t%d\t%s\t%s\n", m.ID, m.Attempts, len(m.Payload), shownHeaders(m.Headers), shownPayload(m.Payload))
+		fmt.Fprintf(w, "%s\t%d\t%d\t%s\t%s\n", safe(m.ID), m.Attempts, len(m.Payload), shownHeaders(m.Headers), shownPayload(m.Payload))
 	}
 	if err := w.Flush(); err != nil {
 		return err
@@ -314,41 +357,55 @@ func runPeek(ctx context.Context, a *app, args []string) error {
 // errNoSuchDeadLetter is --after naming no dead letter.
 var errNoSuchDeadLetter = errors.New("no such dead letter")
 
-// deadAfter returns up to n dead letters after the one with id after ("":
-// from the oldest). The library pages by (DiedAt, ID): the one named is
-// found by paging from the oldest, at most the dead-letter limit's worth.
-func deadAfter(ctx context.Context, q *redlease.Queue, after string, n int) ([]redlease.DeadLetter, error) {
+// deadAfter is the page of n dead letters after the one with id after
+// (the first page when after is ""). It reads when that one died from the
+// shards' deadletters sets, one ZSCORE each in one round trip, rather
+// than paging the dead letters up to it.
+func deadAfter(ctx context.Context, c redis.UniversalClient, prefix string, t target, after string, n int) ([]redlease.DeadLetter, error) {
 	if after == "" {
-		return q.DeadLetters(ctx, n)
+		return t.queue.DeadLetters(ctx, n)
 	}
-	page, err := q.DeadLetters(ctx, redlease.MaxDeadLetterLimit)
-	for seen := 0; err == nil && len(page) > 0; {
-		for _, d := range page {
-			if d.ID == after {
-				return q.DeadLettersAfter(ctx, d, n)
-			}
+	keys := deadLetterKeys(prefix, t)
+	cmds := make([]*redis.FloatCmd, len(keys))
+	_, err := c.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, k := range keys {
+			cmds[i] = p.ZScore(ctx, k, after)
 		}
-		if seen += len(page); seen >= maxDeadScan {
-			break
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("find dead letter %q: %w", after, err)
+	}
+	for _, cmd := range cmds {
+		if ms, err := cmd.Result(); err == nil {
+			return t.queue.DeadLettersAfter(ctx, redlease.DeadLetter{ID: after, DiedAt: time.UnixMilli(int64(ms))}, n)
 		}
-		page, err = q.DeadLettersAfter(ctx, page[len(page)-1], redlease.MaxDeadLetterLimit)
 	}
-	if err != nil {
-		return nil, err
-	}
-	return nil, fmt.Errorf("%w: %q in %q (retried or deleted since?)", errNoSuchDeadLetter, after, q.Name())
+	return nil, fmt.Errorf("%w: %q in %q (retried or deleted since?)", errNoSuchDeadLetter, after, t.queue.Name())
 }
 
-// maxDeadScan bounds the dead letters deadAfter reads to find one: more
-// than a queue keeps, even with shards rounding its limit up.
-const maxDeadScan = 4 * redlease.MaxDeadLetterLimit
+// deadLetterKeys are the deadletters sets of t's shards, as shard.go in
+// the library names them.
+func deadLetterKeys(prefix string, t target) []string {
+	if t.topic != "" {
+		return []string{prefix + ":topic:{" + t.topic + "}:sub:" + t.sub + ":deadletters"}
+	}
+	if t.shards <= 1 {
+		return []string{prefix + ":queue:{" + t.queue.Name() + "}:deadletters"}
+	}
+	keys := make([]string, t.shards)
+	for i := range keys {
+		keys[i] = prefix + ":queue:{" + t.queue.Name() + ":" + strconv.Itoa(i) + "}:shard:deadletters"
+	}
+	return keys
+}
 
 func runDead(ctx context.Context, a *app, args []string) error {
 	t, err := a.resolve(ctx, args[0])
 	if err != nil {
 		return err
 	}
-	dead, err := deadAfter(ctx, t.queue, a.f.after, a.f.n)
+	dead, err := deadAfter(ctx, a.client, a.opts.prefix, t, a.f.after, a.f.n)
 	if err != nil {
 		return err
 	}
@@ -362,7 +419,7 @@ func runDead(ctx context.Context, a *app, args []string) error {
 	w := table(a.out)
 	fmt.Fprintln(w, "ID\tDIED AT (UTC)\tATTEMPTS\tERROR\tPAYLOAD")
 	for _, d := range dead {
-		fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\n", d.ID, d.DiedAt.UTC().Format(time.DateTime), d.Attempts, orDash(oneLine(d.Err)), shownPayload(d.Payload))
+		fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\n", safe(d.ID), d.DiedAt.UTC().Format(time.DateTime), d.Attempts, orDash(safe(oneLine(d.Err))), shownPayload(d.Payload))
 	}
 	if err := w.Flush(); err != nil {
 		return err
@@ -371,7 +428,7 @@ func runDead(ctx context.Context, a *app, args []string) error {
 	case len(dead) == 0:
 		fmt.Fprintf(a.out, "no dead letters in %q\n", t.queue.Name())
 	case len(dead) == a.f.n:
-		fmt.Fprintf(a.out, "more may follow: --after %s\n", dead[len(dead)-1].ID)
+		fmt.Fprintf(a.out, "more may follow: --after %s\n", shellWord(dead[len(dead)-1].ID))
 	}
 	return nil
 }

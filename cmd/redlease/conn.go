@@ -88,6 +88,7 @@ func newClient(c *connFlags, getenv func(string) string) (redis.UniversalClient,
 		opt.TLSConfig = tlsFor(opt.Addr)
 	}
 	setTimeouts(&opt.DialTimeout, &opt.ReadTimeout, &opt.WriteTimeout)
+	opt.ContextTimeoutEnabled = true // --timeout and --scan-timeout cut a hung read short
 	return redis.NewClient(opt), fmt.Sprintf("%s db %d", opt.Addr, opt.DB), nil
 }
 
@@ -126,6 +127,7 @@ func newCluster(c *connFlags, url, hostPort string) (redis.UniversalClient, stri
 		opt.TLSConfig = tlsFor(opt.Addrs[0])
 	}
 	setTimeouts(&opt.DialTimeout, &opt.ReadTimeout, &opt.WriteTimeout)
+	opt.ContextTimeoutEnabled = true // --timeout and --scan-timeout cut a hung read short
 	return redis.NewClusterClient(opt), "cluster " + strings.Join(opt.Addrs, ","), nil
 }
 
@@ -165,6 +167,7 @@ func newFailover(c *connFlags, url, hostPort string) (redis.UniversalClient, str
 		opt.TLSConfig = tlsFor(opt.SentinelAddrs[0])
 	}
 	setTimeouts(&opt.DialTimeout, &opt.ReadTimeout, &opt.WriteTimeout)
+	opt.ContextTimeoutEnabled = true // --timeout and --scan-timeout cut a hung read short
 	desc := fmt.Sprintf("sentinel master %s via %s db %d", opt.MasterName, strings.Join(opt.SentinelAddrs, ","), opt.DB)
 	return redis.NewFailoverClient(opt), desc, nil
 }

@@ -132,7 +132,10 @@ func runDash(ctx context.Context, a *app, _ []string) error {
 func (d *dash) serve(ctx context.Context, ln net.Listener, a *app) error {
 	d.sampler.sample(ctx)
 	srv := &http.Server{Handler: d.handler(), ReadHeaderTimeout: readHeaderTimeout, ReadTimeout: readHeaderTimeout,
-		WriteTimeout: writeTimeout, IdleTimeout: idleTimeout, BaseContext: func(net.Listener) context.Context { return ctx }}
+		WriteTimeout: writeTimeout, IdleTimeout: idleTimeout,
+		// Not cancelled by the signal: a Retry or Delete in flight finishes
+		// on every shard; Shutdown waits for it.
+		BaseContext: func(net.Listener) context.Context { return context.WithoutCancel(ctx) }}
 	fmt.Fprintf(a.out, "redlease dash: serving http://%s/ (redis %s, prefix %q)\n", ln.Addr(), d.target, d.prefix)
 
 	var wg sync.WaitGroup
@@ -171,7 +174,30 @@ func (d *dash) handler() http.Handler {
 	mux.HandleFunc("GET /metrics", d.metrics)
 	static, _ := fs.Sub(assets, "static")
 	mux.Handle("GET /static/", http.StripPrefix("/static/", http.FileServerFS(static)))
-	return securityHeaders(d.authenticate(mux))
+	return securityHeaders(d.checkHost(d.authenticate(mux)))
+}
+
+// checkHost refuses, when no token is set, a request whose Host is a name
+// other than localhost: a page from elsewhere whose name an attacker
+// points at 127.0.0.1 (DNS rebinding) would otherwise be same-origin with
+// the dashboard. An IP address cannot be rebound. With a token, the token
+// (which the rebound page lacks) guards every request.
+func (d *dash) checkHost(next http.Handler) http.Handler {
+	if d.token != "" {
+		return next
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		host := r.Host
+		if h, _, err := net.SplitHostPort(host); err == nil {
+			host = h
+		}
+		host = strings.Trim(host, "[]")
+		if host != "localhost" && net.ParseIP(host) == nil {
+			http.Error(w, "403 forbidden: without --token, open the dashboard by IP address or localhost", http.StatusForbidden)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // securityHeaders sets headers every response carries.
@@ -211,7 +237,8 @@ func (d *dash) authenticate(next http.Handler) http.Handler {
 			http.SetCookie(w, &http.Cookie{Name: sessionCookie, Value: session, Path: "/", HttpOnly: true,
 				SameSite: http.SameSiteStrictMode, Secure: r.TLS != nil})
 			q.Del("token")
-			u := url.URL{Path: r.URL.Path, RawQuery: q.Encode()}
+			// One leading slash: "//host/..." would leave the site.
+			u := url.URL{Path: "/" + strings.TrimLeft(r.URL.Path, "/"), RawQuery: q.Encode()}
 			http.Redirect(w, r, u.String(), http.StatusSeeOther)
 			return
 		}

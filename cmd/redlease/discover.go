@@ -237,7 +237,7 @@ var errScanLimit = errors.New("scan limit reached")
 func (s scanner) scan(ctx context.Context, c redis.UniversalClient, pattern string, found func(string)) (truncated bool, err error) {
 	sctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
-	var examined atomic.Int64
+	var examined, answered atomic.Int64 // keys examined; SCAN replies received
 	node := func(ctx context.Context, n redis.Cmdable) error {
 		var cursor uint64
 		for {
@@ -248,6 +248,7 @@ func (s scanner) scan(ctx context.Context, c redis.UniversalClient, pattern stri
 			if err != nil {
 				return err
 			}
+			answered.Add(1)
 			examined.Add(scanCount)
 			for _, k := range keys {
 				found(k)
@@ -271,8 +272,8 @@ func (s scanner) scan(ctx context.Context, c redis.UniversalClient, pattern stri
 		return false, nil
 	case errors.Is(err, errScanLimit):
 		return true, nil
-	case ctx.Err() == nil && sctx.Err() != nil:
-		return true, nil // the scan's own timeout
+	case ctx.Err() == nil && sctx.Err() != nil && answered.Load() > 0:
+		return true, nil // the scan's own timeout, after some of it was read
 	}
 	return false, fmt.Errorf("scan %s: %w", pattern, err)
 }

@@ -4,48 +4,47 @@ package main
 // SCAN MATCH and KEYS read it: * any run, ? one byte, [abc], [^a], [a-z],
 // and \ quoting the next byte. Unlike path.Match, * also matches '/'.
 func globMatch(pattern, s string) bool {
-	for len(pattern) > 0 {
-		switch pattern[0] {
-		case '*':
-			for len(pattern) > 1 && pattern[1] == '*' {
-				pattern = pattern[1:]
-			}
-			if len(pattern) == 1 {
-				return true
-			}
-			for i := 0; i <= len(s); i++ {
-				if globMatch(pattern[1:], s[i:]) {
-					return true
+	// One pass with backtracking to the last '*' only: time linear in
+	// len(pattern) × len(s) at worst, however many stars.
+	p, i := 0, 0
+	star, mark := -1, 0 // the pattern after the last '*', and where in s it matched from
+	for i < len(s) || p < len(pattern) {
+		if p < len(pattern) {
+			switch pattern[p] {
+			case '*':
+				star, mark = p+1, i
+				p++
+				continue
+			case '?':
+				if i < len(s) {
+					p, i = p+1, i+1
+					continue
+				}
+			case '[':
+				if i < len(s) {
+					if ok, rest := matchClass(pattern[p+1:], s[i]); ok {
+						p, i = len(pattern)-len(rest), i+1
+						continue
+					}
+				}
+			default:
+				c, next := pattern[p], p+1
+				if c == '\\' && next < len(pattern) {
+					c, next = pattern[next], next+1
+				}
+				if i < len(s) && s[i] == c {
+					p, i = next, i+1
+					continue
 				}
 			}
-			return false
-		case '?':
-			if len(s) == 0 {
-				return false
-			}
-			pattern, s = pattern[1:], s[1:]
-		case '[':
-			if len(s) == 0 {
-				return false
-			}
-			ok, rest := matchClass(pattern[1:], s[0])
-			if !ok {
-				return false
-			}
-			pattern, s = rest, s[1:]
-		case '\\':
-			if len(pattern) > 1 {
-				pattern = pattern[1:]
-			}
-			fallthrough
-		default:
-			if len(s) == 0 || s[0] != pattern[0] {
-				return false
-			}
-			pattern, s = pattern[1:], s[1:]
 		}
+		if star < 0 || mark >= len(s) {
+			return false
+		}
+		mark++ // the last '*' takes one more byte
+		p, i = star, mark
 	}
-	return len(s) == 0
+	return true
 }
 
 // matchClass matches c against the class that p opens (after '['), and

@@ -27,7 +27,7 @@ var (
 	}{
 		{metricFamily{"redlease_queue_enqueued_total", "counter", "Messages added to the queue."}, func(s statsView) int64 { return s.Enqueued }},
 		{metricFamily{"redlease_queue_acked_total", "counter", "Messages acked."}, func(s statsView) int64 { return s.Acked }},
-		{metricFamily{"redlease_queue_nacked_total", "counter", "Nacks and ended leases that sent a message back to be retried."}, func(s statsView) int64 { return s.Nacked }},
+		{metricFamily{"redlease_queue_nacked_total", "counter", "Nacks that sent a message back to be retried."}, func(s statsView) int64 { return s.Nacked }},
 		{metricFamily{"redlease_queue_dead_lettered_total", "counter", "Messages moved to the dead letters."}, func(s statsView) int64 { return s.DeadLettered }},
 	}
 	sampleMetric    = metricFamily{"redlease_dash_sample_timestamp_seconds", "gauge", "When the dashboard last read the queues' stats (Unix time)."}
@@ -38,14 +38,32 @@ func (m metricFamily) header(w io.Writer) {
 	fmt.Fprintf(w, "# HELP %s %s\n# TYPE %s %s\n", m.name, m.help, m.name, m.kind)
 }
 
-// labelValue escapes a label value: backslash, double quote and newline.
-var labelValue = strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`)
+// labelEscapes escapes a label value: backslash, double quote and newline.
+var labelEscapes = strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`)
+
+// label is s as a label value: valid UTF-8 (the format's), escaped.
+func label(s string) string { return labelEscapes.Replace(strings.ToValidUTF8(s, "\uFFFD")) }
+
+// distinct drops a queue whose name an earlier one has (a plain queue
+// named "t/s" and topic t's subscription s): Prometheus refuses a scrape
+// with a series twice. The first listed (the plain queue) is kept.
+func distinct(queues []queueView) []queueView {
+	seen := make(map[string]bool, len(queues))
+	out := queues[:0:0]
+	for _, q := range queues {
+		if l := label(q.Name); !seen[l] {
+			seen[l] = true
+			out = append(out, q)
+		}
+	}
+	return out
+}
 
 func writeMetrics(w io.Writer, snap snapshot) {
-	queues := allQueues(snap.Queues)
+	queues := distinct(allQueues(snap.Queues))
 	depthMetric.header(w)
 	for _, q := range queues {
-		l := labelValue.Replace(q.Name)
+		l := label(q.Name)
 		s := q.Stats
 		for _, st := range []struct {
 			state string
@@ -56,12 +74,12 @@ func writeMetrics(w io.Writer, snap snapshot) {
 	}
 	deadMetric.header(w)
 	for _, q := range queues {
-		fmt.Fprintf(w, "%s{queue=\"%s\"} %d\n", deadMetric.name, labelValue.Replace(q.Name), q.Stats.Dead)
+		fmt.Fprintf(w, "%s{queue=\"%s\"} %d\n", deadMetric.name, label(q.Name), q.Stats.Dead)
 	}
 	for _, c := range counterFamily {
 		c.header(w)
 		for _, q := range queues {
-			fmt.Fprintf(w, "%s{queue=\"%s\"} %d\n", c.name, labelValue.Replace(q.Name), c.value(q.Stats))
+			fmt.Fprintf(w, "%s{queue=\"%s\"} %d\n", c.name, label(q.Name), c.value(q.Stats))
 		}
 	}
 	if !snap.At.IsZero() {

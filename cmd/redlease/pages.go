@@ -131,16 +131,6 @@ type queueData struct {
 	DeadShown int
 }
 
-// shardsOf is the shard count the sampler found for queue name, 0 if none.
-func (d *dash) shardsOf(name string) int {
-	for _, q := range d.sampler.latest().Inventory.Queues {
-		if q.Name == name {
-			return q.Shards
-		}
-	}
-	return 0
-}
-
 func (d *dash) queuePage(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
 	defer cancel()
@@ -149,7 +139,7 @@ func (d *dash) queuePage(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "400: missing ?name=", http.StatusBadRequest)
 		return
 	}
-	t, err := resolveQueue(ctx, d.client, d.prefix, name, d.shardsOf(name))
+	t, err := resolveQueue(ctx, d.client, d.prefix, name, 0)
 	if err != nil {
 		d.fail(w, err)
 		return
@@ -164,7 +154,7 @@ func (d *dash) queuePage(w http.ResponseWriter, r *http.Request) {
 		d.fail(w, err)
 		return
 	}
-	dead, err := deadAfter(ctx, t.queue, after, deadOnPage)
+	dead, err := deadAfter(ctx, d.client, d.prefix, t, after, deadOnPage)
 	if err != nil {
 		d.fail(w, err)
 		return
@@ -202,7 +192,7 @@ func (d *dash) settle(action string) http.HandlerFunc {
 			http.Error(w, "400: give dead letter ids or all, not both or neither", http.StatusBadRequest)
 			return
 		}
-		t, err := resolveQueue(ctx, d.client, d.prefix, name, d.shardsOf(name))
+		t, err := resolveQueue(ctx, d.client, d.prefix, name, 0)
 		if err != nil {
 			d.fail(w, err)
 			return
